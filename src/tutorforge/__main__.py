@@ -1,0 +1,3 @@
+from tutorforge.cli import main
+import sys
+sys.exit(main())

@@ -1,0 +1,172 @@
+"""The `tutorforge` command: a table from command name to one typed function per command.
+
+    tutorforge --help
+    tutorforge validate recipes/python-tutor-smollm2-cpu.yml
+
+Each command's signature is its interface (positional parameters are arguments, the others
+--options) and its docstring is its --help. A user's mistake (`UserError`) prints a short message
+and exits with code 2; --debug shows the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import logging
+import os
+import sys
+import typing
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # OpenMP spin-waiting slows CPU work 3-5x
+
+from tutorforge import __version__  # noqa: E402
+from tutorforge.errors import UserError  # noqa: E402
+
+log = logging.getLogger("tutorforge")
+
+
+def validate(config: Path) -> int:
+    """Check a config without training: every problem at once, with file, line, key and fix.
+
+    config: Axolotl-style YAML file
+    """
+    from tutorforge.config import validate_file
+    from tutorforge.models import check_base_model
+
+    report = validate_file(config)
+    if report.problems:
+        print(report.render())
+    if report.errors:
+        n = len(report.errors)
+        raise UserError(f"{config}: {n} problem{'s' * (n != 1)}; fix {'them' if n > 1 else 'it'} "
+                        "and run `tutorforge validate` again")
+    cfg = report.config
+    ready, where = check_base_model(cfg.base_model)
+    if not ready:
+        print(f"{config}: warning: {where}")
+    data = ", ".join(d.path for d in cfg.datasets) or "none"
+    print(f"{config}: valid: {cfg.adapter} r={cfg.lora_r} on {cfg.base_model}, sequence_len "
+          f"{cfg.sequence_len}, micro batch {cfg.micro_batch_size} x accumulation "
+          f"{cfg.gradient_accumulation_steps}, {cfg.optimizer}, datasets: {data}")
+    if ready:
+        print(f"base model: {where}")
+    return 0
+
+
+def generate(model: str, *, prompt: str, input: str = "", system: str | None = None,
+             max_new_tokens: int = 200) -> int:
+    """Answer one prompt greedily (temperature 0) and print the answer.
+
+    model: a config file (its base_model is used), a model directory, a .gguf file, a hub id, or `smollm2`
+    prompt: the instruction
+    input: optional input for the instruction (Alpaca's second field)
+    system: system prompt (default: the config's default_system_message)
+    max_new_tokens: longest answer in tokens
+    """
+    from tutorforge.evaluate import TorchGenerator
+    from tutorforge.models import resolve_base_model
+
+    if model.endswith((".yml", ".yaml")):
+        from tutorforge.config import load_config
+
+        cfg = load_config(model)
+        model, system = cfg.base_model, system or cfg.default_system_message
+    resolved = resolve_base_model(model)
+    answer = TorchGenerator(resolved.path, name=model).generate(
+        prompt, input, system=system, max_new_tokens=max_new_tokens)
+    print(answer.text)
+    if not answer.stopped:
+        log.warning("answer cut at max_new_tokens=%d (no end-of-turn token)", max_new_tokens)
+    return 0
+
+
+def keys() -> int:
+    """List every supported config key with its accepted values, default and meaning."""
+    from tutorforge.config import reference
+
+    rows = reference()
+    width = max(len(r[0]) for r in rows)
+    for name, accepted, default, doc in rows:
+        print(f"{name:<{width}}  {doc}; {accepted}; default {default}")
+    return 0
+
+
+COMMANDS: dict[str, Callable[..., int]] = {
+    "validate": validate,
+    "generate": generate,
+    "keys": keys,
+}
+
+
+def _param_help(doc: str) -> dict[str, str]:
+    helps = {}
+    for line in doc.splitlines():
+        name, sep, text = line.strip().partition(": ")
+        if sep and name.isidentifier():
+            helps[name] = text
+    return helps
+
+
+def _add_command(sub, name: str, fn: Callable[..., int]) -> None:
+    doc = inspect.getdoc(fn) or ""
+    summary = doc.split("\n\n")[0]
+    parser = sub.add_parser(name, help=summary, description=summary)
+    helps = _param_help(doc)
+    hints = typing.get_type_hints(fn)
+    for param in inspect.signature(fn).parameters.values():
+        kind = hints.get(param.name, str)
+        kind = next((a for a in typing.get_args(kind) if a is not type(None)), kind)
+        flag = "--" + param.name.replace("_", "-")
+        if param.kind is param.KEYWORD_ONLY and param.default is inspect.Parameter.empty:
+            parser.add_argument(flag, dest=param.name, type=kind, required=True,
+                                help=helps.get(param.name))
+        elif param.default is inspect.Parameter.empty:
+            parser.add_argument(param.name, type=kind, help=helps.get(param.name))
+        elif kind is bool:
+            parser.add_argument(flag, dest=param.name, action=argparse.BooleanOptionalAction,
+                                default=param.default, help=helps.get(param.name))
+        else:
+            parser.add_argument(flag, dest=param.name, type=kind, default=param.default,
+                                help=f"{helps.get(param.name, '')} (default: {param.default})")
+    parser.set_defaults(_command=fn)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tutorforge", description="Fine-tune a specialised assistant and ship it to Ollama.")
+    parser.add_argument("--version", action="version", version=f"tutorforge {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    for name, fn in COMMANDS.items():
+        _add_command(sub, name, fn)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s" if args.debug else "%(message)s")
+    for noisy in ("httpx", "urllib3", "huggingface_hub", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    kwargs = {k: v for k, v in vars(args).items() if k not in {"_command", "debug"}}
+    try:
+        return args._command(**kwargs)
+    except UserError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug, not the user's mistake: say so, keep the trace for --debug
+        if args.debug:
+            raise
+        print(f"internal error: {type(exc).__name__}: {exc}\nrun again with --debug for the "
+              "traceback, and report it", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

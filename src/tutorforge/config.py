@@ -1,0 +1,458 @@
+"""Axolotl-style YAML configuration, parsed once into typed, frozen objects.
+
+    tutorforge validate recipe.yml
+
+`load_config(path)` returns a `Config` or raises `ConfigError` listing every problem at once, each
+with its YAML path, line, the bad value and the fix. `validate_file(path)` returns the report
+without raising. Keys follow Axolotl's names so an Axolotl user's YAML works as it is; keys that
+Axolotl knows and tutorforge does not implement are named (an error when they change training, a
+warning when they only concern integrations, see `axolotl_keys.py`); other keys are errors with a
+"did you mean". tutorforge's own settings live under the `tutorforge:` section.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tutorforge import axolotl_keys as ax
+from tutorforge.errors import UserError
+from tutorforge.schema import (Bool, BoolOr, Choice, Float, Int, Invalid, Rule, Str, StrList,
+                               StrMap, did_you_mean)
+
+
+def key(default: Any, rule: Rule, doc: str, *, required: bool = False) -> Any:
+    """A config field: its default, the rule its value must pass, and its documentation."""
+    meta = {"rule": rule, "doc": doc, "required": required}
+    return field(default=default, metadata=meta)
+
+
+def section(cls: type, doc: str) -> Any:
+    return field(default_factory=cls, metadata={"section": cls, "doc": doc})
+
+
+OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_bnb_8bit", "adamw_8bit",
+              "paged_adamw_8bit", "paged_adamw_32bit", "adafactor", "sgd")
+LR_SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts",
+                 "polynomial", "inverse_sqrt")
+CHAT_TEMPLATES = ("tokenizer_default", "alpaca", "chatml", "llama3")
+QUANT_TYPES = ("f16", "bf16", "q8_0", "q4_k_m", "q4_k_s", "q5_k_m", "q5_k_s", "q6_k", "q4_0")
+SPECIAL_TOKENS = ("bos_token", "eos_token", "pad_token", "unk_token")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One entry of `datasets:`."""
+
+    path: str = key(None, Str(), "local .json/.jsonl file or directory, or a hub dataset id",
+                    required=True)
+    type: str = key("alpaca", Choice(("alpaca",), tuple(ax.DATASET_TYPES.items())),
+                    "row format; Alpaca rows {instruction, input, output}")
+    data_files: tuple[str, ...] = key((), StrList(), "files inside `path` to read")
+    split: str = key("train", Str(), "split to read from a hub dataset")
+    name: str | None = key(None, Str(), "configuration name of a hub dataset")
+    ds_type: str | None = key(None, Choice(("json", "jsonl")), "file format when the suffix does not say")
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """tutorforge.export: GGUF export and quantisation."""
+
+    outtype: str = key("f16", Choice(("f16", "bf16", "f32")), "precision of the unquantised GGUF")
+    quantizations: tuple[str, ...] = key(("q4_k_m",), StrList(), f"quantised GGUFs to make: {', '.join(QUANT_TYPES)}")
+    verify: bool = key(True, Bool(), "check every GGUF against the PyTorch model with llama.cpp")
+    name: str | None = key(None, Str(), "file name stem of the GGUF (default: from base_model)")
+
+
+@dataclass(frozen=True)
+class OllamaSettings:
+    """tutorforge.ollama: the Modelfile and deployment."""
+
+    model_name: str | None = key(None, Str(), "name for `ollama create` (default: from output_dir)")
+    quantization: str = key("q4_k_m", Choice(QUANT_TYPES), "which GGUF the Modelfile uses")
+    temperature: float = key(0.0, Float(0, 2), "PARAMETER temperature in the Modelfile")
+    num_ctx: int | None = key(None, Int(16), "PARAMETER num_ctx (default: sequence_len)")
+    license: str | None = key(None, Str(), "LICENSE text (default: the base model's, when known)")
+
+
+@dataclass(frozen=True)
+class CompareSettings:
+    """tutorforge.compare: the A/B comparison of base vs tuned."""
+
+    prompts: str | None = key(None, Str(), "Alpaca JSONL of prompts (default: the held-out split)")
+    max_new_tokens: int = key(256, Int(1), "longest answer generated")
+    target_words: int | None = key(None, Int(1), "brevity target (default: p90 of training outputs)")
+    max_prompts: int | None = key(None, Int(1), "compare at most this many prompts")
+
+
+@dataclass(frozen=True)
+class TutorforgeSettings:
+    """tutorforge: settings with no Axolotl equivalent."""
+
+    export: ExportSettings = section(ExportSettings, "GGUF export")
+    ollama: OllamaSettings = section(OllamaSettings, "Ollama Modelfile and deployment")
+    compare: CompareSettings = section(CompareSettings, "A/B comparison")
+    skip_bad_rows: bool = key(False, Bool(), "keep going past unusable dataset rows (they go to rejected.jsonl)")
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated configuration. Field names are Axolotl's."""
+
+    # model
+    base_model: str = key(None, Str(), "hub id, local HF directory, .gguf file, or `smollm2` (bundled)",
+                          required=True)
+    base_model_config: str | None = key(None, Str(), "where to read the model config (default: base_model)")
+    tokenizer_config: str | None = key(None, Str(), "where to read the tokenizer (default: base_model)")
+    model_type: str | None = key(None, Str(), "transformers model class (AutoModelForCausalLM)")
+    tokenizer_type: str | None = key(None, Str(), "transformers tokenizer class (AutoTokenizer)")
+    trust_remote_code: bool = key(False, Bool(), "allow model code from the hub")
+    # adapter and quantisation
+    adapter: str | None = key(None, Choice(("lora", "qlora")), "lora, or qlora (4-bit base)")
+    load_in_4bit: bool = key(False, Bool(), "load the base in 4-bit (QLoRA)")
+    load_in_8bit: bool = key(False, Bool(), "load the base in 8-bit")
+    bnb_4bit_quant_type: str = key("nf4", Choice(("nf4", "fp4")), "4-bit data type")
+    bnb_4bit_use_double_quant: bool = key(True, Bool(), "quantise the quantisation constants too")
+    lora_r: int = key(8, Int(1, 4096), "LoRA rank")
+    lora_alpha: float = key(16, Float(0, lo_open=True), "LoRA scaling numerator (scale = alpha / r)")
+    lora_dropout: float = key(0.0, Float(0, 1, hi_open=True), "dropout on the LoRA input")
+    lora_target_linear: bool | None = key(None, Bool(), "LoRA on every linear layer except lm_head")
+    lora_target_modules: tuple[str, ...] = key((), StrList(), "module names to adapt")
+    lora_modules_to_save: tuple[str, ...] = key((), StrList(), "modules trained in full (embed_tokens, lm_head)")
+    lora_fan_in_fan_out: bool = key(False, Bool(), "for Conv1D layers (GPT-2)")
+    # data
+    datasets: tuple[DatasetSpec, ...] = field(default=(), metadata={"list_of": DatasetSpec,
+                                                "doc": "training data (Alpaca rows)"})
+    val_set_size: float = key(0.0, Float(0), "held-out fraction (< 1) or row count (>= 1)")
+    dataset_prepared_path: str | None = key(None, Str(), "cache of tokenised data")
+    sequence_len: int = key(2048, Int(16, 1 << 20), "longest sample in tokens")
+    sample_packing: bool = key(False, Bool(), "pack short samples into one sequence")
+    eval_sample_packing: bool | None = key(None, Bool(), "pack the evaluation set too")
+    pad_to_sequence_len: bool = key(False, Bool(), "pad every batch to sequence_len")
+    train_on_inputs: bool = key(False, Bool(), "also train on prompt tokens")
+    chat_template: str | None = key(None, Choice(CHAT_TEMPLATES, tuple(ax.CHAT_TEMPLATES.items())), "prompt format (default: the tokenizer's chat template, else alpaca)")
+    default_system_message: str | None = key(None, Str(), "system prompt for every sample")
+    special_tokens: tuple[tuple[str, str], ...] = key((), StrMap(SPECIAL_TOKENS), "token overrides")
+    # optimisation
+    micro_batch_size: int = key(1, Int(1), "samples per forward pass")
+    gradient_accumulation_steps: int = key(1, Int(1), "micro batches per optimizer step")
+    num_epochs: float = key(1.0, Float(0, lo_open=True), "passes over the data")
+    max_steps: int | None = key(None, Int(1), "stop after this many optimizer steps")
+    optimizer: str = key("adamw_torch", Choice(OPTIMIZERS, tuple(ax.OPTIMIZERS.items())), "optimizer")
+    learning_rate: float = key(2e-4, Float(0, 1, lo_open=True), "peak learning rate")
+    lr_scheduler: str = key("cosine", Choice(LR_SCHEDULERS, tuple(ax.LR_SCHEDULERS.items())), "schedule")
+    warmup_steps: int | None = key(None, Int(0), "warmup in optimizer steps")
+    warmup_ratio: float | None = key(None, Float(0, 1, hi_open=True), "warmup as a fraction of all steps")
+    weight_decay: float = key(0.0, Float(0), "AdamW weight decay")
+    max_grad_norm: float = key(1.0, Float(0), "gradient clipping (0 = off)")
+    adam_beta1: float = key(0.9, Float(0, 1, hi_open=True), "AdamW beta1")
+    adam_beta2: float = key(0.999, Float(0, 1, hi_open=True), "AdamW beta2")
+    adam_epsilon: float = key(1e-8, Float(0, lo_open=True), "AdamW epsilon")
+    # precision and speed
+    bf16: bool | str = key("auto", BoolOr(("auto",)), "bfloat16 compute (auto: where the hardware has it)")
+    fp16: bool | None = key(None, Bool(), "float16 compute with loss scaling")
+    tf32: bool = key(False, Bool(), "TF32 matmuls on Ampere+ GPUs")
+    gradient_checkpointing: bool = key(False, Bool(), "recompute activations to save memory")
+    flash_attention: bool = key(False, Bool(), "flash-attention 2 on CUDA (SDPA elsewhere)")
+    sdp_attention: bool = key(False, Bool(), "PyTorch scaled-dot-product attention")
+    # logging, evaluation, checkpoints
+    output_dir: str = key("./outputs", Str(), "where the run writes everything")
+    logging_steps: int = key(1, Int(1), "log every N optimizer steps")
+    evals_per_epoch: int | None = key(None, Int(1), "evaluations per epoch")
+    eval_steps: float | None = key(None, Float(0, lo_open=True), "evaluate every N steps (< 1: fraction)")
+    eval_max_new_tokens: int = key(128, Int(1), "answer length in evaluation generations")
+    saves_per_epoch: int | None = key(None, Int(1), "checkpoints per epoch")
+    save_steps: float | None = key(None, Float(0, lo_open=True), "checkpoint every N steps (< 1: fraction)")
+    early_stopping_patience: int | None = key(None, Int(1), "stop after N evaluations without improvement")
+    resume_from_checkpoint: str | None = key(None, Str(), "checkpoint directory to resume from")
+    auto_resume_from_checkpoints: bool = key(True, Bool(), "resume from the newest checkpoint in output_dir")
+    seed: int = key(42, Int(0, 2**32 - 1), "random seed")
+    strict: bool = key(False, Bool(), "Axolotl's strict mode (accepted, no effect)")
+    # tutorforge's own section
+    tutorforge: TutorforgeSettings = section(TutorforgeSettings, "tutorforge's own settings")
+
+
+@dataclass(frozen=True)
+class Problem:
+    severity: str  # "error" | "warning"
+    path: str
+    line: int | None
+    message: str
+
+    def render(self, source: str) -> str:
+        where = f"{source}:{self.line}" if self.line else source
+        label = f"{self.path}: " if self.path else ""
+        tag = "" if self.severity == "error" else "warning: "
+        return f"{where}: {tag}{label}{self.message}"
+
+
+@dataclass
+class Report:
+    source: str
+    problems: list[Problem] = field(default_factory=list)
+    config: Config | None = None
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "warning"]
+
+    def add(self, severity: str, path: str, node: yaml.Node | None, message: str) -> None:
+        line = node.start_mark.line + 1 if node is not None else None
+        self.problems.append(Problem(severity, path, line, message))
+
+    def render(self) -> str:
+        ordered = sorted(self.problems, key=lambda p: (p.line or 0))
+        return "\n".join(p.render(self.source) for p in ordered)
+
+
+class ConfigError(UserError):
+    def __init__(self, report: Report):
+        self.report = report
+        n = len(report.errors)
+        super().__init__(f"{report.render()}\n{report.source}: {n} problem{'s' * (n != 1)}; "
+                         "fix them and run `tutorforge validate` again")
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_empty(value: Any) -> bool:
+    return value is None or value is False or value == "" or value == [] or value == {}
+
+
+def _construct(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+    return loader.construct_object(node, deep=True)
+
+
+def _mapping_items(loader, node, path, report) -> list[tuple[str, yaml.Node, yaml.Node]]:
+    """The (key, key node, value node) pairs of a mapping node; bad or repeated keys reported."""
+    items, seen = [], {}
+    loader.flatten_mapping(node)  # YAML merge keys (`<<: *defaults`) become plain keys
+    for key_node, value_node in node.value:
+        name = _construct(loader, key_node) if isinstance(key_node, yaml.ScalarNode) else None
+        if not isinstance(name, str) or not name:
+            report.add("error", path, key_node, f"keys must be names, got {_show(name)}")
+            continue
+        if name in seen:
+            report.add("error", f"{path}.{name}".lstrip("."), key_node,
+                       f"appears twice (lines {seen[name]} and {key_node.start_mark.line + 1}); keep one")
+            continue
+        seen[name] = key_node.start_mark.line + 1
+        items.append((name, key_node, value_node))
+    return items
+
+
+def _prefixed(name: str, prefixes: dict[str, str]) -> str | None:
+    return next((reason for prefix, reason in prefixes.items() if name.startswith(prefix)), None)
+
+
+def _unknown_key(name: str, path: str, key_node: yaml.Node, value: Any, known: list[str],
+                 report: Report, refused: dict[str, str], *, top: bool = False) -> None:
+    """Report a key the dataclass does not have: Axolotl-known (error or warning) or unknown.
+
+    At the top level `refused` is Axolotl's training keys and the integration keys are
+    warnings; inside a section only `refused` applies."""
+    where = f"{path}.{name}".lstrip(".")
+    reason = refused.get(name) or (_prefixed(name, ax.TRAINING_PREFIXES) if top else None)
+    if reason is not None:
+        if not _is_empty(value):
+            report.add("error", where, key_node,
+                       f"{_show(value)}: Axolotl key not implemented by tutorforge: {reason}; remove it")
+        return
+    ignored = (ax.INTEGRATION_KEYS.get(name) or _prefixed(name, ax.INTEGRATION_PREFIXES)) if top else None
+    if ignored is not None:
+        if not _is_empty(value):
+            report.add("warning", where, key_node, f"ignored ({ignored})")
+        return
+    candidates = [*known, *refused, *(ax.INTEGRATION_KEYS if top else ())]
+    report.add("error", where, key_node, f"unknown key{did_you_mean(name, candidates)}")
+
+
+def _build(cls: type, loader, node: yaml.Node, path: str, report: Report, top: bool = False) -> Any:
+    """Validate a mapping node against dataclass `cls`; return an instance (defaults where bad)."""
+    if not isinstance(node, yaml.MappingNode):
+        report.add("error", path, node, f"expected a mapping of keys, got {_show(_construct(loader, node))}")
+        return cls(**{f.name: f.default for f in dataclasses.fields(cls)
+                      if f.default is not dataclasses.MISSING}) if not _has_required(cls) else None
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for name, key_node, value_node in _mapping_items(loader, node, path, report):
+        where = f"{path}.{name}".lstrip(".")
+        f = fields.get(name)
+        if f is None:
+            value = _construct(loader, value_node)
+            refused = ax.TRAINING_KEYS if top else ax.DATASET_KEYS if cls is DatasetSpec else {}
+            _unknown_key(name, path, key_node, value, list(fields), report, refused, top=top)
+            continue
+        if "section" in f.metadata:
+            if not _is_empty(_construct(loader, value_node)):
+                values[name] = _build(f.metadata["section"], loader, value_node, where, report)
+            continue
+        if "list_of" in f.metadata:
+            values[name] = _build_list(f.metadata["list_of"], loader, value_node, where, report)
+            continue
+        value = _construct(loader, value_node)
+        if value is None or value == "":
+            continue  # Axolotl configs list keys with no value: keep the default
+        try:
+            values[name] = f.metadata["rule"](value)
+        except Invalid as exc:
+            report.add("error", where, value_node, f"{_show(value)}: {exc} ({f.metadata['doc']})")
+    missing = [n for n, f in fields.items() if f.metadata.get("required") and n not in values]
+    for name in missing:
+        report.add("error", f"{path}.{name}".lstrip("."), node, f"required: {fields[name].metadata['doc']}")
+    if missing:
+        return None
+    return cls(**values)
+
+
+def _has_required(cls: type) -> bool:
+    return any(f.metadata.get("required") for f in dataclasses.fields(cls))
+
+
+def _build_list(cls, loader, node, path, report) -> tuple:
+    if not isinstance(node, yaml.SequenceNode):
+        value = _construct(loader, node)
+        if _is_empty(value):
+            return ()
+        report.add("error", path, node, f"{_show(value)}: expected a list of entries like `- path: data.jsonl`")
+        return ()
+    items = (_build(cls, loader, item, f"{path}[{i}]", report) for i, item in enumerate(node.value))
+    return tuple(item for item in items if item is not None)
+
+
+def _cross_checks(cfg: Config, report: Report, lines: dict[str, yaml.Node]) -> None:
+    """Rules that involve several keys. Each names the keys and how to make them agree."""
+
+    def err(name: str, message: str, severity: str = "error") -> None:
+        report.add(severity, name, lines.get(name.split(" ")[0]), message)
+
+    if cfg.adapter is None:
+        err("adapter", "not set: Axolotl would do a full fine-tune, which tutorforge does not; "
+            "set adapter: lora (or qlora with load_in_4bit: true)")
+    if cfg.adapter == "qlora" and not cfg.load_in_4bit:
+        err("load_in_4bit", "adapter: qlora needs load_in_4bit: true (or use adapter: lora)")
+    if cfg.adapter == "lora" and cfg.load_in_4bit:
+        err("load_in_4bit", "a 4-bit base is QLoRA: set adapter: qlora (or load_in_4bit: false)")
+    if cfg.load_in_4bit and cfg.load_in_8bit:
+        err("load_in_8bit", "load_in_4bit and load_in_8bit are both true; keep one")
+    if cfg.bf16 is True and cfg.fp16:
+        err("fp16", "bf16 and fp16 are both true; keep one")
+    if cfg.warmup_steps is not None and cfg.warmup_ratio is not None:
+        err("warmup_ratio", "warmup_steps and warmup_ratio are both set; keep one")
+    if cfg.evals_per_epoch is not None and cfg.eval_steps is not None:
+        err("eval_steps", "evals_per_epoch and eval_steps are both set; keep one")
+    if cfg.saves_per_epoch is not None and cfg.save_steps is not None:
+        err("save_steps", "saves_per_epoch and save_steps are both set; keep one")
+    if cfg.val_set_size >= 1 and not float(cfg.val_set_size).is_integer():
+        err("val_set_size", f"{cfg.val_set_size:g}: a fraction must be < 1, a row count whole")
+    if cfg.early_stopping_patience and cfg.val_set_size == 0:
+        err("early_stopping_patience", "needs evaluation: set val_set_size (e.g. 0.05)")
+    if (cfg.evals_per_epoch or cfg.eval_steps) and cfg.val_set_size == 0:
+        err("val_set_size", "evaluation is scheduled but val_set_size is 0: nothing to evaluate on",
+            "warning")
+    for quant in cfg.tutorforge.export.quantizations:
+        if quant not in QUANT_TYPES:
+            err("tutorforge", f"export.quantizations: {quant!r}: expected some of {', '.join(QUANT_TYPES)}"
+                f"{did_you_mean(quant, QUANT_TYPES)}")
+    for i, dataset in enumerate(cfg.datasets):
+        path = Path(dataset.path).expanduser()
+        local = path.suffix in {".json", ".jsonl"} or dataset.path.startswith((".", "/", "~"))
+        if local and not path.exists():
+            report.add("warning", f"datasets[{i}].path", lines.get("datasets"),
+                       f"{dataset.path}: no such file (paths are relative to the current directory, "
+                       f"{Path.cwd()}); training will stop here unless it exists")
+    if not cfg.datasets:
+        err("datasets", "no datasets: validation passes, but training needs at least one "
+            "(- path: data/tutor.jsonl, type: alpaca)", "warning")
+
+
+def _top_lines(loader, root: yaml.Node) -> dict[str, yaml.Node]:
+    if not isinstance(root, yaml.MappingNode):
+        return {}
+    return {k.value: k for k, _ in root.value if isinstance(k, yaml.ScalarNode)}
+
+
+def parse(text: str, source: str) -> Report:
+    """Validate YAML text; the report holds the Config when there is no error."""
+    report = Report(source)
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            report.add("error", "", None, "the file is empty; start from a recipe in recipes/")
+            return report
+        config = _build(Config, loader, root, "", report, top=True)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        report.problems.append(Problem("error", "", None, f"YAML{line}: {exc.problem or exc.context}; "
+                                       "check indentation, colons and quotes"))
+        return report
+    except (yaml.YAMLError, ValueError, TypeError, RecursionError) as exc:
+        report.add("error", "", None, f"not readable as YAML: {exc}")
+        return report
+    finally:
+        loader.dispose()
+    if config is not None:
+        _cross_checks(config, report, _top_lines(loader, root))
+    if not report.errors:
+        report.config = config
+    return report
+
+
+def validate_file(path: str | Path) -> Report:
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file; give the path of a YAML config "
+                        "(recipes/ has examples)") from None
+    except (IsADirectoryError, PermissionError) as exc:
+        raise UserError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        report = Report(str(path))
+        report.problems.append(Problem("error", "", None, f"not UTF-8 text (byte {exc.start}); "
+                                       "save the file as UTF-8"))
+        return report
+    return parse(text, str(path))
+
+
+def load_config(path: str | Path) -> Config:
+    """The validated Config of a YAML file; ConfigError (listing every problem) otherwise."""
+    report = validate_file(path)
+    if report.errors or report.config is None:
+        raise ConfigError(report)
+    return report.config
+
+
+def reference() -> list[tuple[str, str, str, str]]:
+    """(key, accepted values, default, meaning) for every supported key, for docs and --help."""
+    from tutorforge.schema import describe
+
+    rows = []
+
+    def walk(cls: type, prefix: str) -> None:
+        for f in dataclasses.fields(cls):
+            name = f"{prefix}{f.name}"
+            if "section" in f.metadata:
+                walk(f.metadata["section"], name + ".")
+            elif "list_of" in f.metadata:
+                walk(f.metadata["list_of"], name + "[].")
+            else:
+                default = "required" if f.metadata.get("required") else repr(f.default)
+                rows.append((name, describe(f.metadata["rule"]), default, f.metadata["doc"]))
+
+    walk(Config, "")
+    return rows

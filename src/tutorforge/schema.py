@@ -1,0 +1,206 @@
+"""Value rules for configuration keys: each turns a YAML value into a typed one or says why not.
+
+A rule is a callable `rule(value) -> converted` that raises `Invalid(reason)` with a message a
+user can act on. `config.py` attaches one rule to every config field and collects the failures.
+Axolotl's configs are written by hand, so numbers may arrive as strings (`learning_rate: 2e-4` is
+a string to YAML 1.1): numeric strings are accepted, anything else is an error.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+
+class Invalid(ValueError):
+    """A value a rule refuses; the message says what is expected."""
+
+
+Rule = Callable[[Any], Any]
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """A hint naming the closest choice (by spelling, or one that contains `word`), or ''."""
+    choices = list(choices)
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    if not close and len(word) >= 3:
+        close = [c for c in choices if c.startswith(word)][:1]
+    return f"; did you mean `{close[0]}`?" if close else ""
+
+
+def _number(value: Any) -> float | int:
+    if isinstance(value, bool):
+        raise Invalid("expected a number, not true/false")
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            try:
+                return float(value.strip())
+            except ValueError:
+                pass
+    raise Invalid("expected a number")
+
+
+def _bounds(lo: float | None, hi: float | None, lo_open: bool, hi_open: bool) -> str:
+    parts = []
+    if lo is not None:
+        parts.append(f"{'>' if lo_open else '>='} {lo:g}")
+    if hi is not None:
+        parts.append(f"{'<' if hi_open else '<='} {hi:g}")
+    return " and ".join(parts)
+
+
+@dataclass(frozen=True)
+class Int:
+    lo: int | None = None
+    hi: int | None = None
+
+    def __call__(self, value: Any) -> int:
+        bound = _bounds(self.lo, self.hi, False, False)
+        try:
+            number = _number(value)
+        except Invalid:
+            raise Invalid(f"expected a whole number {bound}".rstrip()) from None
+        if isinstance(number, float):
+            if not (math.isfinite(number) and number.is_integer()):
+                raise Invalid(f"expected a whole number {bound}".rstrip())
+            number = int(number)
+        if (self.lo is not None and number < self.lo) or (self.hi is not None and number > self.hi):
+            raise Invalid(f"must be {bound}")
+        return number
+
+
+@dataclass(frozen=True)
+class Float:
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def __call__(self, value: Any) -> float:
+        bound = _bounds(self.lo, self.hi, self.lo_open, self.hi_open)
+        try:
+            number = float(_number(value))
+        except Invalid:
+            raise Invalid(f"expected a number {bound}".rstrip()) from None
+        except OverflowError:
+            raise Invalid(f"number out of range; expected {bound}") from None
+        if not math.isfinite(number):
+            raise Invalid(f"expected a finite number {bound}".rstrip())
+        too_low = self.lo is not None and (number <= self.lo if self.lo_open else number < self.lo)
+        too_high = self.hi is not None and (number >= self.hi if self.hi_open else number > self.hi)
+        if too_low or too_high:
+            raise Invalid(f"must be {bound}")
+        return number
+
+
+@dataclass(frozen=True)
+class Bool:
+    def __call__(self, value: Any) -> bool:
+        if isinstance(value, bool):
+            return value
+        raise Invalid("expected true or false")
+
+
+@dataclass(frozen=True)
+class Str:
+    def __call__(self, value: Any) -> str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise Invalid("expected a text value")
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One of `values`; `refused` maps values that are known but not offered to the reason."""
+
+    values: tuple[str, ...]
+    refused: tuple[tuple[str, str], ...] = ()
+
+    def __call__(self, value: Any) -> str:
+        if not isinstance(value, str):
+            raise Invalid(f"expected one of: {', '.join(self.values)}")
+        key = value.strip()
+        if key in self.values:
+            return key
+        if key.lower() in self.values:
+            return key.lower()
+        refused = dict(self.refused)
+        if key in refused:
+            raise Invalid(f"`{key}` is not supported: {refused[key]}; use one of: {', '.join(self.values)}")
+        hint = did_you_mean(key, [*self.values, *refused])
+        raise Invalid(f"expected one of: {', '.join(self.values)}{hint}")
+
+
+@dataclass(frozen=True)
+class BoolOr:
+    """true, false, or one of the given words (Axolotl's `bf16: auto`)."""
+
+    words: tuple[str, ...]
+
+    def __call__(self, value: Any) -> bool | str:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in self.words:
+            return value.strip().lower()
+        raise Invalid(f"expected true, false or {' / '.join(self.words)}")
+
+
+@dataclass(frozen=True)
+class StrList:
+    """A list of names; a single name is accepted as a list of one."""
+
+    def __call__(self, value: Any) -> tuple[str, ...]:
+        if isinstance(value, str):
+            return (value,)
+        if isinstance(value, list) and all(isinstance(v, str) and v for v in value):
+            return tuple(value)
+        raise Invalid("expected a list of names, e.g. [q_proj, v_proj]")
+
+
+@dataclass(frozen=True)
+class StrMap:
+    """A mapping of names to text, keys limited to `keys`."""
+
+    keys: tuple[str, ...]
+
+    def __call__(self, value: Any) -> tuple[tuple[str, str], ...]:
+        if not isinstance(value, dict):
+            raise Invalid(f"expected a mapping with keys among: {', '.join(self.keys)}")
+        out = []
+        for key, item in value.items():
+            if key not in self.keys:
+                raise Invalid(f"unknown key `{key}`{did_you_mean(str(key), self.keys)}; "
+                              f"allowed: {', '.join(self.keys)}")
+            if not isinstance(item, str) or not item:
+                raise Invalid(f"`{key}` must be a non-empty text value")
+            out.append((key, item))
+        return tuple(out)
+
+
+def describe(rule: Rule) -> str:
+    """A short human description of what a rule accepts, for docs and messages."""
+    match rule:
+        case Int(lo=lo, hi=hi):
+            return f"integer {_bounds(lo, hi, False, False)}".strip()
+        case Float(lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open):
+            return f"number {_bounds(lo, hi, lo_open, hi_open)}".strip()
+        case Bool():
+            return "true/false"
+        case Choice(values=values):
+            return " | ".join(values)
+        case BoolOr(words=words):
+            return "true/false/" + "/".join(words)
+        case StrList():
+            return "list of names"
+        case StrMap(keys=keys):
+            return "mapping of " + ", ".join(keys)
+        case _:
+            return "text"

@@ -1,0 +1,110 @@
+"""cli.py: the command table, --help, exit codes, and messages without tracebacks."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import MISSION_CONFIG, ROOT
+from tutorforge import cli
+from tutorforge.errors import UserError
+
+
+def run(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    env = dict(os.environ, **(env_extra or {}))
+    return subprocess.run([sys.executable, "-m", "tutorforge", *args], capture_output=True,
+                          text=True, cwd=ROOT, env=env, timeout=600)
+
+
+def test_help_lists_every_command():
+    out = run("--help")
+    assert out.returncode == 0
+    for name in cli.COMMANDS:
+        assert name in out.stdout
+
+
+@pytest.mark.parametrize("name", list(cli.COMMANDS))
+def test_every_command_has_help(name, capsys):
+    with pytest.raises(SystemExit) as done:
+        cli.main([name, "--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    assert (cli.COMMANDS[name].__doc__ or "").split("\n")[0].strip()[:30] in " ".join(text.split())
+
+
+def test_generate_help_describes_its_options(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["generate", "--help"])
+    text = capsys.readouterr().out
+    assert "--prompt" in text and "--max-new-tokens" in text and "longest answer in tokens" in text
+
+
+def test_validate_mission_config(write_config):
+    out = run("validate", str(write_config(MISSION_CONFIG)))
+    assert out.returncode == 0, out.stderr
+    assert "valid: qlora r=32 on NousResearch/Meta-Llama-3-8B" in out.stdout
+    assert "set base_model to its path" in out.stdout  # offline: the note says what to do
+
+
+def test_invalid_config_exits_2_with_every_problem(write_config):
+    path = write_config("base_model: x/y\nadapter: lora\nlora_r: 0\nmicro_batch_size: -1\n")
+    out = run("validate", str(path))
+    assert out.returncode == 2
+    assert f"{path}:3: lora_r: 0: must be >= 1" in out.stdout
+    assert f"{path}:4: micro_batch_size: -1: must be >= 1" in out.stdout
+    assert "2 problems" in out.stderr and "Traceback" not in out.stdout + out.stderr
+
+
+def test_user_mistakes_exit_2_without_traceback(write_config, tmp_path):
+    missing = run("validate", str(tmp_path / "nope.yml"))
+    assert missing.returncode == 2 and "no such file" in missing.stderr
+    offline = run("generate", str(write_config(MISSION_CONFIG)), "--prompt", "hi",
+                  env_extra={"HF_HOME": str(tmp_path / "hf")})
+    assert offline.returncode == 2
+    assert "NousResearch/Meta-Llama-3-8B is not on this machine" in offline.stderr
+    assert "Traceback" not in offline.stderr
+    debug = run("--debug", "validate", str(tmp_path / "nope.yml"))
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+    usage = run("generate", "smollm2")  # --prompt missing
+    assert usage.returncode == 2 and "--prompt" in usage.stderr
+
+
+def test_internal_error_is_labelled(monkeypatch, capsys):
+    def broken(config):
+        raise RuntimeError("boom")
+
+    monkeypatch.setitem(cli.COMMANDS, "validate", broken)
+    assert cli.main(["validate", "x.yml"]) == 1
+    assert "internal error: RuntimeError: boom" in capsys.readouterr().err
+
+
+def test_user_error_exit_code(monkeypatch, capsys):
+    def mistake(config):
+        raise UserError("x.yml: bad")
+
+    monkeypatch.setitem(cli.COMMANDS, "validate", mistake)
+    assert cli.main(["validate", "x.yml"]) == 2
+    assert capsys.readouterr().err.strip() == "error: x.yml: bad"
+
+
+def test_keys_lists_the_reference(capsys):
+    assert cli.main(["keys"]) == 0
+    text = capsys.readouterr().out
+    assert "lora_r" in text and "tutorforge.export.quantizations" in text
+
+
+@pytest.mark.slow
+def test_demo_commands(bundled):
+    """What `make demo` runs: validate the shipped recipe, then a greedy answer from the bundled model."""
+    recipe = "recipes/python-tutor-smollm2-cpu.yml"
+    assert run("validate", recipe).returncode == 0
+    first = run("generate", recipe, "--prompt", "How do I reverse a list in Python?",
+                "--max-new-tokens", "48")
+    assert first.returncode == 0, first.stderr
+    assert "revers" in first.stdout.lower()
+    second = run("generate", recipe, "--prompt", "How do I reverse a list in Python?",
+                 "--max-new-tokens", "48")
+    assert second.stdout == first.stdout  # temperature 0: the same answer every time

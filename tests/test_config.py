@@ -1,0 +1,313 @@
+"""config.py: Axolotl-style YAML into typed, frozen objects; every problem reported at once."""
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import MISSION_CONFIG, ROOT
+from tutorforge.config import (Config, ConfigError, load_config, parse, reference,
+                               validate_file)
+from tutorforge.errors import UserError
+
+# Every key the foundation must accept, each with a value a user would write.
+SUPPORTED = """\
+base_model: HuggingFaceTB/SmolLM2-135M-Instruct
+base_model_config: HuggingFaceTB/SmolLM2-135M-Instruct
+tokenizer_config: HuggingFaceTB/SmolLM2-135M-Instruct
+model_type: AutoModelForCausalLM
+tokenizer_type: AutoTokenizer
+adapter: qlora
+load_in_4bit: true
+load_in_8bit: false
+bnb_4bit_quant_type: nf4
+bnb_4bit_use_double_quant: true
+sequence_len: 512
+sample_packing: true
+pad_to_sequence_len: false
+datasets:
+  - path: {data}
+    type: alpaca
+    data_files: [tutor.jsonl]
+    split: train
+val_set_size: 0.1
+dataset_prepared_path: ./prepared
+output_dir: ./out
+lora_r: 16
+lora_alpha: 32
+lora_dropout: 0.05
+lora_target_linear: true
+lora_target_modules: [q_proj, v_proj]
+lora_modules_to_save: [embed_tokens]
+micro_batch_size: 2
+gradient_accumulation_steps: 4
+num_epochs: 3
+max_steps: 100
+optimizer: paged_adamw_8bit
+learning_rate: 0.0005
+lr_scheduler: linear
+warmup_steps: 5
+weight_decay: 0.01
+max_grad_norm: 0.5
+train_on_inputs: false
+bf16: auto
+fp16: false
+tf32: false
+gradient_checkpointing: true
+flash_attention: false
+sdp_attention: true
+logging_steps: 5
+evals_per_epoch: 2
+saves_per_epoch: 1
+early_stopping_patience: 3
+resume_from_checkpoint: ./out/checkpoint-10
+auto_resume_from_checkpoints: true
+seed: 7
+special_tokens:
+  pad_token: "<|im_end|>"
+chat_template: tokenizer_default
+strict: false
+default_system_message: You are a concise Python tutor.
+tutorforge:
+  export:
+    outtype: f16
+    quantizations: [q4_k_m, q8_0]
+  ollama:
+    model_name: python-tutor
+    temperature: 0
+  compare:
+    max_new_tokens: 128
+"""
+
+
+def problems(text: str) -> list[str]:
+    report = parse(text, "c.yml")
+    return [p.render("c.yml") for p in report.problems]
+
+
+def errors(text: str) -> list[str]:
+    report = parse(text, "c.yml")
+    return [p.render("c.yml") for p in report.errors]
+
+
+def test_mission_config_validates_as_written(write_config):
+    cfg = load_config(write_config(MISSION_CONFIG))
+    assert (cfg.adapter, cfg.load_in_4bit, cfg.sequence_len, cfg.sample_packing) == ("qlora", True, 1024, True)
+    assert (cfg.lora_r, cfg.lora_alpha, cfg.lora_target_linear) == (32, 16, True)
+    assert (cfg.micro_batch_size, cfg.gradient_accumulation_steps, cfg.num_epochs) == (1, 8, 50)
+    assert (cfg.optimizer, cfg.learning_rate) == ("adamw_bnb_8bit", 0.0002)
+
+
+def test_every_supported_key_is_accepted_and_typed(tmp_path):
+    report = parse(SUPPORTED.replace("{data}", str(tmp_path)), "c.yml")
+    assert report.problems == []
+    cfg = report.config
+    assert cfg.datasets[0].data_files == ("tutor.jsonl",)
+    assert cfg.lora_target_modules == ("q_proj", "v_proj")
+    assert cfg.special_tokens == (("pad_token", "<|im_end|>"),)
+    assert cfg.tutorforge.export.quantizations == ("q4_k_m", "q8_0")
+    assert cfg.tutorforge.ollama.model_name == "python-tutor"
+    assert cfg.tutorforge.compare.max_new_tokens == 128
+    assert isinstance(cfg.max_steps, int) and isinstance(cfg.learning_rate, float)
+
+
+def test_config_objects_are_frozen(write_config):
+    cfg = load_config(write_config(MISSION_CONFIG))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.lora_r = 8
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.tutorforge.export.outtype = "bf16"
+
+
+def test_bad_values_are_all_reported_with_line_value_and_fix():
+    text = MISSION_CONFIG.replace("lora_r: 32", "lora_r: 0").replace(
+        "micro_batch_size: 1", "micro_batch_size: -1").replace(
+        "learning_rate: 0.0002", 'learning_rate: "fast"')
+    found = errors(text)
+    assert len(found) == 3
+    assert found[0].startswith("c.yml:6: lora_r: 0: must be >= 1")
+    assert found[1].startswith("c.yml:9: micro_batch_size: -1: must be >= 1")
+    assert found[2].startswith("c.yml:13: learning_rate: 'fast': expected a number > 0")
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("lora_r: 8.5", "lora_r: 8.5: expected a whole number"),
+    ("lora_dropout: 1.5", "lora_dropout: 1.5: must be >= 0 and < 1"),
+    ("sample_packing: maybe", "sample_packing: 'maybe': expected true or false"),
+    ("num_epochs: 0", "num_epochs: 0: must be > 0"),
+    ("learning_rate: .nan", "learning_rate: nan: expected a finite number"),
+    ("sequence_len: [1024]", "sequence_len: [1024]: expected a whole number"),
+    ("optimizer: adamw", "optimizer: 'adamw': expected one of"),
+    ("bf16: sometimes", "bf16: 'sometimes': expected true, false or auto"),
+    ("lora_target_modules: {q: 1}", "lora_target_modules: {'q': 1}: expected a list of names"),
+    ("special_tokens: {pad: x}", "special_tokens: {'pad': 'x'}: unknown key `pad`; did you mean `pad_token`?"),
+    ("seed: -3", "seed: -3: must be >= 0"),
+])
+def test_wrong_types_and_impossible_values_are_errors(line, expected):
+    found = errors("base_model: x/y\nadapter: lora\n" + line + "\n")
+    assert len(found) == 1, found
+    assert f"c.yml:3: {expected}" in found[0]
+
+
+def test_numbers_written_as_strings_are_accepted():
+    cfg = parse(MISSION_CONFIG.replace("learning_rate: 0.0002", "learning_rate: 2e-4"), "c").config
+    assert cfg.learning_rate == pytest.approx(2e-4)
+
+
+def test_unknown_key_has_did_you_mean():
+    found = errors(MISSION_CONFIG + "lora_alpah: 16\ngradient_acumulation_steps: 2\nzzz_qqq: 1\n")
+    assert "lora_alpah: unknown key; did you mean `lora_alpha`?" in found[0]
+    assert "did you mean `gradient_accumulation_steps`?" in found[1]
+    assert found[2].endswith("zzz_qqq: unknown key")
+
+
+def test_axolotl_training_keys_are_errors_integrations_warnings():
+    report = parse(MISSION_CONFIG + "deepspeed: zero2.json\nrl: dpo\nwandb_project: tutor\n"
+                   "hub_model_id: me/tutor\nneftune_noise_alpha: 5\n", "c.yml")
+    assert [p.path for p in report.errors] == ["deepspeed", "rl", "neftune_noise_alpha"]
+    assert [p.path for p in report.warnings if p.path != "datasets"] == ["wandb_project", "hub_model_id"]
+    assert "DeepSpeed is not supported" in report.errors[0].message
+    assert report.config is None
+
+
+def test_empty_values_of_unsupported_keys_are_fine():
+    report = parse(MISSION_CONFIG + "deepspeed:\nfsdp: []\nfsdp_config: {}\nwandb_project: ''\n"
+                   "peft_use_dora: false\nlora_model_dir:\n", "c.yml")
+    assert report.errors == [] and report.config is not None
+    assert [p.path for p in report.warnings] == ["datasets"]  # only "no datasets"
+
+
+def test_cross_key_rules():
+    found = errors("base_model: x/y\nadapter: lora\nload_in_4bit: true\nwarmup_steps: 3\n"
+                   "warmup_ratio: 0.1\nbf16: true\nfp16: true\nearly_stopping_patience: 2\n")
+    text = "\n".join(found)
+    assert "set adapter: qlora" in text
+    assert "warmup_steps and warmup_ratio are both set" in text
+    assert "bf16 and fp16 are both true" in text
+    assert "early_stopping_patience: needs evaluation" in text
+    assert "adapter: not set" in "\n".join(errors("base_model: x/y\n"))
+
+
+def test_dataset_entries_are_checked_by_path():
+    found = errors(MISSION_CONFIG + "datasets:\n  - path: a.jsonl\n    type: sharegpt\n"
+                   "  - type: alpaca\n  - path: b.jsonl\n    feild_input: x\n")
+    assert "c.yml:16: datasets[0].type: 'sharegpt': `sharegpt` is not supported" in found[0]
+    assert "c.yml:17: datasets[1].path: required" in found[1]
+    assert "datasets[2].feild_input: unknown key; did you mean `field_input`?" in found[2]
+
+
+def test_duplicate_keys_are_errors():
+    found = errors(MISSION_CONFIG + "lora_r: 8\n")
+    assert found == ["c.yml:14: lora_r: appears twice (lines 6 and 14); keep one"]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("", "the file is empty"),
+    ("# only a comment\n", "the file is empty"),
+    ("- a\n- b\n", "expected a mapping of keys"),
+    ("just text", "expected a mapping of keys"),
+    ("base_model: [unclosed\n", "YAML:"),
+    ("a: 1\n\tb: 2\n", "YAML:"),
+    ("a: 1\n---\nb: 2\n", "YAML:"),
+    ("? [a, b]\n: 1\nbase_model: x/y\n", "keys must be names"),
+    ("base_model: !!python/object:os.system x\n", "YAML:"),
+])
+def test_broken_yaml_gives_messages_not_tracebacks(text, expected):
+    found = problems(text)
+    assert found and expected in "\n".join(found)
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(UserError, match="no such file"):
+        validate_file(tmp_path / "missing.yml")
+    bad = tmp_path / "latin1.yml"
+    bad.write_bytes("base_model: caf\xe9\n".encode("latin-1"))
+    assert "not UTF-8" in validate_file(bad).render()
+    bom = tmp_path / "bom.yml"
+    bom.write_bytes(b"\xef\xbb\xbf" + MISSION_CONFIG.encode())
+    assert validate_file(bom).config is not None
+    two = tmp_path / "two.yml"
+    two.write_text("lora_r: 0\n")
+    with pytest.raises(ConfigError, match="two.yml: 2 problems; fix them") as caught:
+        load_config(two)
+    assert "two.yml:1: lora_r: 0: must be >= 1" in str(caught.value)
+    assert "base_model: required" in str(caught.value)
+
+
+WILD = sorted((ROOT / "tests" / "configs").glob("*-wild.yml"))
+WILD_EXPECTED = {  # config -> the keys its errors must name (empty: valid)
+    "anchors-wild.yml": [],
+    "llama3-qlora-wild.yml": [],
+    "mistral-lora-wild.yml": [],
+    "chat-dataset-wild.yml": ["chat_template", "datasets[0].type", "datasets[0].field_messages",
+                              "datasets[0].message_field_role", "datasets[0].message_field_content",
+                              "datasets[0].roles_to_train"],
+    "multi-gpu-dpo-wild.yml": ["rl", "dpo_beta", "deepspeed", "fsdp", "fsdp_config", "lr_scheduler",
+                               "optimizer", "datasets[0].type"],
+}
+
+
+@pytest.mark.parametrize("path", WILD, ids=lambda p: p.name)
+def test_configs_in_the_wild(path):
+    report = validate_file(path)
+    assert [p.path for p in report.errors] == WILD_EXPECTED[path.name]
+    assert (report.config is not None) == (not WILD_EXPECTED[path.name])
+
+
+def test_anchors_and_merge_keys():
+    cfg = validate_file(ROOT / "tests" / "configs" / "anchors-wild.yml").config
+    assert cfg.tutorforge.ollama.num_ctx == cfg.sequence_len == 512
+    assert [d.split for d in cfg.datasets] == ["train", "train"]
+    assert cfg.datasets[1].path == cfg.datasets[0].path
+    assert (cfg.num_epochs, cfg.micro_batch_size) == (3.0, 2)
+
+
+@pytest.mark.parametrize("recipe", sorted((ROOT / "recipes").glob("*.yml")), ids=lambda p: p.name)
+def test_every_shipped_recipe_validates(recipe, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    report = validate_file(recipe)
+    assert report.errors == [] and report.config is not None
+    assert [p for p in report.warnings if "no such file" in p.message] == []
+
+
+def test_reference_lists_every_key():
+    names = {row[0] for row in reference()}
+    assert {"base_model", "lora_r", "datasets[].path", "tutorforge.export.quantizations"} <= names
+    flat = {f.name for f in dataclasses.fields(Config)} - {"datasets", "tutorforge"}
+    assert flat <= names
+
+
+# Fuzzing: whatever is thrown at the validator ends in "valid" or in messages, never a traceback.
+KEY_POOL = [row[0] for row in reference() if "." not in row[0] and "[" not in row[0]] + [
+    "deepspeed", "wandb_project", "datasets", "tutorforge", "rl", "fsdp", "lora_alpah", "x"]
+scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**30, 10**30), st.floats(),
+                    st.text(max_size=20), st.sampled_from(["auto", "qlora", "lora", "2e-4", "nf4"]))
+values = st.recursive(scalars, lambda inner: st.one_of(
+    st.lists(inner, max_size=4), st.dictionaries(st.sampled_from(KEY_POOL + ["path", "type", "export"]),
+                                                 inner, max_size=4)), max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(st.sampled_from(KEY_POOL), values, max_size=10))
+def test_fuzz_structures_never_crash(doc):
+    report = parse(yaml.safe_dump(doc), "fuzz.yml")
+    assert report.errors or report.config is not None
+    for problem in report.problems:
+        assert problem.message and problem.render("fuzz.yml").startswith("fuzz.yml")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("ab:- \n\t[]{}&*!|>'\"#%@`,?<=~0.9e")), max_size=80))
+def test_fuzz_text_never_crashes(text):
+    report = parse(text, "fuzz.yml")
+    assert report.errors or report.config is not None
+
+
+def test_problem_render_format():
+    line = errors("base_model: x/y\nadapter: lora\nlora_r: -1\n")[0]
+    assert re.fullmatch(r"c\.yml:3: lora_r: -1: must be >= 1 and <= 4096 \(LoRA rank\)", line)

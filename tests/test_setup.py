@@ -1,0 +1,99 @@
+"""scripts/setup_env.py and the environment it builds: pins in one place, torch first, a cached
+portable llama-cpp-python wheel, and a test run that fails on any skip."""
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def _setup_env():
+    spec = importlib.util.spec_from_file_location("setup_env", ROOT / "scripts" / "setup_env.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_dependency_is_pinned_and_installed_at_its_pin():
+    deps = PYPROJECT["project"]["dependencies"] + PYPROJECT["project"]["optional-dependencies"]["test"]
+    deps += PYPROJECT["tool"]["tutorforge"]["setup"]["no_deps"]
+    for dep in deps:
+        name, _, version = dep.partition("==")
+        assert version, f"{dep} is not pinned with =="
+        installed = importlib.metadata.version(name).split("+")[0]
+        assert installed == version, f"{name}: installed {installed}, pyproject pins {version}"
+
+
+def test_torch_is_the_pinned_cpu_build_here():
+    import torch
+
+    assert torch.__version__.split("+")[0] == "2.13.0"
+
+
+def test_llama_cpp_comes_from_the_cached_portable_wheel():
+    direct = importlib.metadata.distribution("llama_cpp_python").read_text("direct_url.json")
+    assert direct, "llama-cpp-python must be installed from the cached wheel, not from an index"
+    wheel = Path(json.loads(direct)["url"].removeprefix("file://"))
+    info = (wheel.parent / "BUILD_INFO").read_text()
+    assert PYPROJECT["tool"]["tutorforge"]["setup"]["llama_cpp_cmake_args"] in info
+    assert "-DGGML_NATIVE=OFF" in info and "llama-cpp-python==0.3.36" in info
+
+
+def test_wheel_cache_is_built_once_then_reused(tmp_path, monkeypatch):
+    setup_env = _setup_env()
+    monkeypatch.setenv("TUTORFORGE_WHEEL_CACHE", str(tmp_path))
+    calls = []
+
+    def fake_pip(*args, env=None):
+        calls.append((args, env["CMAKE_ARGS"]))
+        out = Path(args[args.index("-w") + 1])
+        (out / "llama_cpp_python-0.3.36-py3-none-linux_x86_64.whl").write_bytes(b"wheel")
+
+    monkeypatch.setattr(setup_env, "pip", fake_pip)
+    first = setup_env.llama_cpp_wheel("llama-cpp-python==0.3.36", "-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF")
+    assert calls[0][1] == "-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF"
+    assert "--no-binary" in calls[0][0]
+    second = setup_env.llama_cpp_wheel("llama-cpp-python==0.3.36", "-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF")
+    assert second == first and len(calls) == 1  # cached: not rebuilt
+    other = setup_env.llama_cpp_wheel("llama-cpp-python==0.3.36", "-DGGML_NATIVE=ON")
+    assert other.parent != first.parent and len(calls) == 2  # other flags: another cache slot
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no leftovers
+
+
+def test_a_failed_build_leaves_no_cache_slot(tmp_path, monkeypatch):
+    setup_env = _setup_env()
+    monkeypatch.setenv("TUTORFORGE_WHEEL_CACHE", str(tmp_path))
+
+    def failing_pip(*args, env=None):
+        raise subprocess.CalledProcessError(1, "pip wheel")
+
+    monkeypatch.setattr(setup_env, "pip", failing_pip)
+    with pytest.raises(subprocess.CalledProcessError):
+        setup_env.llama_cpp_wheel("llama-cpp-python==0.3.36", "-DGGML_NATIVE=OFF")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_skipped_test_fails_the_run(pytester):
+    pytester.makeconftest((ROOT / "tests" / "conftest.py").read_text())
+    pytester.makepyfile(test_one="import pytest\n\ndef test_ok():\n    assert True\n\n"
+                                 "def test_skipped():\n    pytest.skip('missing dependency')\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["*1 test(s) skipped; nothing may be skipped*"])
+
+
+def test_ci_runs_make_test():
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "make test" in ci and "set -euo pipefail" in ci
+    makefile = (ROOT / "Makefile").read_text()
+    assert "scripts/setup_env.py" in makefile and "-m pytest" in makefile
