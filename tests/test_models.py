@@ -1,6 +1,7 @@
 """models.py: base_model resolution, offline first, and the bundled model's cached conversion."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -20,7 +21,8 @@ def test_bundled_model_converts_once_and_is_reused(bundled):
     assert {"config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja",
             "tutorforge.json"} <= files
     info = json.loads((bundled.path / "tutorforge.json").read_text())
-    assert info["source_gguf"] == str(bundled_gguf())
+    assert bundled.path.name == f"gguf-{info['sha256_prefix']}"
+    assert info["sha256_prefix"] == hashlib.sha256(bundled_gguf().read_bytes()).hexdigest()[:16]
     stamp = (bundled.path / "model.safetensors").stat().st_mtime_ns
     for alias in ("smollm2", "SmolLM2-135M-Instruct", "huggingfacetb/smollm2-135m-instruct"):
         start = time.monotonic()

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # OpenMP spin-waiting slows CPU work 3-5x
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # the CLI draws its own progress
 
 from tutorforge import __version__  # noqa: E402
 from tutorforge.errors import UserError  # noqa: E402
