@@ -216,6 +216,10 @@ def test_duplicate_keys_are_errors():
     ("a: 1\n---\nb: 2\n", "YAML:"),
     ("? [a, b]\n: 1\nbase_model: x/y\n", "keys must be names"),
     ("base_model: !!python/object:os.system x\n", "YAML:"),
+    ("a: " + "[" * 3000 + "]" * 3000, "nested too deeply"),
+    ("&a [*a]\n", "recursive"),
+    ("\x00\x01", "not readable as YAML"),
+    ("base_model: x/y\nadapter: lora\nlora_r: 1e999\n", "expected a whole number"),
 ])
 def test_broken_yaml_gives_messages_not_tracebacks(text, expected):
     found = problems(text)
@@ -302,7 +306,8 @@ def test_fuzz_structures_never_crash(doc):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.text(alphabet=st.sampled_from(list("ab:- \n\t[]{}&*!|>'\"#%@`,?<=~0.9e")), max_size=80))
+@given(st.text(alphabet=st.sampled_from(list("ab:- \n\t[]{}&*!|>'\"#%@`,?<=~0.9e\x00\x85\ufeff\U0001f40d")),
+               max_size=80))
 def test_fuzz_text_never_crashes(text):
     report = parse(text, "fuzz.yml")
     assert report.errors or report.config is not None

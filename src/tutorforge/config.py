@@ -385,7 +385,11 @@ def _top_lines(loader, root: yaml.Node) -> dict[str, yaml.Node]:
 def parse(text: str, source: str) -> Report:
     """Validate YAML text; the report holds the Config when there is no error."""
     report = Report(source)
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as exc:  # a control character: PyYAML refuses the text at once
+        report.add("error", "", None, f"not readable as YAML: {exc}")
+        return report
     try:
         root = loader.get_single_node()
         if root is None:
@@ -398,7 +402,10 @@ def parse(text: str, source: str) -> Report:
         report.problems.append(Problem("error", "", None, f"YAML{line}: {exc.problem or exc.context}; "
                                        "check indentation, colons and quotes"))
         return report
-    except (yaml.YAMLError, ValueError, TypeError, RecursionError) as exc:
+    except RecursionError:
+        report.add("error", "", None, "nested too deeply to be a config; check the brackets")
+        return report
+    except (yaml.YAMLError, ValueError, TypeError) as exc:
         report.add("error", "", None, f"not readable as YAML: {exc}")
         return report
     finally:
