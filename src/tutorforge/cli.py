@@ -14,6 +14,7 @@ import inspect
 import logging
 import os
 import sys
+import types
 import typing
 from collections.abc import Callable
 from pathlib import Path
@@ -82,6 +83,57 @@ def generate(model: str, *, prompt: str, input: str = "", system: str | None = N
     return 0
 
 
+def _tokenizer_for(config: Path | None):
+    """(config or None, tokenizer, prompt format, sequence_len, model name) for data commands."""
+    from transformers import AutoTokenizer
+
+    from tutorforge.config import load_config
+    from tutorforge.formatting import prompt_format
+    from tutorforge.models import resolve_base_model
+
+    cfg = load_config(config) if config else None
+    name = cfg.base_model if cfg else "HuggingFaceTB/SmolLM2-135M-Instruct"
+    tokenizer = AutoTokenizer.from_pretrained(str(resolve_base_model(name).path))
+    fmt = prompt_format(tokenizer, cfg.chat_template if cfg else None,
+                        cfg.default_system_message if cfg else None)
+    if cfg is None:
+        log.info("no --config: tokens counted for the bundled SmolLM2-135M-Instruct, sequence_len 2048")
+    return cfg, tokenizer, fmt, cfg.sequence_len if cfg else 2048, name
+
+
+def data_lint(paths: list[Path], *, config: Path | None = None, run_code: bool = True) -> int:
+    """Check Alpaca files: rows, duplicates, token lengths, answer lengths, and run every Python block.
+
+    paths: .jsonl or .json (array) files
+    config: a config whose base_model, chat template and sequence_len to count tokens with
+    run_code: execute every ```python block in the sandbox and check its stated output
+    """
+    from tutorforge.lint import lint, render
+
+    _, tokenizer, fmt, sequence_len, name = _tokenizer_for(config)
+    report = lint(list(paths), tokenizer=tokenizer, fmt=fmt, sequence_len=sequence_len, model=name,
+                  run_code=run_code)
+    print(render(report))
+    return 1 if report.failed else 0
+
+
+def data_prepare(config: Path, *, skip_bad_rows: bool = False) -> int:
+    """Load, check, format, tokenize, split and pack a config's datasets, and report.
+
+    config: Axolotl-style YAML file
+    skip_bad_rows: go on past unusable rows; they go to <output_dir>/rejected.jsonl with reasons
+    """
+    from tutorforge.data import prepare, write_rows
+
+    cfg, tokenizer, _, _, _ = _tokenizer_for(config)
+    prepared = prepare(cfg, tokenizer, skip_bad_rows=skip_bad_rows, config_dir=config.parent)
+    held_out = Path(cfg.output_dir) / "heldout.jsonl"
+    write_rows(prepared.val_rows, held_out)
+    print(prepared.summary())
+    print(f"held-out rows (never trained on): {held_out}")
+    return 0
+
+
 def keys() -> int:
     """List every supported config key with its accepted values, default and meaning."""
     from tutorforge.config import reference
@@ -93,8 +145,10 @@ def keys() -> int:
     return 0
 
 
-COMMANDS: dict[str, Callable[..., int]] = {
+COMMANDS: dict[str, Callable[..., int]] = {  # "group name" makes `tutorforge group name`
     "validate": validate,
+    "data lint": data_lint,
+    "data prepare": data_prepare,
     "generate": generate,
     "keys": keys,
 }
@@ -117,9 +171,13 @@ def _add_command(sub, name: str, fn: Callable[..., int]) -> None:
     hints = typing.get_type_hints(fn)
     for param in inspect.signature(fn).parameters.values():
         kind = hints.get(param.name, str)
-        kind = next((a for a in typing.get_args(kind) if a is not type(None)), kind)
+        if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))  # X | None -> X
         flag = "--" + param.name.replace("_", "-")
-        if param.kind is param.KEYWORD_ONLY and param.default is inspect.Parameter.empty:
+        if typing.get_origin(kind) is list:
+            parser.add_argument(param.name, type=typing.get_args(kind)[0], nargs="+",
+                                help=helps.get(param.name))
+        elif param.kind is param.KEYWORD_ONLY and param.default is inspect.Parameter.empty:
             parser.add_argument(flag, dest=param.name, type=kind, required=True,
                                 help=helps.get(param.name))
         elif param.default is inspect.Parameter.empty:
@@ -139,8 +197,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tutorforge {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    groups: dict[str, argparse._SubParsersAction] = {}
     for name, fn in COMMANDS.items():
-        _add_command(sub, name, fn)
+        group, _, leaf = name.rpartition(" ")
+        if group and group not in groups:
+            helps = ", ".join(n.split(" ", 1)[1] for n in COMMANDS if n.startswith(group + " "))
+            group_parser = sub.add_parser(group, help=f"{group} commands: {helps}")
+            groups[group] = group_parser.add_subparsers(title=f"{group} commands", metavar="COMMAND",
+                                                        required=True)
+        _add_command(groups[group] if group else sub, leaf, fn)
     return parser
 
 

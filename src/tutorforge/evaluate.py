@@ -32,12 +32,14 @@ class Generator(Protocol):
 class TorchGenerator:
     """Greedy decoding with a local Hugging Face checkpoint on CPU (or the given device)."""
 
-    def __init__(self, model_dir: Path, *, name: str | None = None, device: str = "cpu"):
+    def __init__(self, model_dir: Path, *, name: str | None = None, device: str = "cpu",
+                 chat_template: str | None = None):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.name = name or model_dir.name
         self.device = device
+        self.chat_template = chat_template
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         self.model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
         self.model.to(device).eval()
@@ -46,11 +48,13 @@ class TorchGenerator:
                  max_new_tokens: int = 256) -> Answer:
         import torch
 
-        from tutorforge.data import render_prompt
+        from tutorforge.formatting import prompt_format, render_prompt
 
-        prompt = render_prompt(self.tokenizer, instruction, input, system=system)
-        ids = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(self.device)
-        eos = self.tokenizer.eos_token_id
+        fmt = prompt_format(self.tokenizer, self.chat_template, system)
+        prompt = render_prompt(self.tokenizer, fmt, instruction, input)
+        ids = self.tokenizer(prompt, return_tensors="pt",
+                             add_special_tokens=fmt.kind == "alpaca").to(self.device)
+        eos = fmt.end_token_id
         with torch.inference_mode():
             out = self.model.generate(**ids, do_sample=False, max_new_tokens=max_new_tokens,
                                       eos_token_id=eos, pad_token_id=self.tokenizer.pad_token_id or eos)

@@ -1,0 +1,209 @@
+"""data.py: Alpaca loading where every row read is accepted or rejected with file:line and reason."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from tutorforge.data import (MAX_LINE_BYTES, DataError, accept, dataset_files, load_files, prepare)
+from tutorforge.errors import UserError
+
+GOOD = {"instruction": "Say hi", "input": "", "output": "hi"}
+
+
+def jsonl(tmp_path: Path, lines: list, name: str = "d.jsonl") -> Path:
+    path = tmp_path / name
+    raw = [line if isinstance(line, bytes) else
+           (line if isinstance(line, str) else json.dumps(line)).encode() for line in lines]
+    path.write_bytes(b"\n".join(raw) + b"\n")
+    return path
+
+
+def kinds(report) -> list[tuple[str, str]]:
+    return [(r.source.rsplit(":", 1)[1], r.kind) for r in report.rejects]
+
+
+@pytest.mark.parametrize("line, kind, reason", [
+    ('{"instruction": "a", "output": "b"', "malformed_json", "malformed JSON"),
+    ({"instruction": "a"}, "missing_field", "missing 'output'"),
+    ({"output": "b"}, "missing_field", "missing 'instruction'"),
+    ({"instruction": "a", "output": "   "}, "empty_field", "'output' is empty"),
+    ({"instruction": "", "output": "b"}, "empty_field", "'instruction' is empty"),
+    ({"instruction": 5, "output": "b"}, "wrong_type", "'instruction' is a int"),
+    ({"instruction": "a", "input": 3, "output": "b"}, "wrong_type", "'input' is a int"),
+    ({"instruction": "a", "output": ["b"]}, "wrong_type", "'output' is a list"),
+    (["a", "b"], "not_an_object", "a JSON list, not an object"),
+    ('"just a string"', "not_an_object", "a JSON str"),
+    (b'{"instruction": "caf\xe9", "output": "b"}', "invalid_utf8", "not UTF-8"),
+])
+def test_each_bad_row_is_rejected_with_line_and_reason(tmp_path, line, kind, reason):
+    path = jsonl(tmp_path, [GOOD, line, {**GOOD, "output": "hello"}])
+    report = load_files([path])
+    assert report.rows_read == 3 and len(report.rows) == 2
+    assert kinds(report) == [("2", kind)]
+    assert reason in report.rejects[0].reason
+    assert report.rejects[0].source == f"{path}:2"
+
+
+def test_optional_input_and_null_input(tmp_path):
+    report = load_files([jsonl(tmp_path, [{"instruction": "a", "output": "b"},
+                                          {"instruction": "c", "input": None, "output": "d"}])])
+    assert [r.input for r in report.rows] == ["", ""] and not report.rejects
+
+
+def test_extra_keys_are_ignored_and_counted(tmp_path):
+    report = load_files([jsonl(tmp_path, [{**GOOD, "id": 1, "lang": "en"}, {**GOOD, "output": "x", "id": 2}])])
+    assert report.extra_keys == {"id": 2, "lang": 1}
+    assert "extra keys ignored: id (2 rows), lang (1 rows)" in report.summary()
+
+
+def test_bom_and_crlf_are_read_and_noted(tmp_path):
+    path = tmp_path / "win.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(GOOD).encode() + b"\r\n"
+                     + json.dumps({**GOOD, "output": "two"}).encode() + b"\r\n")
+    report = load_files([path])
+    assert [r.output for r in report.rows] == ["hi", "two"] and not report.rejects
+    assert any("byte-order mark removed" in n for n in report.notes)
+    assert any("CRLF" in n for n in report.notes)
+
+
+def test_duplicates_are_rejected_with_the_first_occurrence(tmp_path):
+    a = jsonl(tmp_path, [GOOD, {**GOOD, "output": "x"}, {**GOOD, "instruction": " Say hi "}], "a.jsonl")
+    b = jsonl(tmp_path, [GOOD], "b.jsonl")
+    report = load_files([a, b])
+    assert kinds(report) == [("3", "duplicate"), ("1", "duplicate")]
+    assert f"duplicate of {a}:1" in report.rejects[1].reason
+
+
+def test_empty_file_and_blank_lines(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    report = load_files([empty])
+    assert kinds(report) == [("1", "empty_file")] and report.rows_read == 0
+    spaced = jsonl(tmp_path, [GOOD, "", "  ", {**GOOD, "output": "x"}], "spaced.jsonl")
+    report = load_files([spaced])
+    assert len(report.rows) == 2 and any("2 blank line(s) skipped" in n for n in report.notes)
+
+
+def test_huge_line(tmp_path):
+    huge = {**GOOD, "output": "x" * (MAX_LINE_BYTES + 10)}
+    report = load_files([jsonl(tmp_path, [GOOD, huge])])
+    assert kinds(report) == [("2", "huge_line")]
+    assert report.rejects[0].raw == json.dumps(huge)  # kept verbatim
+
+
+def test_json_array_files_with_line_numbers(tmp_path):
+    path = tmp_path / "a.json"
+    path.write_text('[\n  {"instruction": "a", "output": "b"},\n  {"instruction": "c"},\n'
+                    '  {"instruction": "d", "input": "e", "output": "f"}\n]\n')
+    report = load_files([path])
+    assert [r.source for r in report.rows] == [f"{path}:2", f"{path}:4"]
+    assert kinds(report) == [("3", "missing_field")]
+    broken = tmp_path / "broken.json"
+    broken.write_text('[\n {"instruction": "a", "output": "b"},\n {"instruction": "c",,}\n]')
+    with pytest.raises(UserError, match=r"broken.json:3: malformed JSON array"):
+        load_files([broken])
+
+
+def test_default_stops_with_first_20_problems_and_counts(tmp_path):
+    lines = [GOOD] + [{"instruction": f"q{i}"} for i in range(25)] + ["{bad"] * 3
+    report = load_files([jsonl(tmp_path, lines)])
+    with pytest.raises(DataError) as caught:
+        accept(report, skip_bad_rows=False, rejects_path=tmp_path / "rejected.jsonl")
+    text = str(caught.value)
+    assert text.count("missing 'output'") == 20 and "... and 8 more" in text
+    assert "28 unusable of 29 rows read (missing_field: 25, malformed_json: 3)" in text
+    assert "--skip-bad-rows" in text
+    assert not (tmp_path / "rejected.jsonl").exists()
+
+
+def test_skip_bad_rows_writes_rejects_verbatim_and_counts_add_up(tmp_path):
+    bad_bytes = b'{"instruction": "caf\xe9", "output": "b"}'
+    lines = [GOOD, "{bad json", {"instruction": "a"}, bad_bytes, GOOD, {**GOOD, "output": "ok"}]
+    path = jsonl(tmp_path, lines)
+    report = load_files([path])
+    rows = accept(report, skip_bad_rows=True, rejects_path=tmp_path / "out" / "rejected.jsonl")
+    assert len(rows) + len(report.rejects) == report.rows_read == 6
+    written = [json.loads(line) for line in (tmp_path / "out" / "rejected.jsonl").read_text().splitlines()]
+    assert [w["kind"] for w in written] == ["malformed_json", "missing_field", "invalid_utf8", "duplicate"]
+    assert written[0]["raw"] == "{bad json" and written[0]["source"] == f"{path}:2"
+    assert written[2]["raw"].encode("utf-8", "surrogateescape") == bad_bytes  # byte for byte
+    assert all(w["reason"] for w in written)
+
+
+def test_missing_file_and_directory(tmp_path):
+    with pytest.raises(UserError, match="no such file"):
+        load_files([tmp_path / "nope.jsonl"])
+    with pytest.raises(UserError, match="a directory"):
+        load_files([tmp_path])
+
+
+def test_dataset_entries_are_concatenated(tmp_path, write_config, monkeypatch):
+    from tutorforge.config import load_config
+
+    jsonl(tmp_path, [GOOD], "one.jsonl")
+    (tmp_path / "dir").mkdir()
+    jsonl(tmp_path / "dir", [{**GOOD, "output": "2"}], "two.jsonl")
+    jsonl(tmp_path / "dir", [{**GOOD, "output": "3"}], "three.jsonl")
+    array = tmp_path / "four.json"
+    array.write_text(json.dumps([{**GOOD, "output": "4"}]))
+    cfg = load_config(write_config("base_model: smollm2\nadapter: lora\ndatasets:\n  - path: one.jsonl\n"
+                                   "  - path: dir\n    data_files: [two.jsonl]\n  - path: four.json\n"))
+    monkeypatch.chdir(tmp_path)
+    files = dataset_files(cfg.datasets)
+    assert [f.name for f in files] == ["one.jsonl", "two.jsonl", "four.json"]
+    assert [r.output for r in load_files(files).rows] == ["hi", "2", "4"]
+
+
+@pytest.fixture
+def smol_tokenizer(bundled):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(bundled.path)
+
+
+def _config(write_config, tmp_path, data: Path, extra: str = ""):
+    from tutorforge.config import load_config
+
+    return load_config(write_config(f"base_model: smollm2\nadapter: lora\nsequence_len: 128\n"
+                                    f"datasets:\n  - path: {data}\noutput_dir: {tmp_path / 'out'}\n{extra}"))
+
+
+def test_prepare_rejects_rows_over_sequence_len(write_config, tmp_path, smol_tokenizer):
+    long_row = {**GOOD, "output": "word " * 400}
+    data = jsonl(tmp_path, [GOOD, long_row, {**GOOD, "output": "short"}])
+    cfg = _config(write_config, tmp_path, data)
+    with pytest.raises(DataError, match=r"d.jsonl:2: \d+ tokens > sequence_len 128"):
+        prepare(cfg, smol_tokenizer, skip_bad_rows=False)
+    prepared = prepare(cfg, smol_tokenizer, skip_bad_rows=True)
+    assert len(prepared.train) == 2
+    rejected = [json.loads(x) for x in (tmp_path / "out" / "rejected.jsonl").read_text().splitlines()]
+    assert rejected[0]["kind"] == "too_long" and rejected[0]["raw"] == json.dumps(long_row)
+    assert all(len(e.input_ids) <= 128 for e in prepared.train)
+
+
+def test_skip_bad_rows_config_key(write_config, tmp_path, smol_tokenizer):
+    data = jsonl(tmp_path, [GOOD, "{bad"])
+    cfg = _config(write_config, tmp_path, data, "tutorforge:\n  skip_bad_rows: true\n")
+    assert len(prepare(cfg, smol_tokenizer, skip_bad_rows=False).train) == 1
+
+
+def test_prepare_held_out_is_never_trained_on(write_config, tmp_path, smol_tokenizer):
+    rows = [{**GOOD, "instruction": f"question {i}", "output": f"answer {i}"} for i in range(40)]
+    data = jsonl(tmp_path, rows)
+    cfg = _config(write_config, tmp_path, data, "val_set_size: 0.25\nsample_packing: true\n")
+    prepared = prepare(cfg, smol_tokenizer, skip_bad_rows=False)
+    assert (len(prepared.train), len(prepared.val)) == (30, 10)
+    val_sources = {e.source for e in prepared.val}
+    assert val_sources == {r.source for r in prepared.val_rows}
+    assert not val_sources & {e.source for e in prepared.train}
+    packed_tokens = sorted(t for p in prepared.packs for t in p.input_ids)
+    assert packed_tokens == sorted(t for e in prepared.train for t in e.input_ids)
+    assert 0 < prepared.efficiency["padded"] <= prepared.efficiency["packed"] <= 1
+
+
+def test_shipped_dataset_loads_clean():
+    report = load_files([ROOT / "data" / "python_tutor.jsonl"])
+    assert report.rejects == [] and report.rows_read == len(report.rows) >= 400
