@@ -207,3 +207,29 @@ def test_prepare_held_out_is_never_trained_on(write_config, tmp_path, smol_token
 def test_shipped_dataset_loads_clean():
     report = load_files([ROOT / "data" / "python_tutor.jsonl"])
     assert report.rejects == [] and report.rows_read == len(report.rows) >= 400
+
+
+def test_shipped_dataset_meets_its_brief(shared_data):
+    import ast
+    import statistics
+
+    rows = load_files([ROOT / "data" / "python_tutor.jsonl"]).rows
+    assert len(rows) >= 400
+    assert statistics.median(len(r.output.split()) for r in rows) <= 90
+    with_code = [r for r in rows if r.input and any(k in r.input for k in ("(", "=", ":", "import"))]
+    assert len(with_code) / len(rows) >= 0.15
+    assert all("```python" in r.output for r in rows)
+    for r in rows:
+        for block in r.output.split("```python\n")[1:]:
+            ast.parse(block.split("```")[0])
+    others = set()
+    for name in ("code_alpaca_2k.json", "alpaca_5000.json"):
+        for row in json.loads((shared_data / name).read_text()):
+            others |= {row["instruction"].strip(), row["output"].strip()}
+    assert not [r.source for r in rows if r.instruction.strip() in others or r.output.strip() in others]
+    readme = (ROOT / "data" / "README.md").read_text()
+    for topic in ("types", "numbers", "strings", "lists", "tuples", "dicts", "sets", "control flow",
+                  "functions", "arguments", "scope", "comprehensions", "iterators and generators",
+                  "classes", "dunder methods", "exceptions", "files", "context managers", "modules",
+                  "standard library", "typing", "testing", "debugging common errors", "idioms"):
+        assert topic in readme.lower(), topic

@@ -33,7 +33,9 @@ PYTHON_TAGS = {"python", "py", "python3"}
 
 # Runs inside the sandbox: trace print() per line of snippet.py, then execute it as __main__.
 RUNNER = r"""
-import builtins, io, json, sys
+import builtins, io, json, runpy, sys
+snippet, trace_path = sys.argv[1], sys.argv[2]
+del sys.argv[1:]
 trace = []
 _print = builtins.print
 def traced(*args, **kwargs):
@@ -42,7 +44,7 @@ def traced(*args, **kwargs):
         buf = io.StringIO()
         _print(*args, **{**kwargs, "file": buf})
         frame = sys._getframe(1)
-        if frame.f_code.co_filename == "snippet.py":
+        if frame.f_code.co_filename == snippet:
             trace.append([frame.f_lineno, buf.getvalue()])
         sys.stdout.write(buf.getvalue())
         if kwargs.get("flush"):
@@ -50,11 +52,8 @@ def traced(*args, **kwargs):
     else:
         _print(*args, **kwargs)
 builtins.print = traced
-snippet, trace_path = sys.argv[1], sys.argv[2]
-del sys.argv[1:]
-code = open(snippet, encoding="utf-8").read()
 try:
-    exec(compile(code, "snippet.py", "exec"), {"__name__": "__main__", "__builtins__": builtins})
+    runpy.run_path(snippet, run_name="__main__")  # as `python snippet.py`: a real __main__ module
 finally:
     sys.stdout.flush()
     with open(trace_path, "w") as fh:
