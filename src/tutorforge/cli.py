@@ -134,6 +134,23 @@ def data_prepare(config: Path, *, skip_bad_rows: bool = False) -> int:
     return 0
 
 
+def train(config: Path, *, skip_bad_rows: bool = False, resume: bool = True) -> int:
+    """Train the config's LoRA/QLoRA adapter into output_dir/adapter (resumes after a kill).
+
+    config: Axolotl-style YAML file
+    skip_bad_rows: go on past unusable rows; they go to <output_dir>/rejected.jsonl with reasons
+    resume: continue from the newest checkpoint in output_dir (--no-resume starts over)
+    """
+    from tutorforge.config import load_config
+    from tutorforge.train import train as run_training
+
+    cfg = load_config(config)
+    adapter = run_training(cfg, config_dir=config.parent, skip_bad_rows=skip_bad_rows, resume=resume)
+    print(f"adapter: {adapter}")
+    print(f"metrics: {adapter.parent / 'metrics.jsonl'}, curve: {adapter.parent / 'loss.png'}")
+    return 0
+
+
 def keys() -> int:
     """List every supported config key with its accepted values, default and meaning."""
     from tutorforge.config import reference
@@ -149,6 +166,7 @@ COMMANDS: dict[str, Callable[..., int]] = {  # "group name" makes `tutorforge gr
     "validate": validate,
     "data lint": data_lint,
     "data prepare": data_prepare,
+    "train": train,
     "generate": generate,
     "keys": keys,
 }
@@ -210,6 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    # bitsandbytes announces an optional kernel package at import; it is not needed.
+    warnings.filterwarnings("ignore", message="Failed to load CPU gemm_4bit_forward")
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s" if args.debug else "%(message)s")

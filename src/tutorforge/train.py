@@ -1,0 +1,494 @@
+"""Train a LoRA or QLoRA adapter from a config, on CPU or CUDA, resumable after a kill -9.
+
+    tutorforge train recipes/python-tutor-smollm2-cpu.yml
+
+The loop stands on transformers (model), peft (LoRA), bitsandbytes (4-bit base, 8-bit optimizers)
+and accelerate (devices, mixed precision, several processes). What it adds:
+- the loss is computed only where there are labels (`logits_to_keep`), so the LM head never runs
+  on prompt or padding positions, and it is normalised by the label tokens of the whole step;
+- packed batches carry position ids and no attention mask: samples never see each other;
+- a checkpoint holds the adapter, optimizer, scheduler and RNG state, and the data order is a
+  function of (seed, epoch), so a killed run resumes to the same final adapter;
+- on CPU, a no-grad forward in eval mode makes bitsandbytes repack 4-bit weights for an inference
+  kernel, after which LoRA gradients are wrong: `guard_cpu_4bit` turns that repacking off.
+Outputs in output_dir: adapter/ (PEFT format), metrics.jsonl, loss.png, run.json, checkpoints/.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from tutorforge.checkpoints import save_checkpoint
+from tutorforge.errors import UserError
+from tutorforge.formatting import IGNORE
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Schedule:
+    """How many steps, and when to log, evaluate and save; each automatic choice with its reason."""
+
+    micro_batches_per_epoch: int
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    eval_every: int | None
+    save_every: int
+    decisions: list[str] = field(default_factory=list)
+
+
+def _every(per_epoch: int | None, steps: float | None, steps_per_epoch: int, total: int) -> int | None:
+    if per_epoch:
+        return max(1, steps_per_epoch // per_epoch)
+    if steps:
+        return max(1, round(steps * total) if steps < 1 else int(steps))
+    return None
+
+
+def make_schedule(cfg, n_items: int, has_val: bool) -> Schedule:
+    micro = math.ceil(n_items / cfg.micro_batch_size)
+    per_epoch = math.ceil(micro / cfg.gradient_accumulation_steps)
+    total = cfg.max_steps or math.ceil(cfg.num_epochs * per_epoch)
+    decisions = []
+    if cfg.warmup_steps is not None:
+        warmup = cfg.warmup_steps
+    else:
+        warmup = round((cfg.warmup_ratio or 0.0) * total)
+    eval_every = _every(cfg.evals_per_epoch, cfg.eval_steps, per_epoch, total) if has_val else None
+    if has_val and eval_every is None:
+        eval_every = per_epoch
+        decisions.append(f"eval every {eval_every} steps (once per epoch: val_set_size is set, "
+                         "evals_per_epoch and eval_steps are not)")
+    save_every = _every(cfg.saves_per_epoch, cfg.save_steps, per_epoch, total)
+    if save_every is None:
+        save_every = max(1, min(per_epoch, math.ceil(total / 10)))
+        decisions.append(f"checkpoint every {save_every} steps (so a killed run loses at most "
+                         "a tenth of the run: saves_per_epoch and save_steps are not set)")
+    return Schedule(micro, per_epoch, total, warmup, eval_every, save_every, decisions)
+
+
+def epoch_order(n_items: int, seed: int, epoch: int) -> list[int]:
+    """The data order of one epoch: a function of (seed, epoch) alone, so a resumed run sees
+    exactly the batches the killed run would have seen."""
+    order = list(range(n_items))
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    return order
+
+
+def step_batches(sched: Schedule, cfg, n_items: int, step: int) -> list[list[int]]:
+    """The micro batches (item indices) of optimizer step `step` (0-based)."""
+    epoch, within = divmod(step, sched.steps_per_epoch)
+    order = epoch_order(n_items, cfg.seed, epoch)
+    size = cfg.micro_batch_size
+    first = within * cfg.gradient_accumulation_steps
+    last = min(first + cfg.gradient_accumulation_steps, sched.micro_batches_per_epoch)
+    return [order[i * size:(i + 1) * size] for i in range(first, last)]
+
+
+def collate(items: list, pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded input ids, labels and position ids; no attention mask (see the module doc).
+    Padding gets its own run of position ids, so it is a separate sample nobody attends to."""
+    width = max(len(it.input_ids) for it in items)
+    ids, labels, positions = [], [], []
+    for it in items:
+        pad = width - len(it.input_ids)
+        pos = list(getattr(it, "position_ids", None) or range(len(it.input_ids)))
+        ids.append(list(it.input_ids) + [pad_id] * pad)
+        labels.append(list(it.labels) + [IGNORE] * pad)
+        positions.append(pos + list(range(pad)))
+    return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels),
+            "position_ids": torch.tensor(positions)}
+
+
+def label_count(batch: dict[str, torch.Tensor]) -> int:
+    return int((batch["labels"][:, 1:] != IGNORE).sum())
+
+
+def loss_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Summed next-token cross-entropy over the label positions; the LM head runs only there."""
+    labels = batch["labels"]
+    targets = labels[:, 1:]
+    keep = (targets != IGNORE).any(dim=0).nonzero().squeeze(-1)  # positions that predict a label
+    if keep.numel() == 0:
+        return torch.zeros((), device=labels.device, requires_grad=True)
+    out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                logits_to_keep=keep, use_cache=False)
+    logits = out.logits.float()
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                             targets[:, keep].reshape(-1), ignore_index=IGNORE,
+                                             reduction="sum")
+
+
+def guard_cpu_4bit(model) -> int:
+    """Stop bitsandbytes from repacking 4-bit weights for its CPU inference kernel (which it does
+    on any no-grad eval-mode forward, and which silently breaks LoRA gradients afterwards)."""
+    try:
+        from bitsandbytes.nn import Linear4bit
+    except ImportError:
+        return 0
+    guarded = 0
+    for module in model.modules():
+        if isinstance(module, Linear4bit) and getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            guarded += 1
+    return guarded
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def step_line(step: int, total: int, loss: float, lr: float, tok_s: float, peak: float,
+              eval_loss: float | None = None) -> str:
+    """The one greppable line per logged step."""
+    line = f"step {step}/{total} | loss {loss:.3f} | lr {lr:.1e} | {tok_s:.0f} tok/s | peak {peak:.1f} GB"
+    return line + (f" | eval_loss {eval_loss:.3f}" if eval_loss is not None else "")
+
+
+# --- builders: config values in, library objects out -------------------------------------------
+
+OPTIMIZERS = {  # config name -> (module, class); bitsandbytes ones run on CPU too
+    "adamw_torch": ("torch.optim", "AdamW"),
+    "adamw_torch_fused": ("torch.optim", "AdamW"),
+    "adamw_bnb_8bit": ("bitsandbytes.optim", "AdamW8bit"),
+    "adamw_8bit": ("bitsandbytes.optim", "AdamW8bit"),
+    "paged_adamw_8bit": ("bitsandbytes.optim", "PagedAdamW8bit"),
+    "paged_adamw_32bit": ("bitsandbytes.optim", "PagedAdamW32bit"),
+    "adafactor": ("transformers.optimization", "Adafactor"),
+    "sgd": ("torch.optim", "SGD"),
+}
+
+
+def build_optimizer(name: str, params, *, lr: float, weight_decay: float, betas: tuple[float, float],
+                    eps: float, device: torch.device):
+    import importlib
+
+    module, cls = OPTIMIZERS[name]
+    opt_cls = getattr(importlib.import_module(module), cls)
+    if name == "sgd":
+        return opt_cls(params, lr=lr, weight_decay=weight_decay)
+    if name == "adafactor":
+        return opt_cls(params, lr=lr, weight_decay=weight_decay, scale_parameter=False, relative_step=False)
+    extra = {"fused": True} if name == "adamw_torch_fused" and device.type == "cuda" else {}
+    return opt_cls(params, lr=lr, weight_decay=weight_decay, betas=betas, eps=eps, **extra)
+
+
+def compute_dtype(bf16: bool | str, fp16: bool | None, device: torch.device) -> torch.dtype:
+    """bf16 where asked or (auto) where the hardware has it; fp16 only on CUDA; else fp32."""
+    if fp16 and device.type == "cuda":
+        return torch.float16
+    if bf16 is True:
+        return torch.bfloat16
+    if bf16 == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
+    return torch.float32
+
+
+def load_base(path: Path, *, quant: str | None, double_quant: bool, dtype: torch.dtype,
+              device: torch.device, gradient_checkpointing: bool):
+    """The base model, frozen: 16/32-bit, or 4-bit (`quant` nf4/fp4) or 8-bit (`quant` int8)."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    kwargs: dict = {"attn_implementation": "sdpa"}
+    if quant in ("nf4", "fp4"):
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type=quant, bnb_4bit_use_double_quant=double_quant,
+            bnb_4bit_compute_dtype=dtype)
+        kwargs["device_map"] = {"": device.index or 0} if device.type == "cuda" else {"": "cpu"}
+    elif quant == "int8":
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+        kwargs["device_map"] = {"": device.index or 0} if device.type == "cuda" else {"": "cpu"}
+    # CPU keeps fp32 weights and autocasts to bf16 (fastest measured); CUDA stores 16-bit weights.
+    kwargs["dtype"] = torch.float32 if device.type == "cpu" else dtype
+    model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    if quant:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if not quant:
+        model.to(device)
+    model.config.use_cache = False
+    return model
+
+
+def add_lora(model, *, r: int, alpha: float, dropout: float, target_linear: bool | None,
+             target_modules: tuple[str, ...], modules_to_save: tuple[str, ...], fan_in_fan_out: bool):
+    from peft import LoraConfig, get_peft_model
+
+    targets = "all-linear" if target_linear or not target_modules else list(target_modules)
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
+                        modules_to_save=list(modules_to_save) or None, fan_in_fan_out=fan_in_fan_out,
+                        task_type="CAUSAL_LM", bias="none")
+    return get_peft_model(model, config)
+
+
+# --- the loop -----------------------------------------------------------------------------------
+
+def evaluate(model, items: list, *, micro_batch_size: int, pad_id: int, autocast) -> float:
+    """Mean cross-entropy per answer token over the held-out items (no gradients)."""
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(items), micro_batch_size):
+            batch = collate(items[start:start + micro_batch_size], pad_id)
+            batch = {k: v.to(model.device) for k, v in batch.items()}
+            with autocast():
+                total += float(loss_sum(model, batch))
+            count += label_count(batch)
+    model.train()
+    return total / max(count, 1)
+
+
+@dataclass
+class Run:
+    """What the loop works on, built once from the config."""
+
+    cfg: object
+    run_dir: Path
+    model: object
+    optimizer: object
+    scheduler: object
+    items: list
+    val: list
+    sched: Schedule
+    pad_id: int
+    device: torch.device
+    dtype: torch.dtype
+    decisions: list[str]
+
+
+def _autocast(device: torch.device, dtype: torch.dtype):
+    if dtype == torch.float32:
+        import contextlib
+
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def train_steps(run: Run, state: dict, progress=None) -> dict:
+    """Optimizer steps from state["step"] to the end (or an early stop); returns the final state."""
+    cfg, sched, model = run.cfg, run.sched, run.model
+    autocast = _autocast(run.device, run.dtype)
+    metrics_path = run.run_dir / "metrics.jsonl"
+    params = [p for p in model.parameters() if p.requires_grad]
+    model.train()
+    while state["step"] < sched.total_steps and not state.get("stopped_early"):
+        start = time.perf_counter()
+        index_batches = step_batches(sched, cfg, len(run.items), state["step"])
+        batches = [collate([run.items[i] for i in b], run.pad_id) for b in index_batches]
+        n_labels = sum(label_count(b) for b in batches)
+        step_loss = 0.0
+        for batch in batches:
+            batch = {k: v.to(run.device) for k, v in batch.items()}
+            with autocast():
+                loss = loss_sum(model, batch) / max(n_labels, 1)
+            loss.backward()
+            step_loss += loss.item()
+        if not math.isfinite(step_loss):
+            raise UserError(f"step {state['step'] + 1}: the loss is {step_loss}; lower learning_rate "
+                            f"(now {cfg.learning_rate:g}) or check the data")
+        norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
+        lr = run.scheduler.get_last_lr()[0]
+        run.optimizer.step()
+        run.scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        state["step"] += 1
+        step = state["step"]
+        real = sum(len(run.items[i].input_ids) for b in index_batches for i in b)  # no padding
+        row = {"step": step, "epoch": round(step / sched.steps_per_epoch, 3), "loss": step_loss, "lr": lr,
+               "grad_norm": float(norm), "tokens": real,
+               "tokens_per_s": real / (time.perf_counter() - start), "peak_mem_gb": peak_memory_gb(run.device)}
+        improved = _maybe_evaluate(run, state, row, autocast)
+        if step % cfg.logging_steps == 0 or step == sched.total_steps or "eval_loss" in row:
+            log.info(step_line(step, sched.total_steps, step_loss, lr, row["tokens_per_s"],
+                               row["peak_mem_gb"], row.get("eval_loss")))
+        with metrics_path.open("a") as fh:  # before the checkpoint: a resume never loses a row
+            fh.write(json.dumps(row) + "\n")
+        if progress:
+            progress(step, sched.total_steps, row)
+        if improved or step % sched.save_every == 0 or step == sched.total_steps or state.get("stopped_early"):
+            keep = {step} | ({state["best_step"]} if state.get("best_step") else set())
+            save_checkpoint(run.run_dir, step, model, run.optimizer, run.scheduler, state, keep)
+    return state
+
+
+def _maybe_evaluate(run: Run, state: dict, row: dict, autocast) -> bool:
+    """Evaluate when scheduled; track the best eval loss and early stopping. True if it improved."""
+    step, sched, cfg = state["step"], run.sched, run.cfg
+    if not run.val or not sched.eval_every or (step % sched.eval_every and step != sched.total_steps):
+        return False
+    eval_loss = evaluate(run.model, run.val, micro_batch_size=cfg.micro_batch_size, pad_id=run.pad_id,
+                         autocast=autocast)
+    row["eval_loss"] = eval_loss
+    if state.get("best_eval") is None or eval_loss < state["best_eval"]:
+        state.update(best_eval=eval_loss, best_step=step, bad_evals=0)
+        return True
+    state["bad_evals"] = state.get("bad_evals", 0) + 1
+    if cfg.early_stopping_patience and state["bad_evals"] >= cfg.early_stopping_patience:
+        state["stopped_early"] = True
+        log.info("early stopping at step %d: eval loss has not improved on %.4f (step %d) for %d "
+                 "evaluations", step, state["best_eval"], state["best_step"], state["bad_evals"])
+    return False
+
+
+# --- the stage ----------------------------------------------------------------------------------
+
+def _fingerprint(cfg, files: list[Path]) -> dict[str, str]:
+    """Content hashes of what determines the adapter: the config (less where it goes) and the data."""
+    import dataclasses
+    import hashlib
+
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in {"output_dir", "tutorforge"}}
+    data = hashlib.sha256()
+    for path in files:
+        data.update(path.read_bytes())
+    return {"config": hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest(),
+            "data": data.hexdigest()}
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    return {name: md.version(name) for name in ("torch", "transformers", "peft", "bitsandbytes",
+                                                "accelerate", "trl", "tutorforge")}
+
+
+def build_run(cfg, *, config_dir: Path | None, skip_bad_rows: bool, device: torch.device | None = None) -> Run:
+    """Resolve the model, prepare the data and build model, optimizer and schedule."""
+    import transformers
+    from transformers import AutoTokenizer
+
+    from tutorforge.data import prepare
+    from tutorforge.models import resolve_base_model
+
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = resolve_base_model(cfg.base_model)
+    tokenizer = AutoTokenizer.from_pretrained(str(resolved.path))
+    prepared = prepare(cfg, tokenizer, skip_bad_rows=skip_bad_rows, config_dir=config_dir)
+    log.info("%s", prepared.summary())
+    items = prepared.packs if prepared.packs is not None else prepared.train
+    sched = make_schedule(cfg, len(items), bool(prepared.val))
+    dtype = compute_dtype(cfg.bf16, cfg.fp16, device)
+    decisions = [*sched.decisions, f"compute dtype {str(dtype).removeprefix('torch.')} on {device.type} "
+                 f"(bf16: {cfg.bf16}, fp16: {cfg.fp16})"]
+    quant = cfg.bnb_4bit_quant_type if cfg.load_in_4bit else "int8" if cfg.load_in_8bit else None
+    torch.manual_seed(cfg.seed)
+    model = load_base(resolved.path, quant=quant, double_quant=cfg.bnb_4bit_use_double_quant, dtype=dtype,
+                      device=device, gradient_checkpointing=cfg.gradient_checkpointing)
+    model = add_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                     target_linear=cfg.lora_target_linear, target_modules=cfg.lora_target_modules,
+                     modules_to_save=cfg.lora_modules_to_save, fan_in_fan_out=cfg.lora_fan_in_fan_out)
+    if quant and device.type == "cpu" and (n := guard_cpu_4bit(model)):
+        decisions.append(f"bitsandbytes CPU inference repacking off on {n} 4-bit layers (it corrupts "
+                         "LoRA gradients after an evaluation pass)")
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = build_optimizer(cfg.optimizer, trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                                betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon, device=device)
+    scheduler = transformers.get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=sched.warmup_steps,
+                                           num_training_steps=sched.total_steps)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    for decision in decisions:
+        log.info("decision: %s", decision)
+    return Run(cfg, Path(cfg.output_dir), model, optimizer, scheduler, items, prepared.val, sched,
+               pad_id, device, dtype, decisions)
+
+
+def train(cfg, *, config_dir: Path | None = None, skip_bad_rows: bool = False, resume: bool = True,
+          progress=None) -> Path:
+    """Train the config's adapter into output_dir/adapter; resume from the newest checkpoint."""
+    from tutorforge.checkpoints import latest_checkpoint, load_checkpoint, read_metrics, truncate_metrics
+    from tutorforge.data import dataset_files
+    from tutorforge.fsutil import atomic_write
+
+    run_dir = Path(cfg.output_dir)
+    fingerprint = _fingerprint(cfg, dataset_files(cfg.datasets, config_dir))
+    done = _completed(run_dir, fingerprint)
+    if done:
+        log.info("training: %s is complete for this config and data; skipped", done)
+        return done
+    run = build_run(cfg, config_dir=config_dir, skip_bad_rows=skip_bad_rows)
+    state = {"step": 0, "fingerprint": fingerprint}
+    checkpoint = Path(cfg.resume_from_checkpoint) if cfg.resume_from_checkpoint else (
+        latest_checkpoint(run_dir) if resume and cfg.auto_resume_from_checkpoints else None)
+    if checkpoint:
+        state = load_checkpoint(checkpoint, run.model, run.optimizer, run.scheduler)
+        if state.get("fingerprint") != fingerprint:
+            raise UserError(f"{checkpoint}: a checkpoint of another config or dataset; use a new output_dir "
+                            "(or delete this one) to start over")
+        truncate_metrics(run_dir / "metrics.jsonl", state["step"])
+        log.info("resuming from %s (step %d of %d)", checkpoint, state["step"], run.sched.total_steps)
+    elif (run_dir / "metrics.jsonl").exists():
+        (run_dir / "metrics.jsonl").unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    if state["step"] == 0 and run.val:  # the baseline the eval curve starts from
+        eval_loss = evaluate(run.model, run.val, micro_batch_size=cfg.micro_batch_size, pad_id=run.pad_id,
+                             autocast=_autocast(run.device, run.dtype))
+        with (run_dir / "metrics.jsonl").open("a") as fh:
+            fh.write(json.dumps({"step": 0, "eval_loss": eval_loss}) + "\n")
+        log.info("step 0/%d | eval_loss %.3f (before training)", run.sched.total_steps, eval_loss)
+    state = train_steps(run, state, progress)
+    return _finish(run, state, fingerprint, started, read_metrics(run_dir / "metrics.jsonl"), atomic_write)
+
+
+def _completed(run_dir: Path, fingerprint: dict) -> Path | None:
+    try:
+        info = json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        return None
+    adapter = run_dir / "adapter"
+    ok = info.get("status") == "complete" and info.get("fingerprint") == fingerprint
+    return adapter if ok and (adapter / "adapter_config.json").is_file() else None
+
+
+def _finish(run: Run, state: dict, fingerprint: dict, started: float, metrics: list[dict], atomic_write) -> Path:
+    """Write the final adapter (the best evaluated one when early stopping), loss.png and run.json."""
+    import dataclasses
+
+    from tutorforge.checkpoints import overfitting, plot_losses
+
+    adapter = run.run_dir / "adapter"
+    best = state.get("best_step")
+    source = run.run_dir / "checkpoints" / f"step-{best:06d}" / "adapter" if (
+        best and run.cfg.early_stopping_patience) else None
+    tmp = run.run_dir / ".adapter.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    if source and source.is_dir():
+        shutil.copytree(source, tmp)
+        log.info("adapter: the best evaluated checkpoint (step %d, eval loss %.4f)", best, state["best_eval"])
+    else:
+        run.model.save_pretrained(tmp)
+    shutil.rmtree(adapter, ignore_errors=True)
+    tmp.rename(adapter)
+    plot_losses(metrics, run.run_dir / "loss.png")
+    note = overfitting(metrics)
+    if note:
+        log.warning("%s", note)
+    info = {"status": "complete", "fingerprint": fingerprint, "config": dataclasses.asdict(run.cfg),
+            "decisions": run.decisions, "steps": state["step"], "total_steps": run.sched.total_steps,
+            "stopped_early": bool(state.get("stopped_early")), "best_eval_loss": state.get("best_eval"),
+            "best_step": best, "overfitting": note, "final_loss": metrics[-1]["loss"] if metrics else None,
+            "seconds": round(time.time() - started, 1), "device": run.device.type,
+            "dtype": str(run.dtype), "versions": _versions()}
+    with atomic_write(run.run_dir / "run.json") as fh:
+        json.dump(info, fh, indent=1, default=str)
+    return adapter
