@@ -134,18 +134,28 @@ def data_prepare(config: Path, *, skip_bad_rows: bool = False) -> int:
     return 0
 
 
-def train(config: Path, *, skip_bad_rows: bool = False, resume: bool = True) -> int:
+def train(config: Path, *, skip_bad_rows: bool = False, resume: bool = True, nproc: int = 1) -> int:
     """Train the config's LoRA/QLoRA adapter into output_dir/adapter (resumes after a kill).
 
     config: Axolotl-style YAML file
     skip_bad_rows: go on past unusable rows; they go to <output_dir>/rejected.jsonl with reasons
     resume: continue from the newest checkpoint in output_dir (--no-resume starts over)
+    nproc: training processes (DDP through accelerate: one per GPU, or gloo on CPU)
     """
+    from tutorforge import distributed as dist
     from tutorforge.config import load_config
     from tutorforge.train import train as run_training
 
     cfg = load_config(config)
+    if nproc > 1 and dist.world_size() == 1:
+        argv = ["train", str(config), *(["--skip-bad-rows"] if skip_bad_rows else []),
+                *([] if resume else ["--no-resume"])]
+        return dist.launch(nproc, argv)
+    if not dist.is_main():
+        logging.getLogger().setLevel(logging.WARNING)
     adapter = run_training(cfg, config_dir=config.parent, skip_bad_rows=skip_bad_rows, resume=resume)
+    if not dist.is_main():
+        return 0
     print(f"adapter: {adapter}")
     print(f"metrics: {adapter.parent / 'metrics.jsonl'}, curve: {adapter.parent / 'loss.png'}")
     return 0
@@ -228,15 +238,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import warnings
-
-    # bitsandbytes announces an optional kernel package at import; it is not needed.
-    warnings.filterwarnings("ignore", message="Failed to load CPU gemm_4bit_forward")
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s" if args.debug else "%(message)s")
     for noisy in ("httpx", "urllib3", "huggingface_hub", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # bitsandbytes announces an optional CPU kernel package it does not need
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     kwargs = {k: v for k, v in vars(args).items() if k not in {"_command", "debug"}}
     try:
         return args._command(**kwargs)

@@ -15,6 +15,7 @@ Outputs in output_dir: adapter/ (PEFT format), metrics.jsonl, loss.png, run.json
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -27,8 +28,10 @@ from pathlib import Path
 
 import torch
 
+from tutorforge import distributed as dist
 from tutorforge.checkpoints import save_checkpoint
 from tutorforge.errors import UserError
+from tutorforge.lora import add_lora, build_optimizer, compute_dtype, load_base
 from tutorforge.formatting import IGNORE
 
 log = logging.getLogger(__name__)
@@ -55,9 +58,9 @@ def _every(per_epoch: int | None, steps: float | None, steps_per_epoch: int, tot
     return None
 
 
-def make_schedule(cfg, n_items: int, has_val: bool) -> Schedule:
+def make_schedule(cfg, n_items: int, has_val: bool, world: int = 1) -> Schedule:
     micro = math.ceil(n_items / cfg.micro_batch_size)
-    per_epoch = math.ceil(micro / cfg.gradient_accumulation_steps)
+    per_epoch = math.ceil(micro / (cfg.gradient_accumulation_steps * world))
     total = cfg.max_steps or math.ceil(cfg.num_epochs * per_epoch)
     decisions = []
     if cfg.warmup_steps is not None:
@@ -85,14 +88,15 @@ def epoch_order(n_items: int, seed: int, epoch: int) -> list[int]:
     return order
 
 
-def step_batches(sched: Schedule, cfg, n_items: int, step: int) -> list[list[int]]:
-    """The micro batches (item indices) of optimizer step `step` (0-based)."""
+def step_batches(sched: Schedule, cfg, n_items: int, step: int, world: int = 1, rank: int = 0) -> list[list[int]]:
+    """The micro batches (item indices) of optimizer step `step` (0-based) for process `rank`:
+    a step takes accumulation x world micro batches of the epoch's order, dealt round-robin."""
     epoch, within = divmod(step, sched.steps_per_epoch)
     order = epoch_order(n_items, cfg.seed, epoch)
-    size = cfg.micro_batch_size
-    first = within * cfg.gradient_accumulation_steps
-    last = min(first + cfg.gradient_accumulation_steps, sched.micro_batches_per_epoch)
-    return [order[i * size:(i + 1) * size] for i in range(first, last)]
+    size, per_step = cfg.micro_batch_size, cfg.gradient_accumulation_steps * world
+    first = within * per_step
+    last = min(first + per_step, sched.micro_batches_per_epoch)
+    return [order[i * size:(i + 1) * size] for i in range(first + rank, last, world)]
 
 
 def collate(items: list, pad_id: int) -> dict[str, torch.Tensor]:
@@ -159,88 +163,6 @@ def step_line(step: int, total: int, loss: float, lr: float, tok_s: float, peak:
     return line + (f" | eval_loss {eval_loss:.3f}" if eval_loss is not None else "")
 
 
-# --- builders: config values in, library objects out -------------------------------------------
-
-OPTIMIZERS = {  # config name -> (module, class); bitsandbytes ones run on CPU too
-    "adamw_torch": ("torch.optim", "AdamW"),
-    "adamw_torch_fused": ("torch.optim", "AdamW"),
-    "adamw_bnb_8bit": ("bitsandbytes.optim", "AdamW8bit"),
-    "adamw_8bit": ("bitsandbytes.optim", "AdamW8bit"),
-    "paged_adamw_8bit": ("bitsandbytes.optim", "PagedAdamW8bit"),
-    "paged_adamw_32bit": ("bitsandbytes.optim", "PagedAdamW32bit"),
-    "adafactor": ("transformers.optimization", "Adafactor"),
-    "sgd": ("torch.optim", "SGD"),
-}
-
-
-def build_optimizer(name: str, params, *, lr: float, weight_decay: float, betas: tuple[float, float],
-                    eps: float, device: torch.device):
-    import importlib
-
-    module, cls = OPTIMIZERS[name]
-    opt_cls = getattr(importlib.import_module(module), cls)
-    if name == "sgd":
-        return opt_cls(params, lr=lr, weight_decay=weight_decay)
-    if name == "adafactor":
-        return opt_cls(params, lr=lr, weight_decay=weight_decay, scale_parameter=False, relative_step=False)
-    extra = {"fused": True} if name == "adamw_torch_fused" and device.type == "cuda" else {}
-    return opt_cls(params, lr=lr, weight_decay=weight_decay, betas=betas, eps=eps, **extra)
-
-
-def compute_dtype(bf16: bool | str, fp16: bool | None, device: torch.device) -> torch.dtype:
-    """bf16 where asked or (auto) where the hardware has it; fp16 only on CUDA; else fp32."""
-    if fp16 and device.type == "cuda":
-        return torch.float16
-    if bf16 is True:
-        return torch.bfloat16
-    if bf16 == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
-    return torch.float32
-
-
-def load_base(path: Path, *, quant: str | None, double_quant: bool, dtype: torch.dtype,
-              device: torch.device, gradient_checkpointing: bool):
-    """The base model, frozen: 16/32-bit, or 4-bit (`quant` nf4/fp4) or 8-bit (`quant` int8)."""
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-    kwargs: dict = {"attn_implementation": "sdpa"}
-    if quant in ("nf4", "fp4"):
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type=quant, bnb_4bit_use_double_quant=double_quant,
-            bnb_4bit_compute_dtype=dtype)
-        kwargs["device_map"] = {"": device.index or 0} if device.type == "cuda" else {"": "cpu"}
-    elif quant == "int8":
-        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
-        kwargs["device_map"] = {"": device.index or 0} if device.type == "cuda" else {"": "cpu"}
-    # CPU keeps fp32 weights and autocasts to bf16 (fastest measured); CUDA stores 16-bit weights.
-    kwargs["dtype"] = torch.float32 if device.type == "cpu" else dtype
-    model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
-    if quant:
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
-                                                gradient_checkpointing_kwargs={"use_reentrant": False})
-    elif gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if not quant:
-        model.to(device)
-    model.config.use_cache = False
-    return model
-
-
-def add_lora(model, *, r: int, alpha: float, dropout: float, target_linear: bool | None,
-             target_modules: tuple[str, ...], modules_to_save: tuple[str, ...], fan_in_fan_out: bool):
-    from peft import LoraConfig, get_peft_model
-
-    targets = "all-linear" if target_linear or not target_modules else list(target_modules)
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
-                        modules_to_save=list(modules_to_save) or None, fan_in_fan_out=fan_in_fan_out,
-                        task_type="CAUSAL_LM", bias="none")
-    return get_peft_model(model, config)
-
-
 # --- the loop -----------------------------------------------------------------------------------
 
 def evaluate(model, items: list, *, micro_batch_size: int, pad_id: int, autocast) -> float:
@@ -264,7 +186,8 @@ class Run:
 
     cfg: object
     run_dir: Path
-    model: object
+    model: object  # what the loop calls: DDP-wrapped when there are several processes
+    core: object  # the PEFT model itself: saved, evaluated
     optimizer: object
     scheduler: object
     items: list
@@ -284,25 +207,40 @@ def _autocast(device: torch.device, dtype: torch.dtype):
     return lambda: torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def _accumulate(run: Run, index_batches: list[list[int]], fallback: list[int], autocast) -> tuple[float, int]:
+    """Forward and backward over this process's micro batches of one step; (loss, real tokens).
+    The loss is normalised by the label tokens of the whole step on all processes. A process
+    with no micro batch left at an epoch's end runs one with weight 0, so DDP's collectives match."""
+    world = dist.world_size()
+    batches = [collate([run.items[i] for i in b], run.pad_id) for b in index_batches]
+    weights = [1.0] * len(batches)
+    if not batches:
+        batches, weights = [collate([run.items[i] for i in fallback], run.pad_id)], [0.0]
+    n_labels = dist.all_sum(sum(label_count(b) * w for b, w in zip(batches, weights)))
+    step_loss = 0.0
+    for i, (batch, weight) in enumerate(zip(batches, weights)):
+        batch = {k: v.to(run.device) for k, v in batch.items()}
+        sync = i == len(batches) - 1 or world == 1
+        with (contextlib.nullcontext() if sync else run.model.no_sync()), autocast():
+            loss = loss_sum(run.model, batch) * (weight * world / max(n_labels, 1))
+        with contextlib.nullcontext() if sync else run.model.no_sync():
+            loss.backward()
+        step_loss += loss.item() / world
+    real = sum(len(run.items[i].input_ids) for b in index_batches for i in b)  # no padding
+    return dist.all_sum(step_loss), int(dist.all_sum(real))
+
+
 def train_steps(run: Run, state: dict, progress=None) -> dict:
     """Optimizer steps from state["step"] to the end (or an early stop); returns the final state."""
-    cfg, sched, model = run.cfg, run.sched, run.model
+    cfg, sched = run.cfg, run.sched
     autocast = _autocast(run.device, run.dtype)
-    metrics_path = run.run_dir / "metrics.jsonl"
-    params = [p for p in model.parameters() if p.requires_grad]
-    model.train()
+    params = [p for p in run.model.parameters() if p.requires_grad]
+    run.model.train()
     while state["step"] < sched.total_steps and not state.get("stopped_early"):
         start = time.perf_counter()
-        index_batches = step_batches(sched, cfg, len(run.items), state["step"])
-        batches = [collate([run.items[i] for i in b], run.pad_id) for b in index_batches]
-        n_labels = sum(label_count(b) for b in batches)
-        step_loss = 0.0
-        for batch in batches:
-            batch = {k: v.to(run.device) for k, v in batch.items()}
-            with autocast():
-                loss = loss_sum(model, batch) / max(n_labels, 1)
-            loss.backward()
-            step_loss += loss.item()
+        mine = step_batches(sched, cfg, len(run.items), state["step"], dist.world_size(), dist.rank())
+        fallback = step_batches(sched, cfg, len(run.items), state["step"], dist.world_size(), 0)[:1]
+        step_loss, real = _accumulate(run, mine, fallback[0] if fallback else [0], autocast)
         if not math.isfinite(step_loss):
             raise UserError(f"step {state['step'] + 1}: the loss is {step_loss}; lower learning_rate "
                             f"(now {cfg.learning_rate:g}) or check the data")
@@ -313,22 +251,31 @@ def train_steps(run: Run, state: dict, progress=None) -> dict:
         run.optimizer.zero_grad(set_to_none=True)
         state["step"] += 1
         step = state["step"]
-        real = sum(len(run.items[i].input_ids) for b in index_batches for i in b)  # no padding
         row = {"step": step, "epoch": round(step / sched.steps_per_epoch, 3), "loss": step_loss, "lr": lr,
                "grad_norm": float(norm), "tokens": real,
                "tokens_per_s": real / (time.perf_counter() - start), "peak_mem_gb": peak_memory_gb(run.device)}
         improved = _maybe_evaluate(run, state, row, autocast)
-        if step % cfg.logging_steps == 0 or step == sched.total_steps or "eval_loss" in row:
-            log.info(step_line(step, sched.total_steps, step_loss, lr, row["tokens_per_s"],
-                               row["peak_mem_gb"], row.get("eval_loss")))
-        with metrics_path.open("a") as fh:  # before the checkpoint: a resume never loses a row
-            fh.write(json.dumps(row) + "\n")
-        if progress:
-            progress(step, sched.total_steps, row)
+        if dist.is_main():
+            _record(run, state, row, progress)
         if improved or step % sched.save_every == 0 or step == sched.total_steps or state.get("stopped_early"):
             keep = {step} | ({state["best_step"]} if state.get("best_step") else set())
-            save_checkpoint(run.run_dir, step, model, run.optimizer, run.scheduler, state, keep)
+            if dist.is_main():
+                save_checkpoint(run.run_dir, step, run.core, run.optimizer, run.scheduler, state, keep)
+            dist.barrier()
     return state
+
+
+def _record(run: Run, state: dict, row: dict, progress) -> None:
+    """The step's log line, its metrics.jsonl row (before any checkpoint, so a resume never loses
+    a row), and the caller's progress callback."""
+    step, total = state["step"], run.sched.total_steps
+    if step % run.cfg.logging_steps == 0 or step == total or "eval_loss" in row:
+        log.info(step_line(step, total, row["loss"], row["lr"], row["tokens_per_s"], row["peak_mem_gb"],
+                           row.get("eval_loss")))
+    with (run.run_dir / "metrics.jsonl").open("a") as fh:
+        fh.write(json.dumps(row) + "\n")
+    if progress:
+        progress(step, total, row)
 
 
 def _maybe_evaluate(run: Run, state: dict, row: dict, autocast) -> bool:
@@ -336,8 +283,12 @@ def _maybe_evaluate(run: Run, state: dict, row: dict, autocast) -> bool:
     step, sched, cfg = state["step"], run.sched, run.cfg
     if not run.val or not sched.eval_every or (step % sched.eval_every and step != sched.total_steps):
         return False
-    eval_loss = evaluate(run.model, run.val, micro_batch_size=cfg.micro_batch_size, pad_id=run.pad_id,
-                         autocast=autocast)
+    eval_loss = None
+    if dist.is_main():  # the PEFT model itself: no DDP collectives in an evaluation
+        eval_loss = evaluate(run.core, run.val, micro_batch_size=cfg.micro_batch_size, pad_id=run.pad_id,
+                             autocast=autocast)
+    eval_loss = dist.broadcast(eval_loss)
+    run.model.train()
     row["eval_loss"] = eval_loss
     if state.get("best_eval") is None or eval_loss < state["best_eval"]:
         state.update(best_eval=eval_loss, best_step=step, bad_evals=0)
@@ -380,15 +331,17 @@ def build_run(cfg, *, config_dir: Path | None, skip_bad_rows: bool, device: torc
     from tutorforge.data import prepare
     from tutorforge.models import resolve_base_model
 
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or dist.device()
     resolved = resolve_base_model(cfg.base_model)
     tokenizer = AutoTokenizer.from_pretrained(str(resolved.path))
     prepared = prepare(cfg, tokenizer, skip_bad_rows=skip_bad_rows, config_dir=config_dir)
     log.info("%s", prepared.summary())
     items = prepared.packs if prepared.packs is not None else prepared.train
-    sched = make_schedule(cfg, len(items), bool(prepared.val))
+    sched = make_schedule(cfg, len(items), bool(prepared.val), dist.world_size())
     dtype = compute_dtype(cfg.bf16, cfg.fp16, device)
-    decisions = [*sched.decisions, f"compute dtype {str(dtype).removeprefix('torch.')} on {device.type} "
+    decisions = [*sched.decisions, *([f"{dist.world_size()} processes (DDP): effective batch = micro_batch_size"
+                                      f" x gradient_accumulation_steps x {dist.world_size()}"]
+                                     if dist.world_size() > 1 else []), f"compute dtype {str(dtype).removeprefix('torch.')} on {device.type} "
                  f"(bf16: {cfg.bf16}, fp16: {cfg.fp16})"]
     quant = cfg.bnb_4bit_quant_type if cfg.load_in_4bit else "int8" if cfg.load_in_8bit else None
     torch.manual_seed(cfg.seed)
@@ -408,8 +361,8 @@ def build_run(cfg, *, config_dir: Path | None, skip_bad_rows: bool, device: torc
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     for decision in decisions:
         log.info("decision: %s", decision)
-    return Run(cfg, Path(cfg.output_dir), model, optimizer, scheduler, items, prepared.val, sched,
-               pad_id, device, dtype, decisions)
+    return Run(cfg, Path(cfg.output_dir), dist.wrap(model), model, optimizer, scheduler, items, prepared.val,
+               sched, pad_id, device, dtype, decisions)
 
 
 def train(cfg, *, config_dir: Path | None = None, skip_bad_rows: bool = False, resume: bool = True,
@@ -430,24 +383,31 @@ def train(cfg, *, config_dir: Path | None = None, skip_bad_rows: bool = False, r
     checkpoint = Path(cfg.resume_from_checkpoint) if cfg.resume_from_checkpoint else (
         latest_checkpoint(run_dir) if resume and cfg.auto_resume_from_checkpoints else None)
     if checkpoint:
-        state = load_checkpoint(checkpoint, run.model, run.optimizer, run.scheduler)
+        state = load_checkpoint(checkpoint, run.core, run.optimizer, run.scheduler)
         if state.get("fingerprint") != fingerprint:
             raise UserError(f"{checkpoint}: a checkpoint of another config or dataset; use a new output_dir "
                             "(or delete this one) to start over")
-        truncate_metrics(run_dir / "metrics.jsonl", state["step"])
+        if dist.is_main():
+            truncate_metrics(run_dir / "metrics.jsonl", state["step"])
         log.info("resuming from %s (step %d of %d)", checkpoint, state["step"], run.sched.total_steps)
-    elif (run_dir / "metrics.jsonl").exists():
+    elif (run_dir / "metrics.jsonl").exists() and dist.is_main():
         (run_dir / "metrics.jsonl").unlink()
     run_dir.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
     started = time.time()
-    if state["step"] == 0 and run.val:  # the baseline the eval curve starts from
-        eval_loss = evaluate(run.model, run.val, micro_batch_size=cfg.micro_batch_size, pad_id=run.pad_id,
+    if state["step"] == 0 and run.val and dist.is_main():  # the baseline the eval curve starts from
+        eval_loss = evaluate(run.core, run.val, micro_batch_size=cfg.micro_batch_size, pad_id=run.pad_id,
                              autocast=_autocast(run.device, run.dtype))
         with (run_dir / "metrics.jsonl").open("a") as fh:
             fh.write(json.dumps({"step": 0, "eval_loss": eval_loss}) + "\n")
         log.info("step 0/%d | eval_loss %.3f (before training)", run.sched.total_steps, eval_loss)
     state = train_steps(run, state, progress)
-    return _finish(run, state, fingerprint, started, read_metrics(run_dir / "metrics.jsonl"), atomic_write)
+    if not dist.is_main():
+        dist.barrier()
+        return run_dir / "adapter"
+    adapter = _finish(run, state, fingerprint, started, read_metrics(run_dir / "metrics.jsonl"), atomic_write)
+    dist.barrier()
+    return adapter
 
 
 def _completed(run_dir: Path, fingerprint: dict) -> Path | None:
@@ -476,7 +436,7 @@ def _finish(run: Run, state: dict, fingerprint: dict, started: float, metrics: l
         shutil.copytree(source, tmp)
         log.info("adapter: the best evaluated checkpoint (step %d, eval loss %.4f)", best, state["best_eval"])
     else:
-        run.model.save_pretrained(tmp)
+        run.core.save_pretrained(tmp)
     shutil.rmtree(adapter, ignore_errors=True)
     tmp.rename(adapter)
     plot_losses(metrics, run.run_dir / "loss.png")

@@ -1,0 +1,90 @@
+"""The model and optimizer of a training run: a frozen base (16/32-bit, or 4-bit NF4/FP4, or
+8-bit through bitsandbytes) with LoRA adapters from peft, and the optimizer the config names.
+
+Builders take plain values, not the config: `load_base(path, quant="nf4", dtype=torch.bfloat16, ...)`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+OPTIMIZERS = {  # config name -> (module, class); bitsandbytes ones run on CPU too
+    "adamw_torch": ("torch.optim", "AdamW"),
+    "adamw_torch_fused": ("torch.optim", "AdamW"),
+    "adamw_bnb_8bit": ("bitsandbytes.optim", "AdamW8bit"),
+    "adamw_8bit": ("bitsandbytes.optim", "AdamW8bit"),
+    "paged_adamw_8bit": ("bitsandbytes.optim", "PagedAdamW8bit"),
+    "paged_adamw_32bit": ("bitsandbytes.optim", "PagedAdamW32bit"),
+    "adafactor": ("transformers.optimization", "Adafactor"),
+    "sgd": ("torch.optim", "SGD"),
+}
+
+
+def build_optimizer(name: str, params, *, lr: float, weight_decay: float, betas: tuple[float, float],
+                    eps: float, device: torch.device):
+    import importlib
+
+    module, cls = OPTIMIZERS[name]
+    opt_cls = getattr(importlib.import_module(module), cls)
+    if name == "sgd":
+        return opt_cls(params, lr=lr, weight_decay=weight_decay)
+    if name == "adafactor":
+        return opt_cls(params, lr=lr, weight_decay=weight_decay, scale_parameter=False, relative_step=False)
+    extra = {"fused": True} if name == "adamw_torch_fused" and device.type == "cuda" else {}
+    return opt_cls(params, lr=lr, weight_decay=weight_decay, betas=betas, eps=eps, **extra)
+
+
+def compute_dtype(bf16: bool | str, fp16: bool | None, device: torch.device) -> torch.dtype:
+    """bf16 where asked or (auto) where the hardware has it; fp16 only on CUDA; else fp32."""
+    if fp16 and device.type == "cuda":
+        return torch.float16
+    if bf16 is True:
+        return torch.bfloat16
+    if bf16 == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
+    return torch.float32
+
+
+def load_base(path: Path, *, quant: str | None, double_quant: bool, dtype: torch.dtype,
+              device: torch.device, gradient_checkpointing: bool):
+    """The base model, frozen: 16/32-bit, or 4-bit (`quant` nf4/fp4) or 8-bit (`quant` int8)."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    kwargs: dict = {"attn_implementation": "sdpa"}
+    if quant in ("nf4", "fp4"):
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type=quant, bnb_4bit_use_double_quant=double_quant,
+            bnb_4bit_compute_dtype=dtype)
+        kwargs["device_map"] = {"": device.index or 0} if device.type == "cuda" else {"": "cpu"}
+    elif quant == "int8":
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+        kwargs["device_map"] = {"": device.index or 0} if device.type == "cuda" else {"": "cpu"}
+    # CPU keeps fp32 weights and autocasts to bf16 (fastest measured); CUDA stores 16-bit weights.
+    kwargs["dtype"] = torch.float32 if device.type == "cpu" else dtype
+    model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    if quant:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if not quant:
+        model.to(device)
+    model.config.use_cache = False
+    return model
+
+
+def add_lora(model, *, r: int, alpha: float, dropout: float, target_linear: bool | None,
+             target_modules: tuple[str, ...], modules_to_save: tuple[str, ...], fan_in_fan_out: bool):
+    from peft import LoraConfig, get_peft_model
+
+    targets = "all-linear" if target_linear or not target_modules else list(target_modules)
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
+                        modules_to_save=list(modules_to_save) or None, fan_in_fan_out=fan_in_fan_out,
+                        task_type="CAUSAL_LM", bias="none")
+    return get_peft_model(model, config)
