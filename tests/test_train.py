@@ -272,3 +272,49 @@ def test_two_processes_over_gloo_match_one_with_the_same_effective_batch(tmp_pat
     assert worst < 1e-4, worst
     moved = max(v.abs().max().item() for k, v in b.items() if "lora_B" in k)
     assert moved > 1e-3  # the adapters did train
+
+
+def test_progress_bar_with_eta_on_a_terminal(tmp_path, tiny_model):
+    import pty
+
+    config = tiny_config(tmp_path, tiny_model, max_steps=8, rows=12)
+    main, replica = pty.openpty()
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", COLUMNS="120")
+    proc = subprocess.Popen([sys.executable, "-m", "tutorforge", "train", str(config)],
+                            stdin=replica, stdout=replica, stderr=replica, env=env)
+    os.close(replica)
+    chunks = []
+    while True:
+        try:
+            data = os.read(main, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=600)
+    screen = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0, screen[-2000:]
+    assert "ETA" in screen and "training" in screen and "tok/s" in screen
+
+
+def test_lora_and_precision_keys_reach_the_model(tmp_path, tiny_model):
+    from tutorforge.train import build_run
+
+    cfg = load_config(tiny_config(tmp_path, tiny_model, lora_r=6, lora_alpha=3, lora_dropout=0.2,
+                                  lora_target_linear=None, lora_target_modules=["q_proj", "v_proj"],
+                                  lora_modules_to_save=["lm_head"], flash_attention=True, fp16=True,
+                                  bf16=False, gradient_checkpointing=True, weight_decay=0.1,
+                                  rows=8, max_steps=2))
+    run = build_run(cfg, config_dir=tmp_path, skip_bad_rows=False, device=torch.device("cpu"))
+    peft = run.core.peft_config["default"]
+    assert (peft.r, peft.lora_alpha, peft.lora_dropout) == (6, 3, 0.2)
+    assert set(peft.target_modules) == {"q_proj", "v_proj"} and peft.modules_to_save == ["lm_head"]
+    trainable = [n for n, p in run.core.named_parameters() if p.requires_grad]
+    assert any("lm_head" in n for n in trainable)
+    assert not any("k_proj" in n or "up_proj" in n for n in trainable)
+    assert run.core.base_model.model.is_gradient_checkpointing
+    assert run.optimizer.param_groups[0]["weight_decay"] == 0.1
+    assert run.dtype == torch.float32
+    text = " ".join(run.decisions)
+    assert "flash_attention: true needs CUDA" in text and "fp16: true needs CUDA" in text

@@ -10,6 +10,7 @@ and exits with code 2; --debug shows the traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import logging
 import os
@@ -153,12 +154,34 @@ def train(config: Path, *, skip_bad_rows: bool = False, resume: bool = True, npr
         return dist.launch(nproc, argv)
     if not dist.is_main():
         logging.getLogger().setLevel(logging.WARNING)
-    adapter = run_training(cfg, config_dir=config.parent, skip_bad_rows=skip_bad_rows, resume=resume)
+    with _progress_bar("training") as progress:
+        adapter = run_training(cfg, config_dir=config.parent, skip_bad_rows=skip_bad_rows, resume=resume,
+                               progress=progress)
     if not dist.is_main():
         return 0
     print(f"adapter: {adapter}")
     print(f"metrics: {adapter.parent / 'metrics.jsonl'}, curve: {adapter.parent / 'loss.png'}")
     return 0
+
+
+@contextlib.contextmanager
+def _progress_bar(label: str):
+    """A progress callback (step, total, row) drawing a bar with ETA on a terminal; None elsewhere."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
+    with Progress(*columns, transient=True) as bar:
+        task = bar.add_task(label, total=None, info="")
+
+        def update(step: int, total: int, row: dict) -> None:
+            bar.update(task, completed=step, total=total,
+                       info=f"loss {row['loss']:.3f} | {row['tokens_per_s']:.0f} tok/s")
+
+        yield update
 
 
 def keys() -> int:

@@ -49,12 +49,26 @@ def compute_dtype(bf16: bool | str, fp16: bool | None, device: torch.device) -> 
     return torch.float32
 
 
+def attention_implementation(flash_attention: bool, device: torch.device) -> tuple[str, str | None]:
+    """flash_attention_2 where asked, on CUDA, with flash-attn installed; else PyTorch SDPA.
+    Returns (implementation, the reason when the config's wish was not followed)."""
+    if not flash_attention:
+        return "sdpa", None
+    if device.type != "cuda":
+        return "sdpa", "flash_attention: true needs CUDA; using PyTorch SDPA"
+    import importlib.util
+
+    if importlib.util.find_spec("flash_attn") is None:
+        return "sdpa", "flash_attention: true but flash-attn is not installed; using PyTorch SDPA"
+    return "flash_attention_2", None
+
+
 def load_base(path: Path, *, quant: str | None, double_quant: bool, dtype: torch.dtype,
-              device: torch.device, gradient_checkpointing: bool):
+              device: torch.device, gradient_checkpointing: bool, attention: str = "sdpa"):
     """The base model, frozen: 16/32-bit, or 4-bit (`quant` nf4/fp4) or 8-bit (`quant` int8)."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    kwargs: dict = {"attn_implementation": "sdpa"}
+    kwargs: dict = {"attn_implementation": attention}
     if quant in ("nf4", "fp4"):
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type=quant, bnb_4bit_use_double_quant=double_quant,

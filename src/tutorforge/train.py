@@ -31,7 +31,8 @@ import torch
 from tutorforge import distributed as dist
 from tutorforge.checkpoints import save_checkpoint
 from tutorforge.errors import UserError
-from tutorforge.lora import add_lora, build_optimizer, compute_dtype, load_base
+from tutorforge.lora import (add_lora, attention_implementation, build_optimizer, compute_dtype,
+                             load_base)
 from tutorforge.formatting import IGNORE
 
 log = logging.getLogger(__name__)
@@ -343,10 +344,16 @@ def build_run(cfg, *, config_dir: Path | None, skip_bad_rows: bool, device: torc
                                       f" x gradient_accumulation_steps x {dist.world_size()}"]
                                      if dist.world_size() > 1 else []), f"compute dtype {str(dtype).removeprefix('torch.')} on {device.type} "
                  f"(bf16: {cfg.bf16}, fp16: {cfg.fp16})"]
+    if cfg.fp16 and device.type != "cuda":
+        decisions.append("fp16: true needs CUDA (loss scaling); on CPU the compute dtype follows bf16")
+    attention, why = attention_implementation(cfg.flash_attention, device)
+    decisions += [why] if why else []
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.tf32
     quant = cfg.bnb_4bit_quant_type if cfg.load_in_4bit else "int8" if cfg.load_in_8bit else None
     torch.manual_seed(cfg.seed)
     model = load_base(resolved.path, quant=quant, double_quant=cfg.bnb_4bit_use_double_quant, dtype=dtype,
-                      device=device, gradient_checkpointing=cfg.gradient_checkpointing)
+                      device=device, gradient_checkpointing=cfg.gradient_checkpointing, attention=attention)
     model = add_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                      target_linear=cfg.lora_target_linear, target_modules=cfg.lora_target_modules,
                      modules_to_save=cfg.lora_modules_to_save, fan_in_fan_out=cfg.lora_fan_in_fan_out)
