@@ -313,7 +313,7 @@ def test_lora_and_precision_keys_reach_the_model(tmp_path, tiny_model):
     trainable = [n for n, p in run.core.named_parameters() if p.requires_grad]
     assert any("lm_head" in n for n in trainable)
     assert not any("k_proj" in n or "up_proj" in n for n in trainable)
-    assert run.core.base_model.model.is_gradient_checkpointing
+    assert run.core.base_model.model.is_activation_checkpointing
     assert run.optimizer.param_groups[0]["weight_decay"] == 0.1
     assert run.dtype == torch.float32
     text = " ".join(run.decisions)

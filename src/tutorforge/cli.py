@@ -164,8 +164,40 @@ def train(config: Path, *, skip_bad_rows: bool = False, resume: bool = True, npr
     return 0
 
 
+def merge(run_dir: Path | None = None, *, base: str | None = None, adapter: Path | None = None,
+          out: Path | None = None, shard_gb: float = 2.0) -> int:
+    """Merge a LoRA adapter into its 16-bit base, tensor by tensor, in bounded RAM.
+
+    run_dir: a training output_dir (its run.json names the base; adapter/ in, merged/ out)
+    base: the base model (anything base_model accepts), instead of run_dir
+    adapter: the PEFT adapter directory, instead of run_dir
+    out: where to write the merged checkpoint
+    shard_gb: largest safetensors shard, in GiB
+    """
+    import json
+
+    from tutorforge.merge import merge as run_merge
+    from tutorforge.models import resolve_base_model
+
+    if run_dir is not None:
+        try:
+            info = json.loads((run_dir / "run.json").read_text())
+        except (OSError, ValueError):
+            raise UserError(f"{run_dir}: no complete training run here (run.json missing); give a training "
+                            "output_dir, or --base, --adapter and --out") from None
+        base, adapter = base or info["config"]["base_model"], adapter or run_dir / "adapter"
+        out = out or run_dir / "merged"
+    if not (base and adapter and out):
+        raise UserError("merge needs a training output_dir, or all of --base, --adapter and --out")
+    with _progress_bar("merging", unit="tensors") as progress:
+        merged = run_merge(resolve_base_model(base).path, adapter, out, shard_bytes=int(shard_gb * 2**30),
+                           progress=progress and (lambda done, total: progress(done, total, {})))
+    print(f"merged: {merged}")
+    return 0
+
+
 @contextlib.contextmanager
-def _progress_bar(label: str):
+def _progress_bar(label: str, unit: str = "steps"):
     """A progress callback (step, total, row) drawing a bar with ETA on a terminal; None elsewhere."""
     if not sys.stderr.isatty():
         yield None
@@ -178,8 +210,8 @@ def _progress_bar(label: str):
         task = bar.add_task(label, total=None, info="")
 
         def update(step: int, total: int, row: dict) -> None:
-            bar.update(task, completed=step, total=total,
-                       info=f"loss {row['loss']:.3f} | {row['tokens_per_s']:.0f} tok/s")
+            info = f"loss {row['loss']:.3f} | {row['tokens_per_s']:.0f} tok/s" if row else unit
+            bar.update(task, completed=step, total=total, info=info)
 
         yield update
 
@@ -200,6 +232,7 @@ COMMANDS: dict[str, Callable[..., int]] = {  # "group name" makes `tutorforge gr
     "data lint": data_lint,
     "data prepare": data_prepare,
     "train": train,
+    "merge": merge,
     "generate": generate,
     "keys": keys,
 }
@@ -228,11 +261,11 @@ def _add_command(sub, name: str, fn: Callable[..., int]) -> None:
         if typing.get_origin(kind) is list:
             parser.add_argument(param.name, type=typing.get_args(kind)[0], nargs="+",
                                 help=helps.get(param.name))
-        elif param.kind is param.KEYWORD_ONLY and param.default is inspect.Parameter.empty:
-            parser.add_argument(flag, dest=param.name, type=kind, required=True,
-                                help=helps.get(param.name))
+        elif param.kind is param.POSITIONAL_OR_KEYWORD:  # an argument; optional when it has a default
+            optional = {} if param.default is inspect.Parameter.empty else {"nargs": "?", "default": param.default}
+            parser.add_argument(param.name, type=kind, help=helps.get(param.name), **optional)
         elif param.default is inspect.Parameter.empty:
-            parser.add_argument(param.name, type=kind, help=helps.get(param.name))
+            parser.add_argument(flag, dest=param.name, type=kind, required=True, help=helps.get(param.name))
         elif kind is bool:
             parser.add_argument(flag, dest=param.name, action=argparse.BooleanOptionalAction,
                                 default=param.default, help=helps.get(param.name))

@@ -1,0 +1,259 @@
+"""Merge a LoRA adapter into its 16-bit base, tensor by tensor, in bounded RAM.
+
+    tutorforge merge outputs/python-tutor-smollm2            (a training output_dir)
+    tutorforge merge --base DIR --adapter DIR --out DIR
+
+Each base tensor is read from the safetensors shards with a positioned read (no mmap, so the page
+cache is not counted against us), merged as W + scale * B @ A in fp32, checked for non-finite
+values, cast back to the base dtype and streamed into the output shard. Peak RSS is about one
+tensor's worth plus a fixed overhead, whatever the model's size. A QLoRA adapter is merged onto the
+original 16-bit weights it was trained against, never into a 4-bit model. The output (sharded
+safetensors with index, config, tokenizer and chat template) is written under a temporary name and
+renamed when complete.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tutorforge.errors import UserError
+
+log = logging.getLogger(__name__)
+
+DTYPES = {  # safetensors dtype name -> torch dtype (safetensors format spec)
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+NAMES = {v: k for k, v in DTYPES.items()}
+WEIGHT_FILES = re.compile(r".*\.(safetensors|bin|pt|pth|gguf)$|.*\.safetensors\.index\.json$|^tutorforge\.json$")
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    name: str
+    file: Path
+    dtype: str
+    shape: tuple[int, ...]
+    start: int  # absolute byte offset in the file
+    end: int
+
+
+def read_header(path: Path) -> tuple[dict, int]:
+    """The safetensors header (name -> dtype, shape, data_offsets) and where the data starts."""
+    with path.open("rb") as fh:
+        size = int.from_bytes(fh.read(8), "little")
+        header = json.loads(fh.read(size))
+    return header, 8 + size
+
+
+def tensor_refs(model_dir: Path) -> list[TensorRef]:
+    """Every tensor of a checkpoint directory (single file or sharded with an index), in file order."""
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        raise UserError(f"{model_dir}: no .safetensors files; merge needs the base model in safetensors "
+                        "format (convert .bin checkpoints with transformers' save_pretrained)")
+    refs = []
+    for path in files:
+        header, data = read_header(path)
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            start, end = info["data_offsets"]
+            refs.append(TensorRef(name, path, info["dtype"], tuple(info["shape"]), data + start, data + end))
+    return refs
+
+
+def read_tensor(ref: TensorRef) -> torch.Tensor:
+    """One tensor, read with a positioned read into private memory (no mmap)."""
+    fd = os.open(ref.file, os.O_RDONLY)
+    try:
+        buf = bytearray(ref.end - ref.start)
+        view, done = memoryview(buf), 0
+        while done < len(buf):
+            n = os.preadv(fd, [view[done:]], ref.start + done)
+            if n == 0:
+                raise UserError(f"{ref.file}: truncated while reading {ref.name}")
+            done += n
+    finally:
+        os.close(fd)
+    if not buf:
+        return torch.empty(ref.shape, dtype=DTYPES[ref.dtype])
+    return torch.frombuffer(buf, dtype=DTYPES[ref.dtype]).reshape(ref.shape)
+
+
+class ShardWriter:
+    """A safetensors file written tensor by tensor: the header (known in advance from shapes and
+    dtypes) first, then each tensor's bytes as it is produced."""
+
+    def __init__(self, path: Path, layout: list[tuple[str, str, tuple[int, ...]]]):
+        header, offset = {}, 0
+        for name, dtype, shape in layout:
+            size = math.prod(shape) * DTYPES[dtype].itemsize
+            header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}
+            offset += size
+        header["__metadata__"] = {"format": "pt"}
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)  # align the data section
+        self.expected = [name for name, _, _ in layout]
+        self.fh = path.open("wb")
+        self.fh.write(len(raw).to_bytes(8, "little") + raw)
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        if name != self.expected.pop(0):
+            raise RuntimeError(f"shard written out of order at {name}")
+        self.fh.write(tensor.contiguous().view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+
+    def close(self) -> None:
+        if self.expected:
+            raise RuntimeError(f"shard closed before {self.expected[0]}")
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        self.fh.close()
+
+
+@dataclass(frozen=True)
+class LoraPair:
+    a: torch.Tensor
+    b: torch.Tensor
+    scale: float
+    fan_in_fan_out: bool
+
+
+def read_adapter(adapter_dir: Path) -> tuple[dict[str, LoraPair], dict[str, torch.Tensor]]:
+    """LoRA pairs by base tensor name, and full replacements (modules_to_save) by tensor name."""
+    config_path = adapter_dir / "adapter_config.json"
+    if not config_path.is_file():
+        raise UserError(f"{adapter_dir}: no adapter_config.json; point --adapter at a PEFT adapter directory")
+    config = json.loads(config_path.read_text())
+    if config.get("peft_type") != "LORA" or config.get("use_dora"):
+        raise UserError(f"{adapter_dir}: only plain LoRA adapters can be merged (this is "
+                        f"{'DoRA' if config.get('use_dora') else config.get('peft_type')})")
+    if config.get("rank_pattern") or config.get("alpha_pattern"):
+        raise UserError(f"{adapter_dir}: per-module rank or alpha patterns are not supported by merge")
+    r, alpha = config["r"], config["lora_alpha"]
+    scale = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    full: dict[str, torch.Tensor] = {}
+    for ref in tensor_refs(adapter_dir):
+        name = ref.name.removeprefix("base_model.model.")
+        match = re.fullmatch(r"(.*)\.lora_([AB])(?:\.default)?\.weight", name)
+        if match:
+            pairs.setdefault(match.group(1) + ".weight", {})[match.group(2)] = read_tensor(ref)
+        else:
+            full[re.sub(r"\.modules_to_save\.default", "", name)] = read_tensor(ref)
+    lora = {}
+    for target, ab in pairs.items():
+        if set(ab) != {"A", "B"}:
+            raise UserError(f"{adapter_dir}: {target} has lora_{'A' if 'A' not in ab else 'B'} missing")
+        lora[target] = LoraPair(ab["A"], ab["B"], scale, bool(config.get("fan_in_fan_out")))
+    return lora, full
+
+
+def merged_tensor(name: str, base: torch.Tensor, pair: LoraPair | None, replacement: torch.Tensor | None) -> torch.Tensor:
+    """W + scale * B @ A computed in fp32 and cast back to W's dtype; non-finite values are an error."""
+    if replacement is not None:
+        out = replacement.to(base.dtype)
+    elif pair is not None:
+        delta = (pair.b.float() @ pair.a.float()) * pair.scale
+        if pair.fan_in_fan_out:
+            delta = delta.T
+        if delta.shape != base.shape:
+            raise UserError(f"{name}: the adapter's update has shape {tuple(delta.shape)} but the base tensor "
+                            f"{tuple(base.shape)}; the adapter was trained on another base model")
+        out = (base.float() + delta).to(base.dtype)
+    else:
+        return base
+    if out.is_floating_point() and not torch.isfinite(out).all():
+        raise UserError(f"{name}: the merged tensor holds NaN or inf; the adapter is broken (check its "
+                        "training loss) or too large for the base dtype")
+    return out
+
+
+def _shards(refs: list[TensorRef], shard_bytes: int) -> Iterator[list[TensorRef]]:
+    shard, size = [], 0
+    for ref in refs:
+        n = ref.end - ref.start
+        if shard and size + n > shard_bytes:
+            yield shard
+            shard, size = [], 0
+        shard.append(ref)
+        size += n
+    if shard:
+        yield shard
+
+
+def _fingerprint(base_dir: Path, adapter_dir: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(base_dir.glob("*.safetensors")):
+        digest.update(f"{path.name}:{path.stat().st_size}:{path.stat().st_mtime_ns}".encode())
+    for path in sorted(adapter_dir.glob("adapter_*")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def check_free_space(directory: Path, needed: int, what: str) -> None:
+    """Refuse before writing when the disk holding `directory` has less than `needed` bytes free."""
+    directory.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(directory).free
+    if free < needed:
+        raise UserError(f"{directory}: {what} needs {needed / 2**30:.1f} GiB but only {free / 2**30:.1f} GiB "
+                        "are free on that disk; free some space or choose another output directory")
+
+
+def merge(base_dir: Path, adapter_dir: Path, out_dir: Path, *, shard_bytes: int = 2 << 30,
+          progress: Callable[[int, int], None] | None = None) -> Path:
+    """Write base + adapter as a merged checkpoint in `out_dir` (skipped when already complete)."""
+    fingerprint = _fingerprint(base_dir, adapter_dir)
+    marker = out_dir / "tutorforge-merge.json"
+    if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == fingerprint:
+        log.info("merge: %s is complete for this base and adapter; skipped", out_dir)
+        return out_dir
+    refs = tensor_refs(base_dir)
+    lora, full = read_adapter(adapter_dir)
+    names = {r.name for r in refs}
+    if missing := sorted(set(lora) - names) + sorted(set(full) - names):
+        raise UserError(f"{adapter_dir}: adapts {missing[0]}, which {base_dir} does not have; merge the "
+                        "adapter into the base model it was trained on")
+    check_free_space(out_dir.parent, sum(r.end - r.start for r in refs) + (64 << 20), "the merged model")
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    shards = list(_shards(refs, shard_bytes))
+    weight_map, done = {}, 0
+    for i, shard in enumerate(shards, start=1):
+        name = "model.safetensors" if len(shards) == 1 else f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        writer = ShardWriter(tmp / name, [(r.name, r.dtype, r.shape) for r in shard])
+        for ref in shard:
+            writer.write(ref.name, merged_tensor(ref.name, read_tensor(ref), lora.get(ref.name), full.get(ref.name)))
+            weight_map[ref.name] = name
+            done += 1
+            if progress:
+                progress(done, len(refs))
+        writer.close()
+    if len(shards) > 1:
+        total = sum(r.end - r.start for r in refs)
+        (tmp / "model.safetensors.index.json").write_text(
+            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
+    for path in base_dir.iterdir():  # config, generation config, tokenizer, chat template, license
+        if path.is_file() and not WEIGHT_FILES.fullmatch(path.name):
+            shutil.copy2(path, tmp / path.name)
+    (tmp / "tutorforge-merge.json").write_text(json.dumps(
+        {"fingerprint": fingerprint, "base": str(base_dir), "adapter": str(adapter_dir),
+         "lora_tensors": len(lora), "replaced_tensors": len(full)}, indent=1))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    log.info("merge: %d LoRA updates and %d replaced tensors merged into %d tensors -> %s",
+             len(lora), len(full), len(refs), out_dir)
+    return out_dir

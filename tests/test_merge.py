@@ -1,0 +1,180 @@
+"""merge.py: the merged checkpoint equals peft's merge_and_unload, in bounded RAM, atomically."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from tutorforge.errors import UserError
+from tutorforge.merge import ShardWriter, merge, read_header, tensor_refs
+
+
+def synthetic(tmp_path: Path, n_layers: int, width: int, dtype=torch.bfloat16, r: int = 4,
+              bad: bool = False) -> tuple[Path, Path]:
+    """A base checkpoint of n_layers (width x width) projections, and a LoRA adapter on all of them."""
+    base, adapter = tmp_path / "base", tmp_path / "adapter"
+    base.mkdir()
+    adapter.mkdir()
+    gen = torch.Generator().manual_seed(0)
+    tensors, lora = {}, {}
+    for i in range(n_layers):
+        name = f"model.layers.{i}.proj"
+        tensors[f"{name}.weight"] = (torch.randn(width, width, generator=gen) * 0.02).to(dtype)
+        lora[f"base_model.model.{name}.lora_A.weight"] = torch.randn(r, width, generator=gen) * 0.1
+        lora[f"base_model.model.{name}.lora_B.weight"] = torch.randn(width, r, generator=gen) * 0.1
+    tensors["model.norm.weight"] = torch.ones(width, dtype=dtype)
+    if bad:
+        lora["base_model.model.model.layers.0.proj.lora_B.weight"][0, 0] = float("inf")
+    save_file(tensors, base / "model.safetensors")
+    (base / "config.json").write_text(json.dumps({"model_type": "toy"}))
+    (base / "tokenizer.json").write_text("{}")
+    save_file(lora, adapter / "adapter_model.safetensors")
+    (adapter / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "r": r, "lora_alpha": 8, "fan_in_fan_out": False}))
+    return base, adapter
+
+
+def test_merge_math_sharding_and_side_files(tmp_path):
+    base, adapter = synthetic(tmp_path, 6, 64)
+    out = merge(base, adapter, tmp_path / "merged", shard_bytes=3 * 64 * 64 * 2)
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) == 3  # sharded
+    merged = {}
+    for shard in sorted(out.glob("model-*.safetensors")):
+        merged.update(load_file(shard))
+    original, lora = load_file(base / "model.safetensors"), load_file(adapter / "adapter_model.safetensors")
+    for i in range(6):
+        name = f"model.layers.{i}.proj"
+        a, b = lora[f"base_model.model.{name}.lora_A.weight"], lora[f"base_model.model.{name}.lora_B.weight"]
+        expected = (original[f"{name}.weight"].float() + (b @ a) * 2.0).to(torch.bfloat16)
+        assert merged[f"{name}.weight"].dtype == torch.bfloat16
+        assert torch.equal(merged[f"{name}.weight"], expected)
+    assert torch.equal(merged["model.norm.weight"], original["model.norm.weight"])
+    assert (out / "config.json").is_file() and (out / "tokenizer.json").is_file()
+
+
+def test_merge_is_skipped_when_complete_and_atomic_when_killed(tmp_path, monkeypatch):
+    import tutorforge.merge as m
+
+    base, adapter = synthetic(tmp_path, 3, 32)
+    calls = []
+    real = m.merged_tensor
+
+    def dies_midway(*args):
+        calls.append(args[0])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(m, "merged_tensor", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        merge(base, adapter, tmp_path / "merged")
+    assert not (tmp_path / "merged").exists()  # nothing under the final name
+    monkeypatch.setattr(m, "merged_tensor", real)
+    out = merge(base, adapter, tmp_path / "merged")
+    stamp = (out / "model.safetensors").stat().st_mtime_ns
+    assert merge(base, adapter, tmp_path / "merged") == out
+    assert (out / "model.safetensors").stat().st_mtime_ns == stamp  # skipped
+
+
+def test_non_finite_values_name_the_tensor(tmp_path):
+    base, adapter = synthetic(tmp_path, 2, 32, bad=True)
+    with pytest.raises(UserError, match=r"model.layers.0.proj.weight: the merged tensor holds NaN or inf"):
+        merge(base, adapter, tmp_path / "merged")
+    assert not (tmp_path / "merged").exists()
+
+
+def test_wrong_base_is_refused(tmp_path):
+    base, adapter = synthetic(tmp_path, 2, 32)
+    (tmp_path / "other").mkdir()
+    other, _ = synthetic(tmp_path / "other", 2, 48)
+    with pytest.raises(UserError, match="the adapter was trained on another base model"):
+        merge(other, adapter, tmp_path / "merged")
+    (tmp_path / "few").mkdir()
+    few, _ = synthetic(tmp_path / "few", 1, 32)
+    with pytest.raises(UserError, match="model.layers.1.proj.weight, which .* does not have"):
+        merge(few, adapter, tmp_path / "merged2")
+
+
+def test_disk_space_is_checked_first(tmp_path, monkeypatch):
+    import shutil
+
+    base, adapter = synthetic(tmp_path, 2, 32)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12 - 100, 100))
+    with pytest.raises(UserError, match=r"needs 0.1 GiB but only 0.0 GiB are free"):
+        merge(base, adapter, tmp_path / "merged")
+
+
+def test_shard_writer_output_loads_in_safetensors(tmp_path):
+    tensors = {"a": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.ones(5, dtype=torch.bfloat16),
+               "c": torch.tensor([1, 2], dtype=torch.int64)}
+    writer = ShardWriter(tmp_path / "x.safetensors", [(k, {torch.float32: "F32", torch.bfloat16: "BF16",
+                                                           torch.int64: "I64"}[v.dtype], tuple(v.shape))
+                                                      for k, v in tensors.items()])
+    for k, v in tensors.items():
+        writer.write(k, v)
+    writer.close()
+    loaded = load_file(tmp_path / "x.safetensors")
+    assert all(torch.equal(loaded[k], v) for k, v in tensors.items())
+    header, start = read_header(tmp_path / "x.safetensors")
+    assert start % 8 == 0 and [r.name for r in tensor_refs(tmp_path)] == ["a", "b", "c"]
+
+
+RSS_PROBE = """
+import json, resource, sys
+from pathlib import Path
+from tutorforge.merge import merge, read_adapter
+base, adapter, out = map(Path, sys.argv[1:4])
+read_adapter(adapter)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+merge(base, adapter, out)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"growth_mb": (after - before) / 1024}))
+"""
+
+
+def test_peak_rss_does_not_grow_with_model_size(tmp_path):
+    """Merging 4x more tensors of the same size costs the same peak RAM: about one tensor's worth."""
+    growth = {}
+    for layers in (4, 16):
+        work = tmp_path / str(layers)
+        work.mkdir()
+        base, adapter = synthetic(work, layers, 2048, dtype=torch.bfloat16)  # 8 MiB per bf16 tensor
+        out = subprocess.run([sys.executable, "-c", RSS_PROBE, str(base), str(adapter), str(work / "merged")],
+                             capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr
+        growth[layers] = json.loads(out.stdout.strip().splitlines()[-1])["growth_mb"]
+    tensor_fp32_mb = 2048 * 2048 * 4 / 2**20  # 16 MiB
+    assert growth[16] < growth[4] + tensor_fp32_mb, growth
+    assert growth[16] < 5 * tensor_fp32_mb, growth  # 128 MiB of weights merged in < 80 MiB of RSS
+
+
+@pytest.mark.slow
+def test_merged_bundled_model_matches_peft_merge_and_unload(tmp_path, bundled):
+    """A trained adapter on the bundled model: merged logits equal peft's merge_and_unload (fp32)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(bundled.path, dtype=torch.float32)
+    torch.manual_seed(0)
+    peft = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
+    with torch.no_grad():  # a trained-looking adapter: B is no longer zero
+        for name, p in peft.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    peft.save_pretrained(tmp_path / "adapter")
+    ids = torch.tensor([[1, 9690, 198, 2683, 359, 253, 5356, 1351, 30, 2, 198, 1, 4093, 198]])
+    with torch.no_grad():
+        expected = peft.merge_and_unload()(ids).logits
+    out = merge(bundled.path, tmp_path / "adapter", tmp_path / "merged")
+    merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    with torch.no_grad():
+        got = merged(ids).logits
+    base_logits = AutoModelForCausalLM.from_pretrained(bundled.path, dtype=torch.float32)(ids).logits
+    assert (got - base_logits).abs().max() > 0.1  # the adapter changes the model
+    assert (got - expected).abs().max() < 1e-4
