@@ -196,6 +196,68 @@ def merge(run_dir: Path | None = None, *, base: str | None = None, adapter: Path
     return 0
 
 
+def export(run_dir: Path | None = None, *, base: str | None = None, adapter: Path | None = None,
+           out: Path | None = None, outtype: str | None = None, quantize: str | None = None,
+           verify: bool = True) -> int:
+    """Write GGUF files (f16, q8_0, q4_k_m, ...) and verify each with llama.cpp.
+
+    run_dir: a training output_dir: its merged/ checkpoint, else base + adapter/ in one streaming pass
+    base: the base model, instead of run_dir
+    adapter: a PEFT adapter merged on the fly (optional with --base)
+    out: directory for the GGUF files (default: RUN_DIR/gguf)
+    outtype: f16, bf16, f32 or q8_0 (default: the config's tutorforge.export.outtype)
+    quantize: comma-separated quantisations, e.g. q4_k_m,q8_0 (default: the config's)
+    verify: load every file in llama.cpp and compare tokenization and predictions with PyTorch
+    """
+    import json
+
+    from tutorforge.data import load_files
+    from tutorforge.export import Source, export_model
+    from tutorforge.models import resolve_base_model
+
+    cfg_export, system, rows = {}, None, None
+    if run_dir is not None:
+        try:
+            info = json.loads((run_dir / "run.json").read_text())
+        except (OSError, ValueError):
+            raise UserError(f"{run_dir}: no complete training run here (run.json missing); give a training "
+                            "output_dir, or --base (and --adapter) with --out") from None
+        config = info["config"]
+        cfg_export, system = config["tutorforge"]["export"], config.get("default_system_message")
+        base = base or config["base_model"]
+        merged = run_dir / "merged"
+        source = Source(merged) if (merged / "config.json").is_file() else Source(
+            resolve_base_model(base).path, adapter or run_dir / "adapter")
+        out = out or run_dir / "gguf"
+        heldout = run_dir / "heldout.jsonl"
+        rows = load_files([heldout]).rows if heldout.is_file() else None
+    elif base and out:
+        source = Source(resolve_base_model(base).path, adapter)
+    else:
+        raise UserError("export needs a training output_dir, or --base (and --adapter) with --out")
+    if verify and len(rows or []) < 40:  # at least ~2,000 positions: top up with the shipped lessons
+        from tutorforge.export import default_verify_rows
+
+        rows = (rows or []) + default_verify_rows()[: 40 - len(rows or [])]
+    quants = tuple(q.strip() for q in quantize.split(",")) if quantize else tuple(cfg_export.get("quantizations", ("q4_k_m",)))
+    name = cfg_export.get("name") or "model"
+    with _progress_bar("exporting", unit="tensors") as progress:
+        report = export_model(source, out, name=name, outtype=outtype or cfg_export.get("outtype", "f16"),
+                              quantizations=quants, verify_rows=rows if verify else None, system=system,
+                              progress=progress and (lambda done, total: progress(done, total, {})))
+    for kind, path in report["files"].items():
+        v = report.get("verification", {}).get(kind)
+        extra = ""
+        if v:
+            agree = f", top-1 agreement {v['top1_agreement']:.2%}" if v["top1_agreement"] is not None else ""
+            extra = (f" | tokenization {v['texts_tokenized'] - v['tokenization_mismatches']}/{v['texts_tokenized']}"
+                     f"{agree} over {v['positions']} positions | perplexity {v['perplexity']:.3f}")
+        print(f"{kind:>7}  {report['sizes_mib'][kind]:>8.1f} MiB  {path}{extra}")
+    if report.get("failures"):
+        raise UserError("verification failed:\n  " + "\n  ".join(report["failures"]))
+    return 0
+
+
 @contextlib.contextmanager
 def _progress_bar(label: str, unit: str = "steps"):
     """A progress callback (step, total, row) drawing a bar with ETA on a terminal; None elsewhere."""
@@ -233,6 +295,7 @@ COMMANDS: dict[str, Callable[..., int]] = {  # "group name" makes `tutorforge gr
     "data prepare": data_prepare,
     "train": train,
     "merge": merge,
+    "export": export,
     "generate": generate,
     "keys": keys,
 }

@@ -1,0 +1,384 @@
+"""Write a GGUF file from a merged checkpoint, or straight from base + adapter in one streaming pass.
+
+    tutorforge export outputs/python-tutor-smollm2     (merged/ if present, else base + adapter/)
+
+f32, f16, bf16 and q8_0 are written by tutorforge with the `gguf` package (GGUFWriter, TensorNameMap,
+its numpy quantizers), tensor by tensor: each tensor is read (and merged with its LoRA update when an
+adapter is given), converted and written before the next is read. K-quants (q4_k_m, q5_k_m, q6_k,
+...) come from llama.cpp's own quantizer through llama-cpp-python. Every file is written under a
+temporary name and renamed when complete; free disk space is checked before writing.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tutorforge.errors import UserError
+from tutorforge.merge import (check_free_space, merged_tensor, read_adapter, read_tensor,
+                              tensor_refs)
+
+log = logging.getLogger(__name__)
+
+ARCHS = {  # HF architecture -> (llama.cpp architecture, permute q/k for llama.cpp's rope layout)
+    "LlamaForCausalLM": ("llama", True),  # Llama 2, Llama 3/3.x, SmolLM
+    "MistralForCausalLM": ("llama", True),  # llama.cpp runs Mistral as llama
+    "Qwen2ForCausalLM": ("qwen2", False),  # NEOX rope: no permutation
+}
+PLAIN_TYPES = {"f32": "F32", "f16": "F16", "bf16": "BF16", "q8_0": "Q8_0"}  # written here
+K_QUANTS = {  # written by llama.cpp's quantizer from the f16 file (llama_model_quantize)
+    "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "q4_k_s": "LLAMA_FTYPE_MOSTLY_Q4_K_S",
+    "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M", "q5_k_s": "LLAMA_FTYPE_MOSTLY_Q5_K_S",
+    "q6_k": "LLAMA_FTYPE_MOSTLY_Q6_K", "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0",
+}
+FILE_TYPES = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "bf16": "MOSTLY_BF16", "q8_0": "MOSTLY_Q8_0"}
+
+
+def permute_qk(weight: torch.Tensor, n_head: int) -> torch.Tensor:
+    """HF stores q/k rows for rotate-half rope; llama.cpp's llama wants pairs interleaved."""
+    rows = weight.shape[0]
+    return (weight.reshape(n_head, 2, rows // n_head // 2, *weight.shape[1:])
+            .swapaxes(1, 2).reshape(weight.shape))
+
+
+def llama3_rope_factors(config: dict) -> np.ndarray | None:
+    """The `rope_freqs` tensor llama.cpp needs for Llama 3.1+ rope scaling (type llama3), else None."""
+    scaling = config.get("rope_scaling") or {}
+    if scaling.get("rope_type", scaling.get("type")) != "llama3":
+        return None
+    base = config.get("rope_theta", 10000.0)
+    dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    factor, low, high = scaling["factor"], scaling.get("low_freq_factor", 1.0), scaling.get("high_freq_factor", 4.0)
+    old_ctx = scaling["original_max_position_embeddings"]
+    factors = []
+    for freq in 1.0 / (base ** (np.arange(0, dim, 2, dtype=np.float32) / dim)):
+        wavelen = 2 * math.pi / freq
+        if wavelen < old_ctx / high:
+            factors.append(1.0)
+        elif wavelen > old_ctx / low:
+            factors.append(factor)
+        else:
+            smooth = (old_ctx / wavelen - low) / (high - low)
+            factors.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(factors, dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where tensors come from: a checkpoint directory, optionally with a LoRA adapter merged in."""
+
+    model_dir: Path
+    adapter: Path | None = None
+
+
+def _to_ggml(tensor: torch.Tensor, kind: str) -> np.ndarray:
+    """The bytes of one tensor in GGML type `kind` (F32, F16, BF16 or Q8_0, decided by plan_tensors)."""
+    import gguf
+
+    if kind == "F32":
+        return tensor.float().numpy()
+    if kind == "F16":
+        return tensor.to(torch.float16).numpy()
+    if kind == "BF16":
+        return tensor.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    return gguf.quants.quantize(tensor.float().numpy(), gguf.GGMLQuantizationType.Q8_0)
+
+
+def _pre_tokenizer(tokenizer_json: dict) -> str:
+    """llama.cpp's pre-tokenizer name for a tokenizer.json, from its pre_tokenizer rules."""
+    text = json.dumps(tokenizer_json.get("pre_tokenizer"))
+    if '"individual_digits": true' in text and '"ByteLevel"' in text:
+        return "smollm"  # digits one by one, then GPT-2 byte-level splitting
+    if r"\\p{N}{1,3}" in text:
+        return "llama-bpe"  # Llama 3: numbers in groups of up to three
+    if r"\\p{N}" in text and "Split" in text:
+        return "qwen2"
+    raise UserError("the tokenizer's pre-tokenizer is not one tutorforge knows how to name for llama.cpp "
+                    f"({text[:120]}); export supports Llama 2/3, SmolLM, Mistral and Qwen2 tokenizers")
+
+
+def _copy_tokenizer_from_gguf(writer, gguf_path: Path) -> None:
+    """Tokenizer metadata copied field by field from the GGUF the checkpoint was converted from."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(gguf_path))
+    for key, field in reader.fields.items():
+        if not key.startswith("tokenizer.") or key == "tokenizer.chat_template":
+            continue
+        value = field.contents()
+        sub = field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(key, value, field.types[0], sub_type=sub)
+
+
+def _tokenizer_from_hf(writer, model_dir: Path, vocab_size: int) -> None:
+    """Tokens, types, merges, pre-tokenizer and special ids from the Hugging Face tokenizer (BPE)."""
+    import gguf
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    spec = json.loads((model_dir / "tokenizer.json").read_text())
+    if spec["model"]["type"] != "BPE":
+        raise UserError(f"{model_dir}: a {spec['model']['type']} tokenizer; export writes BPE tokenizers "
+                        "(Llama 3, SmolLM, Qwen2); export Llama 2 / Mistral v0.1 with llama.cpp's converter")
+    by_id = {i: t for t, i in tokenizer.get_vocab().items()}
+    added = {t.content: t.special for t in tokenizer.added_tokens_decoder.values()}
+    tokens, types = [], []
+    for i in range(vocab_size):
+        token = by_id.get(i)
+        if token is None:
+            tokens.append(f"[PAD{i}]")
+            types.append(gguf.TokenType.UNUSED)
+        else:
+            tokens.append(token)
+            types.append(gguf.TokenType.CONTROL if added.get(token) else
+                         gguf.TokenType.USER_DEFINED if token in added else gguf.TokenType.NORMAL)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(_pre_tokenizer(spec))
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    merges = spec["model"]["merges"]
+    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
+    for kind in ("bos", "eos", "unk", "pad"):
+        token_id = getattr(tokenizer, f"{kind}_token_id")
+        if token_id is not None:
+            getattr(writer, f"add_{kind}_token_id")(token_id)
+    bos = tokenizer.bos_token_id
+    writer.add_add_bos_token(bool(bos is not None and tokenizer("a")["input_ids"][:1] == [bos]))
+
+
+def _source_gguf(model_dir: Path) -> Path | None:
+    info = model_dir / "tutorforge.json"
+    if not info.is_file():
+        return None
+    path = Path(json.loads(info.read_text()).get("source_gguf", ""))
+    return path if path.is_file() else None
+
+
+def add_metadata(writer, model_dir: Path, config: dict, outtype: str, name: str) -> None:
+    """Architecture hyperparameters (rope included), tokenizer and chat template."""
+    import gguf
+
+    heads = config["num_attention_heads"]
+    head_dim = config.get("head_dim") or config["hidden_size"] // heads
+    writer.add_name(name)
+    writer.add_context_length(config.get("max_position_embeddings", 4096))
+    writer.add_embedding_length(config["hidden_size"])
+    writer.add_block_count(config["num_hidden_layers"])
+    writer.add_feed_forward_length(config["intermediate_size"])
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(config.get("num_key_value_heads", heads))
+    writer.add_layer_norm_rms_eps(config.get("rms_norm_eps", 1e-5))
+    rope = config.get("rope_parameters") or {}
+    writer.add_rope_freq_base(float(rope.get("rope_theta", config.get("rope_theta", 10000.0))))
+    writer.add_rope_dimension_count(head_dim)
+    scaling = config.get("rope_scaling") or {}
+    if scaling.get("rope_type", scaling.get("type")) == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(scaling["factor"])
+    writer.add_vocab_size(config["vocab_size"])
+    writer.add_file_type(getattr(gguf.LlamaFileType, FILE_TYPES[outtype]))
+    source = _source_gguf(model_dir)
+    if source:
+        _copy_tokenizer_from_gguf(writer, source)
+    else:
+        _tokenizer_from_hf(writer, model_dir, config["vocab_size"])
+    template = model_dir / "chat_template.jinja"
+    if template.is_file():
+        writer.add_chat_template(template.read_text())
+    else:
+        tok_config = json.loads((model_dir / "tokenizer_config.json").read_text()) \
+            if (model_dir / "tokenizer_config.json").is_file() else {}
+        if isinstance(tok_config.get("chat_template"), str):
+            writer.add_chat_template(tok_config["chat_template"])
+
+
+@dataclass(frozen=True)
+class Planned:
+    gguf_name: str
+    ref: object  # merge.TensorRef
+    heads: int | None  # permute q/k rows for this many heads
+    ggml_type: str
+    byte_shape: tuple[int, ...]
+    np_dtype: object
+
+
+def _ggml_type(shape: tuple[int, ...], outtype: str) -> str:
+    if len(shape) == 1 or outtype == "f32":
+        return "F32"
+    if outtype == "q8_0" and shape[-1] % 32:
+        return "F16"  # Q8_0 packs rows in blocks of 32
+    return PLAIN_TYPES[outtype]
+
+
+def plan_tensors(model_dir: Path, config: dict, arch: str, permute: bool, outtype: str) -> list[Planned]:
+    """Every tensor's GGUF name, type and on-disk shape, known before any data is read."""
+    import gguf
+
+    arch_enum = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch)
+    names = gguf.get_tensor_name_map(arch_enum, config["num_hidden_layers"])
+    heads, kv = config["num_attention_heads"], config.get("num_key_value_heads", config["num_attention_heads"])
+    plan = []
+    for ref in tensor_refs(model_dir):
+        if ref.name.endswith("rotary_emb.inv_freq"):
+            continue
+        new = names.get_name(ref.name, try_suffixes=(".weight", ".bias"))
+        if new is None:
+            raise UserError(f"{model_dir}: tensor {ref.name} has no llama.cpp name for architecture {arch}")
+        n_heads = None
+        if permute and ref.name.endswith("q_proj.weight"):
+            n_heads = heads
+        elif permute and ref.name.endswith("k_proj.weight"):
+            n_heads = kv
+        kind = _ggml_type(ref.shape, outtype)
+        if kind == "Q8_0" and new == "token_embd.weight" and config.get("tie_word_embeddings"):
+            kind = "F16"  # tied: it is also the output projection, where 8-bit error flips top-1 tokens
+        qtype = getattr(gguf.GGMLQuantizationType, kind)
+        if kind == "Q8_0":
+            shape, dtype = gguf.quants.quant_shape_to_byte_shape(ref.shape, qtype), np.uint8
+        else:
+            shape, dtype = ref.shape, {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}[kind]
+        plan.append(Planned(new, ref, n_heads, kind, tuple(shape), dtype))
+    return plan
+
+
+def write_gguf(source: Source, out: Path, outtype: str = "f16", *, name: str = "model",
+               progress: Callable[[int, int], None] | None = None) -> Path:
+    """Stream `source` (merging its adapter on the fly) into a GGUF file at `out`, atomically."""
+    import gguf
+
+    if outtype not in PLAIN_TYPES:
+        raise UserError(f"export: {outtype!r} is not written directly; use one of {', '.join(PLAIN_TYPES)} "
+                        f"(K-quants come from quantize(): {', '.join(K_QUANTS)})")
+    config = json.loads((source.model_dir / "config.json").read_text())
+    architecture = (config.get("architectures") or ["?"])[0]
+    if architecture not in ARCHS:
+        raise UserError(f"{source.model_dir}: architecture {architecture} is not supported by export; "
+                        f"supported: {', '.join(ARCHS)}")
+    arch, permute = ARCHS[architecture]
+    lora, full = read_adapter(source.adapter) if source.adapter else ({}, {})
+    plan = plan_tensors(source.model_dir, config, arch, permute, outtype)
+    rope_freqs = llama3_rope_factors(config) if arch == "llama" else None
+    size = sum(math.prod(p.byte_shape) * np.dtype(p.np_dtype).itemsize for p in plan)
+    check_free_space(out.parent, size + (64 << 20), f"the {outtype} GGUF")
+    tmp = out.with_name(f".{out.name}.tmp")
+    writer = gguf.GGUFWriter(str(tmp), arch)
+    try:
+        add_metadata(writer, source.model_dir, config, outtype, name)
+        for p in plan:
+            writer.add_tensor_info(p.gguf_name, p.byte_shape, np.dtype(p.np_dtype),
+                                   math.prod(p.byte_shape) * np.dtype(p.np_dtype).itemsize,
+                                   raw_dtype=getattr(gguf.GGMLQuantizationType, p.ggml_type))
+        if rope_freqs is not None:
+            writer.add_tensor_info("rope_freqs.weight", rope_freqs.shape, rope_freqs.dtype, rope_freqs.nbytes,
+                                   raw_dtype=gguf.GGMLQuantizationType.F32)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for i, p in enumerate(plan, start=1):
+            tensor = merged_tensor(p.ref.name, read_tensor(p.ref), lora.get(p.ref.name), full.get(p.ref.name))
+            if p.heads:
+                tensor = permute_qk(tensor, p.heads)
+            writer.write_tensor_data(_to_ggml(tensor, p.ggml_type))
+            if progress:
+                progress(i, len(plan))
+        if rope_freqs is not None:
+            writer.write_tensor_data(rope_freqs)
+        writer.close()
+        tmp.replace(out)
+    except BaseException:
+        writer.close() if writer.fout else None
+        tmp.unlink(missing_ok=True)
+        raise
+    log.info("export: %s (%s, %.1f MiB)", out, outtype, out.stat().st_size / 2**20)
+    return out
+
+
+def quantize(f16_path: Path, out: Path, kind: str, *, threads: int = 0, tied_embeddings: bool = False) -> Path:
+    """A K-quant (q4_k_m, ...) of an f16 GGUF by llama.cpp's own quantizer (llama_model_quantize);
+    the output appears under its final name only when complete, and a failure leaves no file."""
+    import llama_cpp
+
+    if kind not in K_QUANTS:
+        raise UserError(f"quantize: {kind!r} is not one of {', '.join(K_QUANTS)}")
+    check_free_space(out.parent, f16_path.stat().st_size // 2 + (64 << 20), f"the {kind} GGUF")
+    tmp = out.with_name(f".{out.name}.tmp")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, K_QUANTS[kind])
+    params.nthread = threads
+    if tied_embeddings:  # token_embd is also the output projection: keep it at 8 bits
+        params.token_embedding_type = llama_cpp.GGML_TYPE_Q8_0
+    try:
+        code = llama_cpp.llama_model_quantize(str(f16_path).encode(), str(tmp).encode(), params)
+        if code != 0:
+            raise UserError(f"{f16_path}: llama.cpp's quantizer failed (code {code}) making {kind}")
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)  # llama_model_quantize leaves a partial file when it fails
+    log.info("quantize: %s (%s, %.1f MiB)", out, kind, out.stat().st_size / 2**20)
+    return out
+
+
+def default_verify_rows() -> list:
+    """Rows of the shipped Python-tutor dataset, as verification text when a run has no held-out split."""
+    from tutorforge.data import load_files
+
+    path = Path(__file__).resolve().parents[2] / "data" / "python_tutor.jsonl"
+    if not path.is_file():
+        raise UserError("export: no held-out rows to verify with; run it on a training output_dir")
+    return load_files([path]).rows
+
+
+def reference_model(source: Source):
+    """The PyTorch model the exports must agree with: the merged weights in fp32."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(source.model_dir), dtype=torch.float32)
+    if source.adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(source.adapter)).merge_and_unload()
+    return model.eval()
+
+
+def export_model(source: Source, out_dir: Path, *, name: str, outtype: str = "f16",
+                 quantizations: tuple[str, ...] = ("q4_k_m",), verify_rows: list | None = None,
+                 system: str | None = None, progress=None) -> dict:
+    """Write the GGUF files (f16 or the asked outtype, q8_0 if asked, then K-quants from the f16),
+    verify each with llama.cpp when rows are given, and record it all in export.json."""
+    from transformers import AutoTokenizer
+
+    from tutorforge import verify
+    from tutorforge.fsutil import atomic_write
+
+    files: dict[str, Path] = {}
+    direct = [outtype] + [q for q in quantizations if q in PLAIN_TYPES and q != outtype]
+    if any(q in K_QUANTS for q in quantizations) and "f16" not in direct:
+        direct.insert(0, "f16")  # the quantizer's input
+    for kind in direct:
+        path = out_dir / f"{name}.{kind.upper()}.gguf"
+        files[kind] = path if path.is_file() else write_gguf(source, path, kind, name=name, progress=progress)
+    for kind in (q for q in quantizations if q in K_QUANTS):
+        path = out_dir / f"{name}.{kind.upper()}.gguf"
+        tied = bool(json.loads((source.model_dir / "config.json").read_text()).get("tie_word_embeddings"))
+        files[kind] = path if path.is_file() else quantize(files["f16"], path, kind, tied_embeddings=tied)
+    report = {"files": {k: str(v) for k, v in files.items()},
+              "sizes_mib": {k: round(v.stat().st_size / 2**20, 1) for k, v in files.items()}}
+    if verify_rows:
+        tokenizer = AutoTokenizer.from_pretrained(str(source.model_dir))
+        texts, sequences = verify.probe_texts(tokenizer, verify_rows, system)
+        reference = verify.reference_predictions(reference_model(source), sequences)
+        results = {k: verify.verify_gguf(p, tokenizer, texts, sequences,
+                                         reference if k in verify.THRESHOLDS else None) for k, p in files.items()}
+        for result in results.values():
+            log.info("verify: %s", result.line())
+        report["verification"] = {k: vars(v) for k, v in results.items()}
+        report["failures"] = verify.failures(results)
+    with atomic_write(out_dir / "export.json") as fh:
+        json.dump(report, fh, indent=1)
+    return report
