@@ -129,3 +129,12 @@ def test_data_prepare_with_and_without_skip_bad_rows(tmp_path, write_config, cap
     rejected = (tmp_path / "out" / "rejected.jsonl").read_text().splitlines()
     assert [json.loads(r)["raw"] for r in rejected] == ['{"instruction": "x"}', "{oops"]
     assert len((tmp_path / "out" / "heldout.jsonl").read_text().splitlines()) == 2
+
+
+def test_merge_and_export_explain_what_they_need(tmp_path, capsys):
+    assert cli.main(["merge", str(tmp_path)]) == 2
+    assert "no complete training run here (run.json missing)" in capsys.readouterr().err
+    assert cli.main(["merge", "--base", "smollm2"]) == 2
+    assert "merge needs a training output_dir, or all of --base, --adapter and --out" in capsys.readouterr().err
+    assert cli.main(["export", "--base", "smollm2"]) == 2
+    assert "export needs a training output_dir" in capsys.readouterr().err

@@ -164,6 +164,17 @@ def train(config: Path, *, skip_bad_rows: bool = False, resume: bool = True, npr
     return 0
 
 
+def _run_info(run_dir: Path, instead: str) -> dict:
+    """The run.json of a finished training run, or a message saying what to give instead."""
+    import json
+
+    try:
+        return json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        raise UserError(f"{run_dir}: no complete training run here (run.json missing); give a training "
+                        f"output_dir, or {instead}") from None
+
+
 def merge(run_dir: Path | None = None, *, base: str | None = None, adapter: Path | None = None,
           out: Path | None = None, shard_gb: float = 2.0) -> int:
     """Merge a LoRA adapter into its 16-bit base, tensor by tensor, in bounded RAM.
@@ -174,17 +185,11 @@ def merge(run_dir: Path | None = None, *, base: str | None = None, adapter: Path
     out: where to write the merged checkpoint
     shard_gb: largest safetensors shard, in GiB
     """
-    import json
-
     from tutorforge.merge import merge as run_merge
     from tutorforge.models import resolve_base_model
 
     if run_dir is not None:
-        try:
-            info = json.loads((run_dir / "run.json").read_text())
-        except (OSError, ValueError):
-            raise UserError(f"{run_dir}: no complete training run here (run.json missing); give a training "
-                            "output_dir, or --base, --adapter and --out") from None
+        info = _run_info(run_dir, "--base, --adapter and --out")
         base, adapter = base or info["config"]["base_model"], adapter or run_dir / "adapter"
         out = out or run_dir / "merged"
     if not (base and adapter and out):
@@ -209,20 +214,13 @@ def export(run_dir: Path | None = None, *, base: str | None = None, adapter: Pat
     quantize: comma-separated quantisations, e.g. q4_k_m,q8_0 (default: the config's)
     verify: load every file in llama.cpp and compare tokenization and predictions with PyTorch
     """
-    import json
-
     from tutorforge.data import load_files
     from tutorforge.export import Source, export_model
     from tutorforge.models import resolve_base_model
 
     cfg_export, system, rows = {}, None, None
     if run_dir is not None:
-        try:
-            info = json.loads((run_dir / "run.json").read_text())
-        except (OSError, ValueError):
-            raise UserError(f"{run_dir}: no complete training run here (run.json missing); give a training "
-                            "output_dir, or --base (and --adapter) with --out") from None
-        config = info["config"]
+        config = _run_info(run_dir, "--base (and --adapter) with --out")["config"]
         cfg_export, system = config["tutorforge"]["export"], config.get("default_system_message")
         base = base or config["base_model"]
         merged = run_dir / "merged"
