@@ -256,6 +256,29 @@ def export(run_dir: Path | None = None, *, base: str | None = None, adapter: Pat
     return 0
 
 
+def package(run_dir: Path, *, gguf: Path | None = None) -> int:
+    """Write an Ollama Modelfile next to the run's GGUF, with a TEMPLATE matching training.
+
+    run_dir: a training output_dir that has been exported (RUN_DIR/gguf/)
+    gguf: the GGUF file the Modelfile loads (default: the config's tutorforge.ollama.quantization)
+    """
+    from tutorforge.models import resolve_base_model
+    from tutorforge.ollama import package as write_modelfile
+
+    config = _run_info(run_dir, "a run directory")["config"]
+    settings = config["tutorforge"]
+    if gguf is None:
+        name = settings["export"].get("name") or "model"
+        gguf = run_dir / "gguf" / f"{name}.{settings['ollama']['quantization'].upper()}.gguf"
+    if not gguf.is_file():
+        raise UserError(f"{gguf}: no such GGUF; run `tutorforge export {run_dir}` first")
+    path = write_modelfile(run_dir, config=config, model_dir=resolve_base_model(config["base_model"]).path,
+                           gguf_path=gguf)
+    name = settings["ollama"].get("model_name") or run_dir.name
+    print(f"Modelfile: {path}\nto deploy: cd {path.parent} && ollama create {name} -f Modelfile")
+    return 0
+
+
 @contextlib.contextmanager
 def _progress_bar(label: str, unit: str = "steps"):
     """A progress callback (step, total, row) drawing a bar with ETA on a terminal; None elsewhere."""
@@ -294,6 +317,7 @@ COMMANDS: dict[str, Callable[..., int]] = {  # "group name" makes `tutorforge gr
     "train": train,
     "merge": merge,
     "export": export,
+    "package": package,
     "generate": generate,
     "keys": keys,
 }

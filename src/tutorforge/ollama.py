@@ -1,0 +1,181 @@
+"""An Ollama Modelfile whose TEMPLATE reproduces the training prompt format exactly.
+
+    tutorforge package outputs/python-tutor-smollm2      # -> outputs/python-tutor-smollm2/gguf/Modelfile
+
+The prompt format is recognised by rendering probe conversations with the model's own chat template
+(or the Alpaca formatter) and matching them against the known families below; the family's Ollama
+TEMPLATE (Go text/template) is then written. The tests render that TEMPLATE with Go itself and
+compare it byte for byte with the training-time formatter.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from tutorforge.errors import UserError
+from tutorforge.formatting import ALPACA_PROMPT, PromptFormat
+
+log = logging.getLogger(__name__)
+
+# Ollama TEMPLATE per prompt-format family (Go text/template over .Messages, or .System/.Prompt).
+# {default_system} is filled in for ChatML models whose template adds a system turn of its own.
+GO_TEMPLATES: dict[str, str] = {
+    "chatml": (
+        "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
+        "<|im_start|>assistant\n"),
+    "chatml-default-system": (
+        "{{- if or (not .Messages) (ne (index .Messages 0).Role \"system\") }}<|im_start|>system\n"
+        "{default_system}<|im_end|>\n{{ end }}"
+        "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
+        "<|im_start|>assistant\n"),
+    "llama3": (  # the tokenizer adds <|begin_of_text|> itself (add_bos_token)
+        "{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n{{ .Content }}<|eot_id|>"
+        "{{ end }}<|start_header_id|>assistant<|end_header_id|>\n\n"),
+    "alpaca": (  # single-turn, as trained: the user's message is the instruction
+        "{{ if .System }}{{ .System }}\n\n{{ end }}"
+        + ALPACA_PROMPT.format(ctx="", instruction="{{ .Prompt }}", input_block="")),
+}
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    template: str  # the Go TEMPLATE, filled in
+
+
+def _chatml(messages: list[dict], default_system: str | None = None) -> str:
+    text = ""
+    if default_system is not None and (not messages or messages[0]["role"] != "system"):
+        text += f"<|im_start|>system\n{default_system}<|im_end|>\n"
+    for m in messages:
+        text += f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n"
+    return text + "<|im_start|>assistant\n"
+
+
+def _llama3(messages: list[dict]) -> str:
+    body = "".join(f"<|start_header_id|>{m['role']}<|end_header_id|>\n\n{m['content'].strip()}<|eot_id|>"
+                   for m in messages)
+    return body + "<|start_header_id|>assistant<|end_header_id|>\n\n"
+
+
+def hf_render(tokenizer, messages: list[dict]) -> str:
+    """The training-time text for a conversation, as llama.cpp will see it (a BOS the tokenizer adds
+    by itself is left to the tokenizer, as Ollama does)."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    bos = tokenizer.bos_token
+    if bos and text.startswith(bos) and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]:
+        text = text[len(bos):]
+    return text
+
+
+PROBES = [
+    [{"role": "user", "content": "Q1"}],
+    [{"role": "system", "content": "S"}, {"role": "user", "content": "Q1"}],
+    [{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"}, {"role": "user", "content": "Q2"}],
+]
+
+
+def detect_family(tokenizer, fmt: PromptFormat) -> Family:
+    """The family whose renderer reproduces the model's own template on every probe conversation."""
+    if fmt.kind == "alpaca":
+        return Family("alpaca", GO_TEMPLATES["alpaca"])
+    rendered = [hf_render(tokenizer, p) for p in PROBES]
+    first = rendered[0]
+    default = None
+    if first.startswith("<|im_start|>system\n"):
+        default = first[len("<|im_start|>system\n"):first.index("<|im_end|>")]
+    candidates = [("chatml-default-system", lambda m: _chatml(m, default)) if default is not None else
+                  ("chatml", _chatml), ("llama3", _llama3)]
+    for name, render in candidates:
+        if all(render(p) == r for p, r in zip(PROBES, rendered)):
+            template = GO_TEMPLATES[name].replace("{default_system}", default or "")
+            return Family(name, template)
+    raise UserError("the model's chat template is not one tutorforge can write as an Ollama TEMPLATE "
+                    f"(it renders a user turn as {first[:80]!r}); supported: ChatML, Llama 3, Alpaca")
+
+
+def stop_tokens(tokenizer, fmt: PromptFormat, family: Family) -> list[str]:
+    """Every token that ends a turn in this format: Ollama must stop there."""
+    stops = [tokenizer.convert_ids_to_tokens(fmt.end_token_id)]
+    extra = {"chatml": ["<|im_start|>"], "chatml-default-system": ["<|im_start|>"],
+             "llama3": ["<|start_header_id|>"], "alpaca": ["### Instruction:"]}[family.name]
+    if tokenizer.eos_token and tokenizer.eos_token not in stops:
+        stops.append(tokenizer.eos_token)
+    return stops + [s for s in extra if s not in stops]
+
+
+def modelfile(gguf_name: str, template: str, *, system: str | None, stops: list[str], num_ctx: int,
+              temperature: float, license: str | None) -> str:
+    """The Modelfile text (Ollama's documented syntax: FROM, TEMPLATE, SYSTEM, PARAMETER, LICENSE)."""
+    for name, text in (("TEMPLATE", template), ("SYSTEM", system or ""), ("LICENSE", license or "")):
+        if '"""' in text:
+            raise UserError(f'the {name} text contains """, which a Modelfile cannot hold')
+    lines = [f"FROM ./{gguf_name}", f'TEMPLATE """{template}"""']
+    if system:
+        lines.append(f'SYSTEM """{system}"""')
+    lines += [f'PARAMETER stop "{s}"' for s in stops]
+    lines += [f"PARAMETER num_ctx {num_ctx}", f"PARAMETER temperature {temperature:g}"]
+    if license:
+        lines.append(f'LICENSE """{license}"""')
+    return "\n".join(lines) + "\n"
+
+
+def parse_modelfile(text: str) -> dict[str, object]:
+    """FROM, TEMPLATE, SYSTEM, LICENSE and the PARAMETERs of a Modelfile written by `modelfile`."""
+    out: dict[str, object] = {"PARAMETER": []}
+    rest = text
+    while rest.strip():
+        rest = rest.lstrip("\n")
+        word, _, after = rest.partition(" ")
+        if after.startswith('"""'):
+            value, _, rest = after[3:].partition('"""')
+        else:
+            value, _, rest = after.partition("\n")
+        if word == "PARAMETER":
+            out["PARAMETER"].append(tuple(value.split(" ", 1)))
+        else:
+            out[word] = value
+    return out
+
+
+def base_license(model_dir: Path) -> str | None:
+    """The base model's license, when known: its GGUF metadata, or `license:` in its model card."""
+    import json
+    import re
+
+    info = model_dir / "tutorforge.json"
+    source = Path(json.loads(info.read_text()).get("source_gguf", "")) if info.is_file() else None
+    if source and source.is_file():
+        import gguf
+
+        field = gguf.GGUFReader(str(source)).fields.get("general.license")
+        if field is not None:
+            return str(field.contents())
+    card = model_dir / "README.md"
+    match = re.search(r"^license:\s*(\S+)", card.read_text(errors="replace"), re.M) if card.is_file() else None
+    return match.group(1) if match else None
+
+
+def package(run_dir: Path, *, config: dict, model_dir: Path, gguf_path: Path) -> Path:
+    """Write gguf_path's directory/Modelfile for a finished run; returns its path."""
+    from transformers import AutoTokenizer
+
+    from tutorforge.formatting import prompt_format
+
+    settings = config["tutorforge"]["ollama"]
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    fmt = prompt_format(tokenizer, config.get("chat_template"), config.get("default_system_message"))
+    family = detect_family(tokenizer, fmt)
+    text = modelfile(gguf_path.name, family.template, system=fmt.system,
+                     stops=stop_tokens(tokenizer, fmt, family),
+                     num_ctx=settings.get("num_ctx") or config["sequence_len"],
+                     temperature=settings.get("temperature", 0.0),
+                     license=settings.get("license") or base_license(model_dir))
+    from tutorforge.fsutil import atomic_write
+
+    path = gguf_path.parent / "Modelfile"
+    with atomic_write(path) as fh:
+        fh.write(text)
+    log.info("package: %s (%s template, %s)", path, family.name, gguf_path.name)
+    return path

@@ -1,0 +1,110 @@
+"""ollama.py: the Modelfile TEMPLATE, rendered by Go's own text/template, equals the training-time
+formatter byte for byte."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import jinja2
+import pytest
+
+from tutorforge.formatting import CHAT_TEMPLATES, alpaca_prompt, prompt_format, render_prompt
+from tutorforge.ollama import GO_TEMPLATES, detect_family, hf_render, modelfile, parse_modelfile, stop_tokens
+
+from conftest import ROOT
+
+CONVERSATIONS = [  # one to three user turns, with and without a system turn
+    [{"role": "user", "content": "How do I reverse a list?"}],
+    [{"role": "system", "content": "You are a concise Python tutor."},
+     {"role": "user", "content": "What is a tuple?\n\nx = (1, 2)"}],
+    [{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1 with ```python\nprint(1)\n```"},
+     {"role": "user", "content": "Q2"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Q1"},
+     {"role": "assistant", "content": "A1"}, {"role": "user", "content": "Q2"},
+     {"role": "assistant", "content": "A2"}, {"role": "user", "content": "Q3 — café 🐍\ttabs"}],
+]
+
+
+@pytest.fixture(scope="module")
+def go_render(tmp_path_factory):
+    """A renderer built from tests/gotemplate/main.go with the machine's Go toolchain."""
+    go = shutil.which("go")
+    assert go, "Go is needed to verify Ollama templates: apt-get install golang-go (.ci/run does)"
+    binary = tmp_path_factory.mktemp("go") / "render"
+    env = {"HOME": str(binary.parent), "GOCACHE": str(binary.parent / "cache"), "GOPATH": str(binary.parent / "gopath"),
+           "PATH": "/usr/bin:/bin:/usr/local/go/bin", "GO111MODULE": "off"}
+    subprocess.run([go, "build", "-o", str(binary), str(ROOT / "tests" / "gotemplate" / "main.go")],
+                   check=True, env=env, capture_output=True)
+
+    def render(template: str, **data) -> str:
+        data["Messages"] = [{"Role": m["role"], "Content": m["content"]} for m in data.pop("messages", [])]
+        out = subprocess.run([str(binary)], input=json.dumps({"template": template, "data": data}).encode(),
+                             capture_output=True, check=True)
+        return out.stdout.decode()
+
+    return render
+
+
+@pytest.fixture
+def tokenizer(bundled):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(bundled.path)
+
+
+@pytest.mark.parametrize("messages", CONVERSATIONS, ids=lambda m: f"{len(m)}-messages")
+def test_chat_template_matches_training_byte_for_byte(go_render, tokenizer, messages):
+    family = detect_family(tokenizer, prompt_format(tokenizer, None, None))
+    assert family.name == "chatml-default-system"
+    assert go_render(family.template, messages=messages) == hf_render(tokenizer, messages)
+
+
+def test_modelfile_system_reproduces_the_training_prompt(go_render, tokenizer):
+    """Ollama puts the Modelfile's SYSTEM in front of a conversation that has none: the result is
+    exactly what render_prompt gave at training time with default_system_message."""
+    system = "You are a concise Python tutor."
+    fmt = prompt_format(tokenizer, None, system)
+    family = detect_family(tokenizer, fmt)
+    for instruction, input in [("How do I reverse a list?", ""), ("What does this print?", "print(2 ** 3)")]:
+        user = f"{instruction}\n\n{input}" if input else instruction
+        rendered = go_render(family.template, messages=[{"role": "system", "content": system},
+                                                        {"role": "user", "content": user}])
+        assert rendered == render_prompt(tokenizer, fmt, instruction, input)
+
+
+@pytest.mark.parametrize("system", [None, "You are a concise Python tutor."])
+def test_alpaca_template_matches_the_alpaca_formatter(go_render, tokenizer, system):
+    tokenizer.chat_template = None
+    fmt = prompt_format(tokenizer, None, system)
+    family = detect_family(tokenizer, fmt)
+    assert family.name == "alpaca"
+    got = go_render(family.template, System=system or "", Prompt="Add two numbers in Python.")
+    assert got == alpaca_prompt("Add two numbers in Python.", "", system)
+    assert got == render_prompt(tokenizer, fmt, "Add two numbers in Python.")
+
+
+@pytest.mark.parametrize("messages", CONVERSATIONS, ids=lambda m: f"{len(m)}-messages")
+def test_llama3_template_matches_the_llama3_chat_template(go_render, messages):
+    expected = jinja2.Template(CHAT_TEMPLATES["llama3"]).render(messages=messages, add_generation_prompt=True,
+                                                                bos_token="")  # llama.cpp adds the BOS
+    assert go_render(GO_TEMPLATES["llama3"], messages=messages) == expected
+
+
+def test_a_wrong_template_is_caught(go_render, tokenizer):
+    """Control: a plausible hand-written ChatML template without the model's default system turn
+    differs from training, and the comparison sees it."""
+    messages = CONVERSATIONS[0]
+    assert go_render(GO_TEMPLATES["chatml"], messages=messages) != hf_render(tokenizer, messages)
+
+
+def test_modelfile_fields(tokenizer):
+    fmt = prompt_format(tokenizer, None, "Be brief.")
+    family = detect_family(tokenizer, fmt)
+    text = modelfile("tutor.Q4_K_M.gguf", family.template, system="Be brief.",
+                     stops=stop_tokens(tokenizer, fmt, family), num_ctx=512, temperature=0.0, license="apache-2.0")
+    parsed = parse_modelfile(text)
+    assert parsed["FROM"] == "./tutor.Q4_K_M.gguf"
+    assert parsed["TEMPLATE"] == family.template and parsed["SYSTEM"] == "Be brief."
+    assert ("stop", '"<|im_end|>"') in parsed["PARAMETER"] and ("num_ctx", "512") in parsed["PARAMETER"]
+    assert ("temperature", "0") in parsed["PARAMETER"] and parsed["LICENSE"] == "apache-2.0"
