@@ -108,3 +108,23 @@ def test_modelfile_fields(tokenizer):
     assert parsed["TEMPLATE"] == family.template and parsed["SYSTEM"] == "Be brief."
     assert ("stop", '"<|im_end|>"') in parsed["PARAMETER"] and ("num_ctx", "512") in parsed["PARAMETER"]
     assert ("temperature", "0") in parsed["PARAMETER"] and parsed["LICENSE"] == "apache-2.0"
+
+
+def test_package_command_writes_the_modelfile(tmp_path, capsys, bundled):
+    import dataclasses
+
+    from tutorforge import cli
+    from tutorforge.config import load_config
+
+    cfg = load_config(ROOT / "recipes" / "python-tutor-smollm2-cpu.yml")
+    (tmp_path / "run.json").write_text(json.dumps({"config": dataclasses.asdict(cfg)}, default=list))
+    (tmp_path / "gguf").mkdir()
+    assert cli.main(["package", str(tmp_path)]) == 2  # no GGUF yet
+    assert "run `tutorforge export" in capsys.readouterr().err
+    (tmp_path / "gguf" / "model.Q4_K_M.gguf").write_bytes(b"GGUF")
+    assert cli.main(["package", str(tmp_path)]) == 0
+    assert "ollama create python-tutor -f Modelfile" in capsys.readouterr().out
+    parsed = parse_modelfile((tmp_path / "gguf" / "Modelfile").read_text())
+    assert parsed["FROM"] == "./model.Q4_K_M.gguf" and parsed["SYSTEM"] == cfg.default_system_message
+    assert ("num_ctx", "512") in parsed["PARAMETER"] and ("stop", '"<|im_end|>"') in parsed["PARAMETER"]
+    assert parsed["LICENSE"] == "apache-2.0"
