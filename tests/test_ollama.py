@@ -128,3 +128,96 @@ def test_package_command_writes_the_modelfile(tmp_path, capsys, bundled):
     assert parsed["FROM"] == "./model.Q4_K_M.gguf" and parsed["SYSTEM"] == cfg.default_system_message
     assert ("num_ctx", "512") in parsed["PARAMETER"] and ("stop", '"<|im_end|>"') in parsed["PARAMETER"]
     assert parsed["LICENSE"] == "apache-2.0"
+
+
+class FakeOllama:
+    """The documented REST endpoints of an Ollama server, checking what they receive."""
+
+    def __init__(self):
+        import hashlib
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.blobs: dict[str, bytes] = {}
+        self.created: list[dict] = []
+        self.uploads = 0
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _reply(self, code, body=b"", kind="application/json"):
+                self.send_response(code)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                self._reply(200, b'{"version": "test"}') if self.path == "/api/version" else self._reply(404)
+
+            def do_HEAD(self):
+                digest = self.path.rsplit("sha256:", 1)[-1]
+                self._reply(200 if digest in fake.blobs else 404)
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if self.path.startswith("/api/blobs/sha256:"):
+                    digest = self.path.rsplit(":", 1)[1]
+                    if hashlib.sha256(body).hexdigest() != digest:
+                        return self._reply(400, b'{"error": "digest mismatch"}')
+                    fake.blobs[digest] = body
+                    fake.uploads += 1
+                    return self._reply(201)
+                if self.path == "/api/create":
+                    request = json.loads(body)
+                    missing = [d for d in request["files"].values() if d.removeprefix("sha256:") not in fake.blobs]
+                    if missing:
+                        return self._reply(400, json.dumps({"error": f"unknown blob {missing[0]}"}).encode())
+                    fake.created.append(request)
+                    lines = [{"status": "using existing layer"}, {"status": "writing manifest"}, {"status": "success"}]
+                    return self._reply(200, "".join(json.dumps(x) + "\n" for x in lines).encode(), "application/x-ndjson")
+                self._reply(404)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.host = f"127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_deploy_through_the_rest_api(tmp_path, capsys, monkeypatch, bundled):
+    import dataclasses
+    import hashlib
+
+    from tutorforge import cli
+    from tutorforge.config import load_config
+
+    cfg = load_config(ROOT / "recipes" / "python-tutor-smollm2-cpu.yml")
+    (tmp_path / "run.json").write_text(json.dumps({"config": dataclasses.asdict(cfg)}, default=list))
+    (tmp_path / "gguf").mkdir()
+    gguf_bytes = b"GGUF" + bytes(range(256)) * 64
+    (tmp_path / "gguf" / "model.Q4_K_M.gguf").write_bytes(gguf_bytes)
+    assert cli.main(["package", str(tmp_path)]) == 0
+    fake = FakeOllama()
+    monkeypatch.setenv("OLLAMA_HOST", fake.host)
+    monkeypatch.setenv("PATH", "/nonexistent")  # no ollama CLI: the REST path
+    try:
+        assert cli.main(["deploy", str(tmp_path), "--name", "tutor"]) == 0
+        out = capsys.readouterr().out
+        assert "uploading" in out and "success" in out and "ollama run tutor" in out
+        digest = hashlib.sha256(gguf_bytes).hexdigest()
+        assert fake.blobs == {digest: gguf_bytes}
+        request = fake.created[0]
+        modelfile_text = parse_modelfile((tmp_path / "gguf" / "Modelfile").read_text())
+        assert request["model"] == "tutor" and request["files"] == {"model.Q4_K_M.gguf": f"sha256:{digest}"}
+        assert request["template"] == modelfile_text["TEMPLATE"] and request["system"] == cfg.default_system_message
+        assert request["parameters"]["stop"] == ["<|im_end|>", "<|im_start|>"]
+        assert request["parameters"]["num_ctx"] == 512 and request["parameters"]["temperature"] == 0.0
+        assert cli.main(["deploy", str(tmp_path), "--name", "tutor"]) == 0
+        assert "blob already on the server" in capsys.readouterr().out and fake.uploads == 1
+    finally:
+        fake.server.shutdown()
+    monkeypatch.setenv("OLLAMA_HOST", "127.0.0.1:9")  # nothing listens: print the commands
+    assert cli.main(["deploy", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "ollama create python-tutor -f Modelfile" in out and "no server answers" in out

@@ -279,6 +279,79 @@ def package(run_dir: Path, *, gguf: Path | None = None) -> int:
     return 0
 
 
+def deploy(run_dir: Path, *, name: str | None = None) -> int:
+    """Deploy the packaged model to Ollama: the `ollama` CLI if present, else its REST API at
+    OLLAMA_HOST (default 127.0.0.1:11434), else print the commands to run.
+
+    run_dir: a training output_dir with gguf/Modelfile (tutorforge package writes it)
+    name: the model's name in Ollama (default: the config's tutorforge.ollama.model_name)
+    """
+    import shutil
+    import subprocess
+
+    from tutorforge.ollama import deploy_rest, ollama_host, server_answers
+
+    modelfile_path = run_dir / "gguf" / "Modelfile"
+    if not modelfile_path.is_file():
+        raise UserError(f"{modelfile_path}: no Modelfile; run `tutorforge package {run_dir}` first")
+    config = _run_info(run_dir, "a run directory")["config"]
+    name = name or config["tutorforge"]["ollama"].get("model_name") or run_dir.name
+    if shutil.which("ollama"):
+        return subprocess.run(["ollama", "create", name, "-f", "Modelfile"], cwd=modelfile_path.parent).returncode
+    host = ollama_host()
+    if server_answers(host):
+        deploy_rest(host, name, modelfile_path)
+        print(f"deployed: ollama run {name}")
+        return 0
+    print(f"Ollama is not installed here and no server answers at {host}. On a machine with Ollama:\n"
+          f"  cd {modelfile_path.parent.resolve()}\n  ollama create {name} -f Modelfile\n  ollama run {name}")
+    return 0
+
+
+def chat(model: Path, *, prompt: str | None = None, system: str | None = None, temperature: float = 0.0,
+         max_tokens: int = 512) -> int:
+    """Chat with an exported model in the terminal (llama.cpp, the Modelfile's template and stops).
+
+    model: a training output_dir (its exported GGUF) or a .gguf file
+    prompt: answer this once and exit, instead of the interactive chat
+    system: system prompt (default: the config's default_system_message)
+    temperature: sampling temperature (0: greedy)
+    max_tokens: longest answer in tokens
+    """
+    from tutorforge.chat import open_model, repl
+
+    chat_model = open_model(model)
+    if prompt is not None:
+        messages = chat_model.messages_for([{"role": "user", "content": prompt}], system)
+        for piece in chat_model.stream(messages, max_tokens=max_tokens, temperature=temperature):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        return 0
+    if system:
+        chat_model.system = system
+    repl(chat_model, max_tokens=max_tokens, temperature=temperature)
+    return 0
+
+
+def serve(model: Path, *, port: int = 8000) -> int:
+    """Serve an exported model over an OpenAI-compatible HTTP API on 127.0.0.1 (no Ollama needed).
+
+    model: a training output_dir (its exported GGUF) or a .gguf file
+    port: TCP port on 127.0.0.1 (0: any free port)
+    """
+    from tutorforge.chat import open_model, serve as run_server
+
+    def ready(port: int) -> None:
+        print(f"serving on http://127.0.0.1:{port}/v1", flush=True)
+
+    try:
+        run_server(open_model(model), port=port, ready=ready)
+    except OSError as exc:
+        raise UserError(f"port {port}: {exc.strerror}; choose another with --port") from None
+    return 0
+
+
 @contextlib.contextmanager
 def _progress_bar(label: str, unit: str = "steps"):
     """A progress callback (step, total, row) drawing a bar with ETA on a terminal; None elsewhere."""
@@ -318,6 +391,9 @@ COMMANDS: dict[str, Callable[..., int]] = {  # "group name" makes `tutorforge gr
     "merge": merge,
     "export": export,
     "package": package,
+    "deploy": deploy,
+    "chat": chat,
+    "serve": serve,
     "generate": generate,
     "keys": keys,
 }

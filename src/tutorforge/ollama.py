@@ -9,12 +9,13 @@ compare it byte for byte with the training-time formatter.
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from tutorforge.errors import UserError
-from tutorforge.formatting import ALPACA_PROMPT, PromptFormat
+from tutorforge.formatting import ALPACA_PROMPT, PromptFormat, alpaca_prompt
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,18 @@ GO_TEMPLATES: dict[str, str] = {
 class Family:
     name: str
     template: str  # the Go TEMPLATE, filled in
+    default_system: str | None = None  # the system turn a ChatML template adds when there is none
+
+    def render(self, messages: list[dict]) -> str:
+        """What Ollama renders from this family's TEMPLATE for `messages` (the tests prove the
+        equality with Go itself), for running the model outside Ollama with the same prompt."""
+        if self.name == "alpaca":
+            system = next((m["content"] for m in messages if m["role"] == "system"), None)
+            user = [m["content"] for m in messages if m["role"] == "user"][-1]
+            return alpaca_prompt(user, "", system)
+        if self.name == "llama3":
+            return _llama3(messages)
+        return _chatml(messages, self.default_system)
 
 
 def _chatml(messages: list[dict], default_system: str | None = None) -> str:
@@ -90,7 +103,7 @@ def detect_family(tokenizer, fmt: PromptFormat) -> Family:
     for name, render in candidates:
         if all(render(p) == r for p, r in zip(PROBES, rendered)):
             template = GO_TEMPLATES[name].replace("{default_system}", default or "")
-            return Family(name, template)
+            return Family(name, template, default)
     raise UserError("the model's chat template is not one tutorforge can write as an Ollama TEMPLATE "
                     f"(it renders a user turn as {first[:80]!r}); supported: ChatML, Llama 3, Alpaca")
 
@@ -141,7 +154,6 @@ def parse_modelfile(text: str) -> dict[str, object]:
 
 def base_license(model_dir: Path) -> str | None:
     """The base model's license, when known: its GGUF metadata, or `license:` in its model card."""
-    import json
     import re
 
     info = model_dir / "tutorforge.json"
@@ -179,3 +191,80 @@ def package(run_dir: Path, *, config: dict, model_dir: Path, gguf_path: Path) ->
         fh.write(text)
     log.info("package: %s (%s template, %s)", path, family.name, gguf_path.name)
     return path
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def create_request(name: str, parsed: dict, gguf_name: str, digest: str) -> dict:
+    """The body of Ollama's POST /api/create for a Modelfile written by `modelfile`."""
+    parameters: dict[str, object] = {}
+    for key, value in parsed["PARAMETER"]:
+        if key == "stop":
+            parameters.setdefault("stop", []).append(value.strip('"'))
+        else:
+            parameters[key] = float(value) if "." in value or key == "temperature" else int(value)
+    body = {"model": name, "files": {gguf_name: f"sha256:{digest}"}, "template": parsed["TEMPLATE"],
+            "parameters": parameters, "stream": True}
+    if parsed.get("SYSTEM"):
+        body["system"] = parsed["SYSTEM"]
+    if parsed.get("LICENSE"):
+        body["license"] = parsed["LICENSE"]
+    return body
+
+
+def deploy_rest(host: str, name: str, modelfile_path: Path, *, say=print, timeout: float = 600) -> None:
+    """Upload the GGUF as a blob (HEAD, then POST /api/blobs/sha256:<digest>) and create the model
+    (POST /api/create), as Ollama's REST API documents; progress lines go to `say`."""
+    import urllib.error
+    import urllib.request
+
+    parsed = parse_modelfile(modelfile_path.read_text())
+    gguf = modelfile_path.parent / str(parsed["FROM"]).removeprefix("./")
+    say(f"hashing {gguf.name} ...")
+    digest = _sha256(gguf)
+    blob = f"{host}/api/blobs/sha256:{digest}"
+    try:
+        urllib.request.urlopen(urllib.request.Request(blob, method="HEAD"), timeout=30)
+        say("blob already on the server")
+    except urllib.error.HTTPError as exc:
+        if exc.code != 404:
+            raise UserError(f"{host}: HEAD /api/blobs answered {exc.code}") from None
+        say(f"uploading {gguf.stat().st_size / 2**20:.1f} MiB ...")
+        with gguf.open("rb") as fh:
+            request = urllib.request.Request(blob, data=fh, method="POST",
+                                             headers={"Content-Length": str(gguf.stat().st_size)})
+            urllib.request.urlopen(request, timeout=timeout)
+    body = json.dumps(create_request(name, parsed, gguf.name, digest)).encode()
+    request = urllib.request.Request(f"{host}/api/create", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        for line in response:
+            status = json.loads(line or b"{}")
+            if "error" in status:
+                raise UserError(f"ollama create {name}: {status['error']}")
+            say(status.get("status", ""))
+
+
+def ollama_host() -> str:
+    import os
+
+    host = os.environ.get("OLLAMA_HOST", "127.0.0.1:11434")
+    return host if host.startswith("http") else f"http://{host}"
+
+
+def server_answers(host: str) -> bool:
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(f"{host}/api/version", timeout=2)
+        return True
+    except OSError:
+        return False
