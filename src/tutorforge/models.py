@@ -16,7 +16,6 @@ them, and every conversion is checked against llama.cpp's own tokenizer before i
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import logging
@@ -29,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tutorforge.errors import UserError
+from tutorforge.fsutil import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -141,14 +141,6 @@ def _from_hub(name: str, allow_download: bool) -> Path:
         raise UserError(_offline_message(name, f"the hub said: {str(exc).splitlines()[0][:160]}")) from None
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _gguf_string(gguf: Path, key: str) -> str | None:
     from gguf import GGUFReader
 
@@ -198,7 +190,7 @@ def tokenizer_mismatches(tokenizer, gguf: Path, texts: list[str]) -> list[tuple[
 
 def gguf_to_checkpoint(gguf: Path) -> Path:
     """Convert a GGUF file into a cached safetensors checkpoint (once) and return its directory."""
-    digest = _sha256(gguf)[:16]
+    digest = sha256_file(gguf)[:16]
     target = cache_root() / "models" / f"gguf-{digest}"  # keyed on content, not file name
     if (target / "tutorforge.json").is_file():
         return target

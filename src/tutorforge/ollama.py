@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tutorforge.errors import UserError
+from tutorforge.fsutil import sha256_file
 from tutorforge.formatting import ALPACA_PROMPT, PromptFormat, alpaca_prompt
 
 log = logging.getLogger(__name__)
@@ -193,16 +194,6 @@ def package(run_dir: Path, *, config: dict, model_dir: Path, gguf_path: Path) ->
     return path
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def create_request(name: str, parsed: dict, gguf_name: str, digest: str) -> dict:
     """The body of Ollama's POST /api/create for a Modelfile written by `modelfile`."""
     parameters: dict[str, object] = {}
@@ -229,7 +220,7 @@ def deploy_rest(host: str, name: str, modelfile_path: Path, *, say=print, timeou
     parsed = parse_modelfile(modelfile_path.read_text())
     gguf = modelfile_path.parent / str(parsed["FROM"]).removeprefix("./")
     say(f"hashing {gguf.name} ...")
-    digest = _sha256(gguf)
+    digest = sha256_file(gguf)
     blob = f"{host}/api/blobs/sha256:{digest}"
     try:
         urllib.request.urlopen(urllib.request.Request(blob, method="HEAD"), timeout=30)
