@@ -221,3 +221,21 @@ def test_deploy_through_the_rest_api(tmp_path, capsys, monkeypatch, bundled):
     assert cli.main(["deploy", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "ollama create python-tutor -f Modelfile" in out and "no server answers" in out
+
+
+def test_export_writes_the_modelfile_with_the_gguf(tmp_path, capsys, bundled):
+    import dataclasses
+
+    from tutorforge import cli
+    from tutorforge.config import load_config
+
+    config = dataclasses.asdict(load_config(ROOT / "recipes" / "python-tutor-smollm2-cpu.yml"))
+    config["base_model"] = str(bundled.path)
+    config["tutorforge"]["ollama"]["quantization"] = "f16"
+    (tmp_path / "run.json").write_text(json.dumps({"config": config}, default=list))
+    (tmp_path / "merged").mkdir()  # a merged checkpoint: here the base itself, linked file by file
+    for path in bundled.path.iterdir():
+        (tmp_path / "merged" / path.name).symlink_to(path)
+    assert cli.main(["export", str(tmp_path), "--quantize", "f16", "--no-verify"]) == 0
+    parsed = parse_modelfile((tmp_path / "gguf" / "Modelfile").read_text())
+    assert parsed["FROM"] == "./model.F16.gguf" and (tmp_path / "gguf" / "model.F16.gguf").is_file()

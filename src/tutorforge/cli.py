@@ -253,6 +253,8 @@ def export(run_dir: Path | None = None, *, base: str | None = None, adapter: Pat
         print(f"{kind:>7}  {report['sizes_mib'][kind]:>8.1f} MiB  {path}{extra}")
     if report.get("failures"):
         raise UserError("verification failed:\n  " + "\n  ".join(report["failures"]))
+    if run_dir is not None and (out / f"{name}.{config['tutorforge']['ollama']['quantization'].upper()}.gguf").is_file():
+        return package(run_dir)  # the Modelfile goes with the export
     return 0
 
 
