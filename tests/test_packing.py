@@ -44,7 +44,7 @@ def test_efficiency_arithmetic():
     assert padded_efficiency(lengths, 2).ratio == pytest.approx(16 / (2 * 8 + 2 * 2))
     assert padded_efficiency(lengths, 2, sequence_len=10).ratio == pytest.approx(16 / 40)
     packs = pack(examples(lengths), 8)
-    assert packed_efficiency(packs, 1, 8).ratio == pytest.approx(16 / 16)
+    assert packed_efficiency(packs, 1).ratio == pytest.approx(16 / 16)
 
 
 @pytest.mark.slow
@@ -85,5 +85,5 @@ def test_packing_beats_padding_on_the_shipped_dataset(bundled):
     fmt = prompt_format(tokenizer, None, None)
     items = [encode_row(tokenizer, fmt, r) for r in load_files([ROOT / "data" / "python_tutor.jsonl"]).rows]
     padded = padded_efficiency([len(e.input_ids) for e in items], 4, sequence_len=512).ratio
-    packed = packed_efficiency(pack(items, 512), 4, 512).ratio
+    packed = packed_efficiency(pack(items, 512), 4).ratio
     assert packed > 0.9 > 0.5 > padded

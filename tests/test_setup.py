@@ -6,7 +6,6 @@ import importlib.metadata
 import importlib.util
 import json
 import subprocess
-import sys
 import tomllib
 from pathlib import Path
 

@@ -52,31 +52,31 @@ def open_model(target: Path, *, n_ctx: int | None = None) -> ChatModel:
     from llama_cpp import Llama
     from transformers import AutoTokenizer
 
-    from tutorforge.formatting import prompt_format
+    from tutorforge.checkpoints import read_run_info
+    from tutorforge.export import run_gguf
     from tutorforge.models import load_gguf_tokenizer, resolve_base_model
-    from tutorforge.ollama import detect_family, stop_tokens
+    from tutorforge.ollama import prompt_template
 
     if target.is_dir():
-        try:
-            config = json.loads((target / "run.json").read_text())["config"]
-        except (OSError, ValueError, KeyError):
+        info = read_run_info(target)
+        if info is None:
             raise UserError(f"{target}: not a training output_dir (run.json missing); give a run directory "
-                            "or a .gguf file") from None
-        settings = config["tutorforge"]
-        gguf = target / "gguf" / f"{settings['export'].get('name') or 'model'}.{settings['ollama']['quantization'].upper()}.gguf"
+                            "or a .gguf file")
+        config = info["config"]
+        gguf = run_gguf(target, config)
         if not gguf.is_file():
             raise UserError(f"{gguf}: no such GGUF; run `tutorforge export {target}` first")
         tokenizer = AutoTokenizer.from_pretrained(str(resolve_base_model(config["base_model"]).path))
-        fmt = prompt_format(tokenizer, config.get("chat_template"), config.get("default_system_message"))
-        n_ctx = n_ctx or settings["ollama"].get("num_ctx") or config["sequence_len"]
+        fmt, family, stops = prompt_template(tokenizer, config.get("chat_template"),
+                                             config.get("default_system_message"))
+        n_ctx = n_ctx or config["tutorforge"]["ollama"].get("num_ctx") or config["sequence_len"]
     elif target.suffix == ".gguf" and target.is_file():
         gguf, tokenizer = target, load_gguf_tokenizer(target)
-        fmt = prompt_format(tokenizer, None, None)
+        fmt, family, stops = prompt_template(tokenizer, None, None)
     else:
         raise UserError(f"{target}: no such run directory or .gguf file")
-    family = detect_family(tokenizer, fmt)
     llm = Llama(model_path=str(gguf), n_ctx=n_ctx or 2048, n_threads=1, verbose=False)  # 1 thread: stable here
-    return ChatModel(llm, family, stop_tokens(tokenizer, fmt, family), fmt.system, gguf.name)
+    return ChatModel(llm, family, stops, fmt.system, gguf.name)
 
 
 def repl(model: ChatModel, *, read: Callable[[str], str] = input, write=sys.stdout.write,

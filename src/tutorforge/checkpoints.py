@@ -63,6 +63,19 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
 
 # --- outputs ------------------------------------------------------------------------------------
 
+def read_run_info(run_dir: Path) -> dict | None:
+    """The run.json a finished training run leaves in its output_dir, or None."""
+    try:
+        return json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def append_metrics(path: Path, row: dict) -> None:
+    with path.open("a") as fh:
+        fh.write(json.dumps(row) + "\n")
+
+
 def read_metrics(path: Path) -> list[dict]:
     if not path.is_file():
         return []

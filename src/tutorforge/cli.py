@@ -166,13 +166,13 @@ def train(config: Path, *, skip_bad_rows: bool = False, resume: bool = True, npr
 
 def _run_info(run_dir: Path, instead: str) -> dict:
     """The run.json of a finished training run, or a message saying what to give instead."""
-    import json
+    from tutorforge.checkpoints import read_run_info
 
-    try:
-        return json.loads((run_dir / "run.json").read_text())
-    except (OSError, ValueError):
+    info = read_run_info(run_dir)
+    if info is None:
         raise UserError(f"{run_dir}: no complete training run here (run.json missing); give a training "
-                        f"output_dir, or {instead}") from None
+                        f"output_dir, or {instead}")
+    return info
 
 
 def merge(run_dir: Path | None = None, *, base: str | None = None, adapter: Path | None = None,
@@ -196,7 +196,7 @@ def merge(run_dir: Path | None = None, *, base: str | None = None, adapter: Path
         raise UserError("merge needs a training output_dir, or all of --base, --adapter and --out")
     with _progress_bar("merging", unit="tensors") as progress:
         merged = run_merge(resolve_base_model(base).path, adapter, out, shard_bytes=int(shard_gb * 2**30),
-                           progress=progress and (lambda done, total: progress(done, total, {})))
+                           progress=progress)
     print(f"merged: {merged}")
     return 0
 
@@ -215,7 +215,7 @@ def export(run_dir: Path | None = None, *, base: str | None = None, adapter: Pat
     verify: load every file in llama.cpp and compare tokenization and predictions with PyTorch
     """
     from tutorforge.data import load_files
-    from tutorforge.export import Source, export_model
+    from tutorforge.export import Source, export_model, gguf_path
     from tutorforge.models import resolve_base_model
 
     cfg_export, system, rows = {}, None, None
@@ -242,7 +242,7 @@ def export(run_dir: Path | None = None, *, base: str | None = None, adapter: Pat
     with _progress_bar("exporting", unit="tensors") as progress:
         report = export_model(source, out, name=name, outtype=outtype or cfg_export.get("outtype", "f16"),
                               quantizations=quants, verify_rows=rows if verify else None, system=system,
-                              progress=progress and (lambda done, total: progress(done, total, {})))
+                              progress=progress)
     for kind, path in report["files"].items():
         v = report.get("verification", {}).get(kind)
         extra = ""
@@ -253,7 +253,7 @@ def export(run_dir: Path | None = None, *, base: str | None = None, adapter: Pat
         print(f"{kind:>7}  {report['sizes_mib'][kind]:>8.1f} MiB  {path}{extra}")
     if report.get("failures"):
         raise UserError("verification failed:\n  " + "\n  ".join(report["failures"]))
-    if run_dir is not None and (out / f"{name}.{config['tutorforge']['ollama']['quantization'].upper()}.gguf").is_file():
+    if run_dir is not None and gguf_path(out, name, config["tutorforge"]["ollama"]["quantization"]).is_file():
         return package(run_dir)  # the Modelfile goes with the export
     return 0
 
@@ -264,14 +264,13 @@ def package(run_dir: Path, *, gguf: Path | None = None) -> int:
     run_dir: a training output_dir that has been exported (RUN_DIR/gguf/)
     gguf: the GGUF file the Modelfile loads (default: the config's tutorforge.ollama.quantization)
     """
+    from tutorforge.export import run_gguf
     from tutorforge.models import resolve_base_model
     from tutorforge.ollama import package as write_modelfile
 
     config = _run_info(run_dir, "a run directory")["config"]
     settings = config["tutorforge"]
-    if gguf is None:
-        name = settings["export"].get("name") or "model"
-        gguf = run_dir / "gguf" / f"{name}.{settings['ollama']['quantization'].upper()}.gguf"
+    gguf = gguf or run_gguf(run_dir, config)
     if not gguf.is_file():
         raise UserError(f"{gguf}: no such GGUF; run `tutorforge export {run_dir}` first")
     path = write_modelfile(run_dir, config=config, model_dir=resolve_base_model(config["base_model"]).path,
@@ -367,7 +366,7 @@ def _progress_bar(label: str, unit: str = "steps"):
     with Progress(*columns, transient=True) as bar:
         task = bar.add_task(label, total=None, info="")
 
-        def update(step: int, total: int, row: dict) -> None:
+        def update(step: int, total: int, row: dict | None = None) -> None:
             info = f"loss {row['loss']:.3f} | {row['tokens_per_s']:.0f} tok/s" if row else unit
             bar.update(task, completed=step, total=total, info=info)
 

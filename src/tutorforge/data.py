@@ -122,6 +122,14 @@ def _check_row(value: object) -> tuple[str, str] | tuple[tuple[str, str, str], C
     return (value["instruction"], value.get("input") or "", value["output"]), extra
 
 
+class HugeLine(Exception):
+    """A JSONL line over MAX_LINE_BYTES: rejected unparsed."""
+
+    def __init__(self, size: int):
+        super().__init__(f"line of {size} bytes")
+        self.size = size
+
+
 def _decode(raw: bytes) -> str:
     return raw.decode("utf-8", errors="surrogateescape")
 
@@ -140,7 +148,7 @@ def _jsonl_items(path: Path, data: bytes, report: LoadReport) -> Iterator[tuple[
             continue
         text = _decode(raw.rstrip(b"\r"))
         if len(raw) > MAX_LINE_BYTES:
-            yield number, text, ValueError(f"huge_line:{len(raw)}")
+            yield number, text, HugeLine(len(raw))
             continue
         try:
             yield number, text, json.loads(text)
@@ -188,9 +196,8 @@ def read_file(path: Path, report: LoadReport, seen: dict) -> None:
 
 def _add(report: LoadReport, source: str, raw: str, value: object, seen: dict) -> None:
     if isinstance(value, Exception):
-        if str(value).startswith("huge_line:"):
-            size = int(str(value).split(":")[1])
-            kind, reason = "huge_line", f"line of {size:,} bytes; {KINDS['huge_line']}"
+        if isinstance(value, HugeLine):
+            kind, reason = "huge_line", f"line of {value.size:,} bytes; {KINDS['huge_line']}"
         elif SURROGATE.search(raw):
             kind, reason = "invalid_utf8", f"bytes that are not UTF-8; {KINDS['invalid_utf8']}"
         else:
@@ -316,7 +323,7 @@ def prepare(cfg, tokenizer, *, skip_bad_rows: bool, config_dir: Path | None = No
     packs = None
     if cfg.sample_packing:
         packs = pack(train, cfg.sequence_len)
-        efficiency["packed"] = packed_efficiency(packs, cfg.micro_batch_size, cfg.sequence_len).ratio
+        efficiency["packed"] = packed_efficiency(packs, cfg.micro_batch_size).ratio
     return Prepared(train, [encoded[r.source] for r in val_rows], val_rows, packs, report, fmt, efficiency)
 
 

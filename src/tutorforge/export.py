@@ -152,14 +152,6 @@ def _tokenizer_from_hf(writer, model_dir: Path, vocab_size: int) -> None:
     writer.add_add_bos_token(bool(bos is not None and tokenizer("a")["input_ids"][:1] == [bos]))
 
 
-def _source_gguf(model_dir: Path) -> Path | None:
-    info = model_dir / "tutorforge.json"
-    if not info.is_file():
-        return None
-    path = Path(json.loads(info.read_text()).get("source_gguf", ""))
-    return path if path.is_file() else None
-
-
 def add_metadata(writer, model_dir: Path, config: dict, outtype: str, name: str) -> None:
     """Architecture hyperparameters (rope included), tokenizer and chat template."""
     import gguf
@@ -183,7 +175,9 @@ def add_metadata(writer, model_dir: Path, config: dict, outtype: str, name: str)
         writer.add_rope_scaling_factor(scaling["factor"])
     writer.add_vocab_size(config["vocab_size"])
     writer.add_file_type(getattr(gguf.LlamaFileType, FILE_TYPES[outtype]))
-    source = _source_gguf(model_dir)
+    from tutorforge.models import source_gguf
+
+    source = source_gguf(model_dir)
     if source:
         _copy_tokenizer_from_gguf(writer, source)
     else:
@@ -206,6 +200,10 @@ class Planned:
     ggml_type: str
     byte_shape: tuple[int, ...]
     np_dtype: object
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.byte_shape) * np.dtype(self.np_dtype).itemsize
 
 
 def _ggml_type(shape: tuple[int, ...], outtype: str) -> str:
@@ -264,15 +262,13 @@ def write_gguf(source: Source, out: Path, outtype: str = "f16", *, name: str = "
     lora, full = read_adapter(source.adapter) if source.adapter else ({}, {})
     plan = plan_tensors(source.model_dir, config, arch, permute, outtype)
     rope_freqs = llama3_rope_factors(config) if arch == "llama" else None
-    size = sum(math.prod(p.byte_shape) * np.dtype(p.np_dtype).itemsize for p in plan)
-    check_free_space(out.parent, size + (64 << 20), f"the {outtype} GGUF")
+    check_free_space(out.parent, sum(p.nbytes for p in plan) + (64 << 20), f"the {outtype} GGUF")
     tmp = out.with_name(f".{out.name}.tmp")
     writer = gguf.GGUFWriter(str(tmp), arch)
     try:
         add_metadata(writer, source.model_dir, config, outtype, name)
         for p in plan:
-            writer.add_tensor_info(p.gguf_name, p.byte_shape, np.dtype(p.np_dtype),
-                                   math.prod(p.byte_shape) * np.dtype(p.np_dtype).itemsize,
+            writer.add_tensor_info(p.gguf_name, p.byte_shape, np.dtype(p.np_dtype), p.nbytes,
                                    raw_dtype=getattr(gguf.GGMLQuantizationType, p.ggml_type))
         if rope_freqs is not None:
             writer.add_tensor_info("rope_freqs.weight", rope_freqs.shape, rope_freqs.dtype, rope_freqs.nbytes,
@@ -292,7 +288,8 @@ def write_gguf(source: Source, out: Path, outtype: str = "f16", *, name: str = "
         writer.close()
         tmp.replace(out)
     except BaseException:
-        writer.close() if writer.fout else None
+        if writer.fout:
+            writer.close()
         tmp.unlink(missing_ok=True)
         raise
     log.info("export: %s (%s, %.1f MiB)", out, outtype, out.stat().st_size / 2**20)
@@ -322,6 +319,17 @@ def quantize(f16_path: Path, out: Path, kind: str, *, threads: int = 0, tied_emb
         tmp.unlink(missing_ok=True)  # llama_model_quantize leaves a partial file when it fails
     log.info("quantize: %s (%s, %.1f MiB)", out, kind, out.stat().st_size / 2**20)
     return out
+
+
+def gguf_path(directory: Path, name: str, kind: str) -> Path:
+    """Where the GGUF of this name and type goes: NAME.KIND.gguf (model.Q4_K_M.gguf)."""
+    return directory / f"{name}.{kind.upper()}.gguf"
+
+
+def run_gguf(run_dir: Path, config: dict) -> Path:
+    """The GGUF of a training run that Ollama, chat and serve load (tutorforge.ollama.quantization)."""
+    settings = config["tutorforge"]
+    return gguf_path(run_dir / "gguf", settings["export"].get("name") or "model", settings["ollama"]["quantization"])
 
 
 def default_verify_rows() -> list:
@@ -361,11 +369,11 @@ def export_model(source: Source, out_dir: Path, *, name: str, outtype: str = "f1
     if any(q in K_QUANTS for q in quantizations) and "f16" not in direct:
         direct.insert(0, "f16")  # the quantizer's input
     for kind in direct:
-        path = out_dir / f"{name}.{kind.upper()}.gguf"
+        path = gguf_path(out_dir, name, kind)
         files[kind] = path if path.is_file() else write_gguf(source, path, kind, name=name, progress=progress)
+    tied = bool(json.loads((source.model_dir / "config.json").read_text()).get("tie_word_embeddings"))
     for kind in (q for q in quantizations if q in K_QUANTS):
-        path = out_dir / f"{name}.{kind.upper()}.gguf"
-        tied = bool(json.loads((source.model_dir / "config.json").read_text()).get("tie_word_embeddings"))
+        path = gguf_path(out_dir, name, kind)
         files[kind] = path if path.is_file() else quantize(files["f16"], path, kind, tied_embeddings=tied)
     report = {"files": {k: str(v) for k, v in files.items()},
               "sizes_mib": {k: round(v.stat().st_size / 2**20, 1) for k, v in files.items()}}

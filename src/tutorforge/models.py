@@ -141,7 +141,16 @@ def _from_hub(name: str, allow_download: bool) -> Path:
         raise UserError(_offline_message(name, f"the hub said: {str(exc).splitlines()[0][:160]}")) from None
 
 
-def _gguf_string(gguf: Path, key: str) -> str | None:
+def source_gguf(model_dir: Path) -> Path | None:
+    """The GGUF file a cached checkpoint was converted from (recorded in its tutorforge.json)."""
+    info = model_dir / "tutorforge.json"
+    if not info.is_file():
+        return None
+    path = Path(json.loads(info.read_text()).get("source_gguf", ""))
+    return path if path.is_file() else None
+
+
+def gguf_field(gguf: Path, key: str) -> str | None:
     from gguf import GGUFReader
 
     field = GGUFReader(str(gguf)).fields.get(key)
@@ -153,7 +162,7 @@ def load_gguf_tokenizer(gguf: Path):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    pre = _gguf_string(gguf, "tokenizer.ggml.pre")
+    pre = gguf_field(gguf, "tokenizer.ggml.pre")
     if pre in PRE_TOKENIZERS:
         tokenizer.backend_tokenizer.pre_tokenizer = PRE_TOKENIZERS[pre]()
     else:
@@ -171,19 +180,25 @@ PARITY_PROBES = [  # texts where HF and llama.cpp tokenizers have been seen to d
 ]
 
 
+def compare_tokenization(llm, tokenizer, texts: list[str]) -> list[tuple[str, list[int], list[int]]]:
+    """(text, ours, llama.cpp's) for every text whose token ids differ between `tokenizer` and the
+    loaded llama.cpp model `llm` (special tokens parsed on both sides, no BOS added)."""
+    bad = []
+    for text in texts:
+        ours = tokenizer.encode(text, add_special_tokens=False)
+        theirs = llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+        if ours != theirs:
+            bad.append((text, ours, theirs))
+    return bad
+
+
 def tokenizer_mismatches(tokenizer, gguf: Path, texts: list[str]) -> list[tuple[str, list[int], list[int]]]:
     """Texts whose token ids differ between `tokenizer` and llama.cpp's tokenizer of `gguf`."""
     from llama_cpp import Llama
 
     llm = Llama(model_path=str(gguf), vocab_only=True, verbose=False)
     try:
-        bad = []
-        for text in texts:
-            ours = tokenizer.encode(text, add_special_tokens=False)
-            theirs = llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
-            if ours != theirs:
-                bad.append((text, ours, theirs))
-        return bad
+        return compare_tokenization(llm, tokenizer, texts)
     finally:
         llm.close()
 

@@ -109,6 +109,15 @@ def detect_family(tokenizer, fmt: PromptFormat) -> Family:
                     f"(it renders a user turn as {first[:80]!r}); supported: ChatML, Llama 3, Alpaca")
 
 
+def prompt_template(tokenizer, chat_template: str | None, system: str | None) -> tuple[PromptFormat, Family, list[str]]:
+    """The training prompt format for these config values, its Ollama family, and its stop tokens."""
+    from tutorforge.formatting import prompt_format
+
+    fmt = prompt_format(tokenizer, chat_template, system)
+    family = detect_family(tokenizer, fmt)
+    return fmt, family, stop_tokens(tokenizer, fmt, family)
+
+
 def stop_tokens(tokenizer, fmt: PromptFormat, family: Family) -> list[str]:
     """Every token that ends a turn in this format: Ollama must stop there."""
     stops = [tokenizer.convert_ids_to_tokens(fmt.end_token_id)]
@@ -157,14 +166,11 @@ def base_license(model_dir: Path) -> str | None:
     """The base model's license, when known: its GGUF metadata, or `license:` in its model card."""
     import re
 
-    info = model_dir / "tutorforge.json"
-    source = Path(json.loads(info.read_text()).get("source_gguf", "")) if info.is_file() else None
-    if source and source.is_file():
-        import gguf
+    from tutorforge.models import gguf_field, source_gguf
 
-        field = gguf.GGUFReader(str(source)).fields.get("general.license")
-        if field is not None:
-            return str(field.contents())
+    source = source_gguf(model_dir)
+    if source and (license := gguf_field(source, "general.license")) is not None:
+        return str(license)
     card = model_dir / "README.md"
     match = re.search(r"^license:\s*(\S+)", card.read_text(errors="replace"), re.M) if card.is_file() else None
     return match.group(1) if match else None
@@ -174,14 +180,10 @@ def package(run_dir: Path, *, config: dict, model_dir: Path, gguf_path: Path) ->
     """Write gguf_path's directory/Modelfile for a finished run; returns its path."""
     from transformers import AutoTokenizer
 
-    from tutorforge.formatting import prompt_format
-
     settings = config["tutorforge"]["ollama"]
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    fmt = prompt_format(tokenizer, config.get("chat_template"), config.get("default_system_message"))
-    family = detect_family(tokenizer, fmt)
-    text = modelfile(gguf_path.name, family.template, system=fmt.system,
-                     stops=stop_tokens(tokenizer, fmt, family),
+    fmt, family, stops = prompt_template(tokenizer, config.get("chat_template"), config.get("default_system_message"))
+    text = modelfile(gguf_path.name, family.template, system=fmt.system, stops=stops,
                      num_ctx=settings.get("num_ctx") or config["sequence_len"],
                      temperature=settings.get("temperature", 0.0),
                      license=settings.get("license") or base_license(model_dir))

@@ -67,9 +67,6 @@ def padded_efficiency(lengths: list[int], micro_batch_size: int, *, sequence_len
     return Efficiency(sum(lengths), slots)
 
 
-def packed_efficiency(packs: list[Pack], micro_batch_size: int, sequence_len: int) -> Efficiency:
+def packed_efficiency(packs: list[Pack], micro_batch_size: int) -> Efficiency:
     """Real tokens / token slots for packs batched micro_batch_size at a time, padded to the longest."""
-    lengths = [len(p.input_ids) for p in packs]
-    slots = sum(len(lengths[i:i + micro_batch_size]) * max(lengths[i:i + micro_batch_size])
-                for i in range(0, len(lengths), micro_batch_size))
-    return Efficiency(sum(lengths), slots)
+    return padded_efficiency([len(p.input_ids) for p in packs], micro_batch_size)

@@ -21,7 +21,6 @@ import logging
 import math
 import random
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,7 @@ from pathlib import Path
 import torch
 
 from tutorforge import distributed as dist
-from tutorforge.checkpoints import save_checkpoint
+from tutorforge.checkpoints import append_metrics, read_run_info, save_checkpoint
 from tutorforge.errors import UserError
 from tutorforge.lora import (add_lora, attention_implementation, build_optimizer, compute_dtype,
                              load_base)
@@ -202,8 +201,6 @@ class Run:
 
 def _autocast(device: torch.device, dtype: torch.dtype):
     if dtype == torch.float32:
-        import contextlib
-
         return contextlib.nullcontext
     return lambda: torch.autocast(device_type=device.type, dtype=dtype)
 
@@ -221,10 +218,10 @@ def _accumulate(run: Run, index_batches: list[list[int]], fallback: list[int], a
     step_loss = 0.0
     for i, (batch, weight) in enumerate(zip(batches, weights)):
         batch = {k: v.to(run.device) for k, v in batch.items()}
-        sync = i == len(batches) - 1 or world == 1
-        with (contextlib.nullcontext() if sync else run.model.no_sync()), autocast():
-            loss = loss_sum(run.model, batch) * (weight * world / max(n_labels, 1))
+        sync = i == len(batches) - 1 or world == 1  # DDP averages gradients on the last one only
         with contextlib.nullcontext() if sync else run.model.no_sync():
+            with autocast():
+                loss = loss_sum(run.model, batch) * (weight * world / max(n_labels, 1))
             loss.backward()
         step_loss += loss.item() / world
     real = sum(len(run.items[i].input_ids) for b in index_batches for i in b)  # no padding
@@ -273,8 +270,7 @@ def _record(run: Run, state: dict, row: dict, progress) -> None:
     if step % run.cfg.logging_steps == 0 or step == total or "eval_loss" in row:
         log.info(step_line(step, total, row["loss"], row["lr"], row["tokens_per_s"], row["peak_mem_gb"],
                            row.get("eval_loss")))
-    with (run.run_dir / "metrics.jsonl").open("a") as fh:
-        fh.write(json.dumps(row) + "\n")
+    append_metrics(run.run_dir / "metrics.jsonl", row)
     if progress:
         progress(step, total, row)
 
@@ -340,10 +336,12 @@ def build_run(cfg, *, config_dir: Path | None, skip_bad_rows: bool, device: torc
     items = prepared.packs if prepared.packs is not None else prepared.train
     sched = make_schedule(cfg, len(items), bool(prepared.val), dist.world_size())
     dtype = compute_dtype(cfg.bf16, cfg.fp16, device)
-    decisions = [*sched.decisions, *([f"{dist.world_size()} processes (DDP): effective batch = micro_batch_size"
-                                      f" x gradient_accumulation_steps x {dist.world_size()}"]
-                                     if dist.world_size() > 1 else []), f"compute dtype {str(dtype).removeprefix('torch.')} on {device.type} "
-                 f"(bf16: {cfg.bf16}, fp16: {cfg.fp16})"]
+    decisions = list(sched.decisions)
+    if dist.world_size() > 1:
+        decisions.append(f"{dist.world_size()} processes (DDP): effective batch = micro_batch_size x "
+                         f"gradient_accumulation_steps x {dist.world_size()}")
+    decisions.append(f"compute dtype {str(dtype).removeprefix('torch.')} on {device.type} "
+                     f"(bf16: {cfg.bf16}, fp16: {cfg.fp16})")
     if cfg.fp16 and device.type != "cuda":
         decisions.append("fp16: true needs CUDA (loss scaling); on CPU the compute dtype follows bf16")
     attention, why = attention_implementation(cfg.flash_attention, device)
@@ -377,7 +375,6 @@ def train(cfg, *, config_dir: Path | None = None, skip_bad_rows: bool = False, r
     """Train the config's adapter into output_dir/adapter; resume from the newest checkpoint."""
     from tutorforge.checkpoints import latest_checkpoint, load_checkpoint, read_metrics, truncate_metrics
     from tutorforge.data import dataset_files
-    from tutorforge.fsutil import atomic_write
 
     run_dir = Path(cfg.output_dir)
     fingerprint = _fingerprint(cfg, dataset_files(cfg.datasets, config_dir))
@@ -405,33 +402,30 @@ def train(cfg, *, config_dir: Path | None = None, skip_bad_rows: bool = False, r
     if state["step"] == 0 and run.val and dist.is_main():  # the baseline the eval curve starts from
         eval_loss = evaluate(run.core, run.val, micro_batch_size=cfg.micro_batch_size, pad_id=run.pad_id,
                              autocast=_autocast(run.device, run.dtype))
-        with (run_dir / "metrics.jsonl").open("a") as fh:
-            fh.write(json.dumps({"step": 0, "eval_loss": eval_loss}) + "\n")
+        append_metrics(run_dir / "metrics.jsonl", {"step": 0, "eval_loss": eval_loss})
         log.info("step 0/%d | eval_loss %.3f (before training)", run.sched.total_steps, eval_loss)
     state = train_steps(run, state, progress)
     if not dist.is_main():
         dist.barrier()
         return run_dir / "adapter"
-    adapter = _finish(run, state, fingerprint, started, read_metrics(run_dir / "metrics.jsonl"), atomic_write)
+    adapter = _finish(run, state, fingerprint, started, read_metrics(run_dir / "metrics.jsonl"))
     dist.barrier()
     return adapter
 
 
 def _completed(run_dir: Path, fingerprint: dict) -> Path | None:
-    try:
-        info = json.loads((run_dir / "run.json").read_text())
-    except (OSError, ValueError):
-        return None
+    info = read_run_info(run_dir) or {}
     adapter = run_dir / "adapter"
     ok = info.get("status") == "complete" and info.get("fingerprint") == fingerprint
     return adapter if ok and (adapter / "adapter_config.json").is_file() else None
 
 
-def _finish(run: Run, state: dict, fingerprint: dict, started: float, metrics: list[dict], atomic_write) -> Path:
+def _finish(run: Run, state: dict, fingerprint: dict, started: float, metrics: list[dict]) -> Path:
     """Write the final adapter (the best evaluated one when early stopping), loss.png and run.json."""
     import dataclasses
 
     from tutorforge.checkpoints import overfitting, plot_losses
+    from tutorforge.fsutil import atomic_write
 
     adapter = run.run_dir / "adapter"
     best = state.get("best_step")

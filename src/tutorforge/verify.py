@@ -43,11 +43,10 @@ def _llama(path: Path, n_ctx: int):
 
 
 def tokenization_mismatches(llm, tokenizer, texts: list[str]) -> int:
-    bad = 0
-    for text in texts:
-        if tokenizer.encode(text, add_special_tokens=False) != llm.tokenize(text.encode(), add_bos=False, special=True):
-            bad += 1
-    return bad
+    """How many texts the loaded llama.cpp model tokenizes differently from `tokenizer`."""
+    from tutorforge.models import compare_tokenization
+
+    return len(compare_tokenization(llm, tokenizer, texts))
 
 
 def reference_predictions(model, sequences: list[list[int]]) -> list[np.ndarray]:
