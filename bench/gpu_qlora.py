@@ -5,7 +5,8 @@
 Nothing is downloaded: a random checkpoint of Llama 3 8B's shape is written once to local disk in
 bf16 shards, then loaded through tutorforge's own path (4-bit NF4 with double quantisation,
 LoRA r 32 on every linear layer, 8-bit AdamW, sequence_len 1024, accumulation 8). Prints peak VRAM
-(allocated and reserved) and tokens/s.
+(allocated and reserved), what the device reports in use, tokens/s, and what tutorforge's memory
+plan predicted for the same settings (plan.plan_training on the detected device) before loading.
 """
 from __future__ import annotations
 
@@ -75,7 +76,10 @@ def main() -> None:
     parser.add_argument("--accum", type=int, default=8)
     parser.add_argument("--checkpoint", type=Path, default=Path("/tmp/llama3-8b-random"))
     parser.add_argument("--dry-run", action="store_true", help="a tiny shape on CPU: checks the script")
+    parser.add_argument("--compare", type=Path, help="print the plan against the results in this JSONL file")
     args = parser.parse_args()
+    if args.compare:
+        return compare(args.compare)
     from tutorforge.lora import add_lora, build_optimizer, load_base
     from tutorforge.train import loss_sum
 
@@ -85,6 +89,7 @@ def main() -> None:
         args.checkpoint = args.checkpoint.with_name(args.checkpoint.name + "-dry")
         args.seq, args.accum = 64, 2
     path = random_checkpoint(args.checkpoint, device)
+    predicted = predict(path, args)
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -114,9 +119,48 @@ def main() -> None:
     result = {"micro_batch": args.micro_batch, "sequence_len": args.seq, "accumulation": args.accum,
               "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
               "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2) if cuda else None,
+              "device_used_gib": round(_device_used() / 2**30, 2) if cuda else None,
               "tokens_per_s": round(tokens / (sum(times[1:]) / args.steps), 1),
-              "device": torch.cuda.get_device_name() if cuda else "cpu (dry run)"}
+              "device": torch.cuda.get_device_name() if cuda else "cpu (dry run)", **predicted}
     print(json.dumps(result))
+
+
+def predict(path: Path, args) -> dict:
+    """The memory plan for exactly what main() runs: no packing, every position a label."""
+    import yaml
+
+    from tutorforge.config import parse
+    from tutorforge.plan import plan_training
+
+    settings = {"base_model": str(path), "adapter": "qlora", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4",
+                "bnb_4bit_use_double_quant": True, "lora_r": 32, "lora_alpha": 16, "lora_target_linear": True,
+                "sequence_len": args.seq, "micro_batch_size": args.micro_batch, "bf16": True,
+                "gradient_accumulation_steps": args.accum, "optimizer": "adamw_bnb_8bit",
+                "gradient_checkpointing": True, "sample_packing": False}
+    report = parse(yaml.safe_dump(settings), "gpu_qlora")
+    p = plan_training(report.config, hardware="cpu" if args.dry_run else None)
+    framework = next(x.gb for x in p.lines if x.name.startswith("framework"))
+    return {"predicted_allocated_gib": round(max(p.total_gb - framework, p.load_gb), 2),
+            "predicted_total_gib": round(p.peak_gb, 2), "plan_hardware": p.hardware.name}
+
+
+def compare(results: Path) -> None:
+    """Predicted vs measured peak VRAM, one line per run; the bar is 10% on the allocated peak."""
+    print("memory plan vs measured (QLoRA on the Llama-3-8B shape, sequence_len 1024):")
+    for line in results.read_text().splitlines():
+        r = json.loads(line)
+        alloc = (r["predicted_allocated_gib"] - r["peak_allocated_gib"]) / r["peak_allocated_gib"]
+        used = (r["predicted_total_gib"] - r["device_used_gib"]) / r["device_used_gib"]
+        print(f"  micro batch {r['micro_batch']}: allocated: predicted {r['predicted_allocated_gib']:.2f} GB, "
+              f"measured {r['peak_allocated_gib']:.2f} GB ({alloc:+.1%}, {'within' if abs(alloc) <= 0.10 else 'OUTSIDE'} "
+              f"the 10% bar); in use on the device: predicted {r['predicted_total_gib']:.2f} GB, "
+              f"measured {r['device_used_gib']:.2f} GB ({used:+.1%})")
+
+
+def _device_used() -> int:
+    """Bytes in use on the device as the driver sees it (every process, CUDA context included)."""
+    free, total = torch.cuda.mem_get_info()
+    return total - free
 
 
 if __name__ == "__main__":

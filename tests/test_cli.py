@@ -96,9 +96,21 @@ def test_keys_lists_the_reference(capsys):
     assert "lora_r" in text and "tutorforge.export.quantizations" in text
 
 
+def test_the_readme_documents_every_supported_key(capsys):
+    from conftest import ROOT
+    from tutorforge.config import reference
+
+    assert cli.main(["keys", "--markdown"]) == 0
+    table = capsys.readouterr().out
+    readme = (ROOT / "README.md").read_text()
+    missing = [name for name, *_ in reference() if f"| `{name}` |" not in readme]
+    assert not missing, f"README's configuration reference lacks {missing}; paste `tutorforge keys --markdown`"
+    assert table.strip() in readme, "README's key table differs from `tutorforge keys --markdown`"
+
+
 @pytest.mark.slow
-def test_demo_commands(bundled):
-    """What `make demo` runs: validate the shipped recipe, then a greedy answer from the bundled model."""
+def test_validate_and_generate_on_the_shipped_recipe(bundled):
+    """Validate the shipped recipe, then a greedy answer from the bundled model, twice the same."""
     recipe = "recipes/python-tutor-smollm2-cpu.yml"
     assert run("validate", recipe).returncode == 0
     first = run("generate", recipe, "--prompt", "How do I reverse a list in Python?",

@@ -51,13 +51,28 @@ def test_exports_load_tokenize_and_predict_like_pytorch(exported):
     assert not (out / "merged").exists()  # one pass: no merged checkpoint on disk
     v = report["verification"]
     for kind in ("f16", "q8_0", "q4_k_m"):
-        assert v[kind]["tokenization_mismatches"] == 0 and v[kind]["texts_tokenized"] >= 100
+        assert v[kind]["tokenization_mismatches"] == 0 and v[kind]["texts_tokenized"] >= 1000
         assert v[kind]["positions"] >= 2000
     assert v["f16"]["top1_agreement"] >= 0.99
     assert v["q8_0"]["top1_agreement"] >= 0.95
     assert v["q4_k_m"]["perplexity"] < v["f16"]["perplexity"] * 1.15
     assert report["sizes_mib"]["q4_k_m"] < report["sizes_mib"]["q8_0"] < report["sizes_mib"]["f16"]
     assert json.loads((out / "export.json").read_text())["files"] == report["files"]
+
+
+def test_a_broken_export_fails_and_a_lossy_k_quant_warns():
+    from tutorforge.verify import Verification, failures, quality_warnings
+
+    good = {"f16": Verification("m.F16.gguf", 1200, 0, 2500, 0.995, 10.0),
+            "q4_k_m": Verification("m.Q4_K_M.gguf", 1200, 0, 2500, None, 10.4)}
+    assert failures(good) == [] and quality_warnings(good) == []
+    lossy = {**good, "q4_k_m": Verification("m.Q4_K_M.gguf", 1200, 0, 2500, None, 10.6)}
+    assert failures(lossy) == []
+    assert quality_warnings(lossy)[0].startswith("q4_k_m: perplexity 10.600 is 6.0% above f16's 10.000")
+    broken = {"f16": Verification("m.F16.gguf", 1200, 3, 2500, 0.98, 10.0),
+              "q8_0": Verification("m.Q8_0.gguf", 1200, 0, 2500, 0.90, 10.1)}
+    assert failures(broken) == ["f16: 3 of 1200 texts tokenize differently", "f16: top-1 agreement 98.00% < 99%",
+                                "q8_0: top-1 agreement 90.00% < 97%"]
 
 
 @pytest.mark.slow

@@ -3,14 +3,13 @@ formatter byte for byte."""
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 
 import jinja2
 import pytest
 
 from tutorforge.formatting import CHAT_TEMPLATES, alpaca_prompt, prompt_format, render_prompt
-from tutorforge.ollama import GO_TEMPLATES, detect_family, hf_render, modelfile, parse_modelfile, stop_tokens
+from tutorforge.ollama import (GO_TEMPLATES, detect_family, go_renderer, hf_render, modelfile, parse_modelfile,
+                               stop_tokens, verify_template)
 
 from conftest import ROOT
 
@@ -27,23 +26,11 @@ CONVERSATIONS = [  # one to three user turns, with and without a system turn
 
 
 @pytest.fixture(scope="module")
-def go_render(tmp_path_factory):
-    """A renderer built from tests/gotemplate/main.go with the machine's Go toolchain."""
-    go = shutil.which("go")
-    assert go, "Go is needed to verify Ollama templates: apt-get install golang-go (.ci/run does)"
-    binary = tmp_path_factory.mktemp("go") / "render"
-    env = {"HOME": str(binary.parent), "GOCACHE": str(binary.parent / "cache"), "GOPATH": str(binary.parent / "gopath"),
-           "PATH": "/usr/bin:/bin:/usr/local/go/bin", "GO111MODULE": "off"}
-    subprocess.run([go, "build", "-o", str(binary), str(ROOT / "tests" / "gotemplate" / "main.go")],
-                   check=True, env=env, capture_output=True)
-
-    def render(template: str, **data) -> str:
-        data["Messages"] = [{"Role": m["role"], "Content": m["content"]} for m in data.pop("messages", [])]
-        out = subprocess.run([str(binary)], input=json.dumps({"template": template, "data": data}).encode(),
-                             capture_output=True, check=True)
-        return out.stdout.decode()
-
-    return render
+def go_render():
+    """Go's own text/template, built from tutorforge/gotemplate/main.go with the machine's Go."""
+    render = go_renderer()
+    assert render, "Go is needed to verify Ollama templates: apt-get install golang-go (.ci/run does)"
+    return lambda template, **data: render(template, data)
 
 
 @pytest.fixture
@@ -96,6 +83,30 @@ def test_a_wrong_template_is_caught(go_render, tokenizer):
     differs from training, and the comparison sees it."""
     messages = CONVERSATIONS[0]
     assert go_render(GO_TEMPLATES["chatml"], messages=messages) != hf_render(tokenizer, messages)
+
+
+@pytest.mark.parametrize("system", [None, "You are a concise Python tutor."])
+@pytest.mark.parametrize("alpaca", [False, True])
+def test_package_time_verification_passes_for_the_right_template(go_render, tokenizer, system, alpaca):
+    from tutorforge.ollama import VERIFY_PROMPTS
+
+    if alpaca:
+        tokenizer.chat_template = None
+    fmt = prompt_format(tokenizer, None, system)
+    family = detect_family(tokenizer, fmt)
+    checked = verify_template(tokenizer, fmt, family, render=lambda t, d: go_render(t, **d))
+    assert checked == (1 if alpaca else len(VERIFY_PROMPTS))
+
+
+def test_package_time_verification_refuses_a_wrong_template(go_render, tokenizer):
+    import dataclasses
+
+    from tutorforge.errors import UserError
+
+    fmt = prompt_format(tokenizer, None, None)
+    wrong = dataclasses.replace(detect_family(tokenizer, fmt), template=GO_TEMPLATES["chatml"])
+    with pytest.raises(UserError, match=r"renders 'user\\n.* where training had 'system\\n"):
+        verify_template(tokenizer, fmt, wrong, render=lambda t, d: go_render(t, **d))
 
 
 def test_modelfile_fields(tokenizer):

@@ -28,7 +28,6 @@ TRAINING_KEYS: dict[str, str] = {
     "lora_model_dir": "continuing from an existing adapter is not supported yet",
     "peft_use_dora": "DoRA is not supported",
     "peft_use_rslora": "rsLoRA is not supported",
-    "peft_layers_to_transform": "restricting LoRA to some layers is not supported",
     "peft_init_lora_weights": "custom LoRA initialisation is not supported",
     "loraplus_lr_ratio": "LoRA+ is not supported",
     "loraplus_lr_embedding": "LoRA+ is not supported",

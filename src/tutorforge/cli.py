@@ -57,6 +57,24 @@ def validate(config: Path) -> int:
     return 0
 
 
+def plan(config: Path, *, gpu: str | None = None, vram: float | None = None, ram: float | None = None) -> int:
+    """Predict training's peak memory (and RAM of merge and export) before loading anything.
+
+    config: Axolotl-style YAML file
+    gpu: hardware profile to plan for: rtx3060-12gb, rtx4090-24gb, t4-16gb, a100-40gb, a100-80gb, h100-80gb, cpu (default: tutorforge.hardware, else this machine)
+    vram: plan for a GPU with this many GB instead of a profile
+    ram: host RAM in GB (default: the profile's, or this machine's)
+    """
+    from tutorforge.config import load_config
+    from tutorforge.plan import plan_training
+
+    if gpu is not None and vram is not None:
+        raise UserError("give --gpu or --vram, not both")
+    result = plan_training(load_config(config), hardware=gpu, vram_gb=vram, ram_gb=ram, source=str(config))
+    print(result.render())
+    return 0 if result.fits else 1
+
+
 def generate(model: str, *, prompt: str, input: str = "", system: str | None = None,
              max_new_tokens: int = 200) -> int:
     """Answer one prompt greedily (temperature 0) and print the answer.
@@ -135,28 +153,32 @@ def data_prepare(config: Path, *, skip_bad_rows: bool = False) -> int:
     return 0
 
 
-def train(config: Path, *, skip_bad_rows: bool = False, resume: bool = True, nproc: int = 1) -> int:
+def train(config: Path, *, skip_bad_rows: bool = False, resume: bool = True, nproc: int = 1,
+          ignore_plan: bool = False) -> int:
     """Train the config's LoRA/QLoRA adapter into output_dir/adapter (resumes after a kill).
 
     config: Axolotl-style YAML file
     skip_bad_rows: go on past unusable rows; they go to <output_dir>/rejected.jsonl with reasons
     resume: continue from the newest checkpoint in output_dir (--no-resume starts over)
     nproc: training processes (DDP through accelerate: one per GPU, or gloo on CPU)
+    ignore_plan: train even when the memory plan says it will not fit
     """
     from tutorforge import distributed as dist
     from tutorforge.config import load_config
+    from tutorforge.plan import apply_plan
     from tutorforge.train import train as run_training
 
     cfg = load_config(config)
     if nproc > 1 and dist.world_size() == 1:
         argv = ["train", str(config), *(["--skip-bad-rows"] if skip_bad_rows else []),
-                *([] if resume else ["--no-resume"])]
+                *([] if resume else ["--no-resume"]), *(["--ignore-plan"] if ignore_plan else [])]
         return dist.launch(nproc, argv)
     if not dist.is_main():
         logging.getLogger().setLevel(logging.WARNING)
+    cfg, decisions = apply_plan(cfg, ignore=ignore_plan)
     with _progress_bar("training") as progress:
         adapter = run_training(cfg, config_dir=config.parent, skip_bad_rows=skip_bad_rows, resume=resume,
-                               progress=progress)
+                               progress=progress, decisions=decisions)
     if not dist.is_main():
         return 0
     print(f"adapter: {adapter}")
@@ -214,35 +236,36 @@ def export(run_dir: Path | None = None, *, base: str | None = None, adapter: Pat
     quantize: comma-separated quantisations, e.g. q4_k_m,q8_0 (default: the config's)
     verify: load every file in llama.cpp and compare tokenization and predictions with PyTorch
     """
-    from tutorforge.data import load_files
-    from tutorforge.export import Source, export_model, gguf_path
+    from tutorforge.export import Source, export_model, export_run, gguf_path, verify_rows
     from tutorforge.models import resolve_base_model
 
-    cfg_export, system, rows = {}, None, None
-    if run_dir is not None:
-        config = _run_info(run_dir, "--base (and --adapter) with --out")["config"]
-        cfg_export, system = config["tutorforge"]["export"], config.get("default_system_message")
-        base = base or config["base_model"]
-        merged = run_dir / "merged"
-        source = Source(merged) if (merged / "config.json").is_file() else Source(
-            resolve_base_model(base).path, adapter or run_dir / "adapter")
-        out = out or run_dir / "gguf"
-        heldout = run_dir / "heldout.jsonl"
-        rows = load_files([heldout]).rows if heldout.is_file() else None
-    elif base and out:
-        source = Source(resolve_base_model(base).path, adapter)
-    else:
-        raise UserError("export needs a training output_dir, or --base (and --adapter) with --out")
-    if verify and len(rows or []) < 40:  # at least ~2,000 positions: top up with the shipped lessons
-        from tutorforge.export import default_verify_rows
-
-        rows = (rows or []) + default_verify_rows()[: 40 - len(rows or [])]
-    quants = tuple(q.strip() for q in quantize.split(",")) if quantize else tuple(cfg_export.get("quantizations", ("q4_k_m",)))
-    name = cfg_export.get("name") or "model"
+    quants = tuple(q.strip() for q in quantize.split(",")) if quantize else None
     with _progress_bar("exporting", unit="tensors") as progress:
-        report = export_model(source, out, name=name, outtype=outtype or cfg_export.get("outtype", "f16"),
-                              quantizations=quants, verify_rows=rows if verify else None, system=system,
-                              progress=progress)
+        if run_dir is not None:
+            report = export_run(run_dir, adapter=adapter, out=out, outtype=outtype, quantizations=quants,
+                                verify=verify, progress=progress)
+        elif base and out:
+            report = export_model(Source(resolve_base_model(base).path, adapter), out, name="model",
+                                  outtype=outtype or "f16", quantizations=quants or ("q4_k_m",),
+                                  verify_rows=verify_rows(None) if verify else None, progress=progress)
+        else:
+            raise UserError("export needs a training output_dir, or --base (and --adapter) with --out")
+    print(render_export(report))
+    for note in report.get("warnings", []):
+        print(f"warning: {note}")
+    if report.get("failures"):
+        raise UserError("verification failed:\n  " + "\n  ".join(report["failures"]))
+    if run_dir is not None:
+        config = _run_info(run_dir, "a run directory")["config"]
+        if gguf_path(out or run_dir / "gguf", config["tutorforge"]["export"].get("name") or "model",
+                     config["tutorforge"]["ollama"]["quantization"]).is_file():
+            return package(run_dir)  # the Modelfile goes with the export
+    return 0
+
+
+def render_export(report: dict) -> str:
+    """One line per exported file: type, size, path and its verification numbers."""
+    lines = []
     for kind, path in report["files"].items():
         v = report.get("verification", {}).get(kind)
         extra = ""
@@ -250,12 +273,8 @@ def export(run_dir: Path | None = None, *, base: str | None = None, adapter: Pat
             agree = f", top-1 agreement {v['top1_agreement']:.2%}" if v["top1_agreement"] is not None else ""
             extra = (f" | tokenization {v['texts_tokenized'] - v['tokenization_mismatches']}/{v['texts_tokenized']}"
                      f"{agree} over {v['positions']} positions | perplexity {v['perplexity']:.3f}")
-        print(f"{kind:>7}  {report['sizes_mib'][kind]:>8.1f} MiB  {path}{extra}")
-    if report.get("failures"):
-        raise UserError("verification failed:\n  " + "\n  ".join(report["failures"]))
-    if run_dir is not None and gguf_path(out, name, config["tutorforge"]["ollama"]["quantization"]).is_file():
-        return package(run_dir)  # the Modelfile goes with the export
-    return 0
+        lines.append(f"{kind:>7}  {report['sizes_mib'][kind]:>8.1f} MiB  {path}{extra}")
+    return "\n".join(lines)
 
 
 def package(run_dir: Path, *, gguf: Path | None = None) -> int:
@@ -353,6 +372,62 @@ def serve(model: Path, *, port: int = 8000) -> int:
     return 0
 
 
+def compare(config: Path | None = None, *, base: str | None = None, tuned: str | None = None,
+            tuned_adapter: Path | None = None, prompts: Path | None = None, out: Path | None = None,
+            max_new_tokens: int | None = None, max_prompts: int | None = None,
+            target_words: int | None = None) -> int:
+    """Compare base and tuned answers at temperature 0; their code runs in a sandbox; HTML report.
+
+    config: a config: its base_model, output_dir (the tuned run), held-out split, prompt format, settings
+    base: the base model: a model directory, a .gguf file or anything base_model accepts (default: the config's)
+    tuned: the tuned model: a training output_dir (base + adapter/), a .gguf file or a model directory
+    tuned_adapter: a PEFT adapter directory applied to --tuned (then a base model)
+    prompts: Alpaca JSONL to ask (reference outputs optional; default: the held-out split)
+    out: directory for results.jsonl, report.md, report.html (default: the tuned run's compare/)
+    max_new_tokens: longest answer (default: tutorforge.compare.max_new_tokens)
+    max_prompts: ask at most this many prompts (default: tutorforge.compare.max_prompts, else all)
+    target_words: brevity target in words (default: tutorforge.compare.target_words, else p90 of training answers)
+    """
+    import dataclasses
+
+    from tutorforge import compare as ab
+    from tutorforge.checkpoints import read_run_info
+    from tutorforge.config import load_config
+    from tutorforge.evaluate import open_generator
+    from tutorforge.models import resolve_base_model
+    from tutorforge.sandbox import require_sandbox
+
+    require_sandbox()  # before any model loads: model-written code never runs unsandboxed
+    cfg = load_config(config) if config else None
+    base, tuned = base or (cfg and cfg.base_model), tuned or (cfg and cfg.output_dir)
+    if not (base and tuned):
+        raise UserError("compare needs --base and --tuned, or a config (its base_model and output_dir)")
+    run = read_run_info(Path(tuned)) if Path(tuned).is_dir() else None
+    source = dataclasses.asdict(cfg) if cfg else (run or {}).get("config", {})
+    settings = source.get("tutorforge", {}).get("compare", {})
+    rows, target = ab.prompts_and_target(cfg, config.parent if config else None, settings=settings,
+                                         prompts=prompts, target_words=target_words, max_prompts=max_prompts)
+    out = out or (Path(tuned) / "compare" if run else Path(cfg.output_dir) / "compare" if cfg else None)
+    if out is None:
+        raise UserError("compare: say where the report goes with --out DIR")
+    tokenizer_dir = resolve_base_model(source["base_model"]).path if source.get("base_model") else None
+    kwargs = {"tokenizer_dir": tokenizer_dir, "chat_template": source.get("chat_template"),
+              "system": source.get("default_system_message")}
+    names = [f"{Path(s).parent.name}/{Path(s).name}" if Path(s).suffix == ".gguf" else Path(s).name
+             for s in (base, tuned)]
+    base_gen = open_generator(base, name=names[0], **kwargs)
+    tuned_gen = open_generator(tuned, adapter=tuned_adapter, name=names[1], **kwargs)
+    with _progress_bar("comparing", unit="prompts") as progress:
+        result = ab.run_comparison(base_gen, tuned_gen, rows, out_dir=out, target_words=target,
+                                   max_new_tokens=max_new_tokens or settings.get("max_new_tokens") or 256,
+                                   system=kwargs["system"], progress=progress)
+    for gen in (base_gen, tuned_gen):
+        getattr(gen, "close", lambda: None)()
+    print(result.table())
+    print(f"report: {out / 'report.html'} (and report.md, results.jsonl)")
+    return 0
+
+
 @contextlib.contextmanager
 def _progress_bar(label: str, unit: str = "steps"):
     """A progress callback (step, total, row) drawing a bar with ETA on a terminal; None elsewhere."""
@@ -367,25 +442,66 @@ def _progress_bar(label: str, unit: str = "steps"):
         task = bar.add_task(label, total=None, info="")
 
         def update(step: int, total: int, row: dict | None = None) -> None:
-            info = f"loss {row['loss']:.3f} | {row['tokens_per_s']:.0f} tok/s" if row else unit
+            info = f"loss {row['loss']:.3f} | {row['tokens_per_s']:.0f} tok/s" if row and "loss" in row else unit
             bar.update(task, completed=step, total=total, info=info)
 
         yield update
 
 
-def keys() -> int:
-    """List every supported config key with its accepted values, default and meaning."""
+def keys(*, markdown: bool = False) -> int:
+    """List every supported config key with its accepted values, default and meaning.
+
+    markdown: print a Markdown table (the README's configuration reference)
+    """
     from tutorforge.config import reference
 
     rows = reference()
+    if markdown:
+        print("| key | default | accepted | meaning | Axolotl |\n|---|---|---|---|---|")
+        for name, accepted, default, doc in rows:
+            axolotl = "tutorforge only" if name.startswith("tutorforge.") else "same key"
+            print(f"| `{name}` | `{default}` | {accepted.replace('|', '/')} | {doc.replace('|', '/')} | {axolotl} |")
+        return 0
     width = max(len(r[0]) for r in rows)
     for name, accepted, default, doc in rows:
         print(f"{name:<{width}}  {doc}; {accepted}; default {default}")
     return 0
 
 
+def run(config: Path, *, from_: str | None = None, ignore_plan: bool = False) -> int:
+    """The whole pipeline: validate, plan, train, merge, export, package, compare (resumable).
+
+    config: Axolotl-style YAML file (recipes/ has examples)
+    from_: redo this stage and every one after it (validate, plan, train, merge, export, package, compare)
+    ignore_plan: train even when the memory plan says it will not fit
+    """
+    from tutorforge.pipeline import run as run_pipeline
+
+    p = run_pipeline(config, start=from_, ignore_plan=ignore_plan, progress=_progress_bar)
+    rows = [(o.stage, o.status, f"{o.seconds:.0f} s", str(o.output or ""), _size(o.size)) for o in p.outcomes]
+    widths = [max(len(r[i]) for r in rows + [("stage", "", "time", "output", "size")]) for i in range(5)]
+    print()
+    for r in [("stage", "", "time", "output", "size"), *rows]:
+        print("  ".join(c.ljust(w) if i != 4 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+    if p.comparison:
+        print(f"\nbase vs tuned on {p.run_dir / 'compare'} (report.html):\n{p.comparison}")
+    name = p.cfg.tutorforge.ollama.model_name or p.run_dir.name
+    print(f"\nchat with it:  tutorforge chat {p.run_dir}\n"
+          f"deploy it:     tutorforge deploy {p.run_dir}   (or: cd {p.run_dir / 'gguf'} && ollama create {name} "
+          f"-f Modelfile && ollama run {name})")
+    return 0
+
+
+def _size(n: int) -> str:
+    if not n:
+        return ""
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
+
+
 COMMANDS: dict[str, Callable[..., int]] = {  # "group name" makes `tutorforge group name`
+    "run": run,
     "validate": validate,
+    "plan": plan,
     "data lint": data_lint,
     "data prepare": data_prepare,
     "train": train,
@@ -395,6 +511,7 @@ COMMANDS: dict[str, Callable[..., int]] = {  # "group name" makes `tutorforge gr
     "deploy": deploy,
     "chat": chat,
     "serve": serve,
+    "compare": compare,
     "generate": generate,
     "keys": keys,
 }
@@ -419,7 +536,7 @@ def _add_command(sub, name: str, fn: Callable[..., int]) -> None:
         kind = hints.get(param.name, str)
         if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
             kind = next(a for a in typing.get_args(kind) if a is not type(None))  # X | None -> X
-        flag = "--" + param.name.replace("_", "-")
+        flag = "--" + param.name.rstrip("_").replace("_", "-")  # from_ -> --from
         if typing.get_origin(kind) is list:
             parser.add_argument(param.name, type=typing.get_args(kind)[0], nargs="+",
                                 help=helps.get(param.name))

@@ -20,7 +20,8 @@ import yaml
 
 from tutorforge import axolotl_keys as ax
 from tutorforge.errors import UserError
-from tutorforge.schema import (Bool, BoolOr, Choice, Float, Int, Invalid, Rule, Str, StrList,
+from tutorforge.hardware import PROFILES as HARDWARE_PROFILES
+from tutorforge.schema import (Bool, BoolOr, Choice, Float, Int, IntList, Invalid, Rule, Str, StrList,
                                StrMap, did_you_mean)
 
 
@@ -96,6 +97,10 @@ class TutorforgeSettings:
     ollama: OllamaSettings = section(OllamaSettings, "Ollama Modelfile and deployment")
     compare: CompareSettings = section(CompareSettings, "A/B comparison")
     skip_bad_rows: bool = key(False, Bool(), "keep going past unusable dataset rows (they go to rejected.jsonl)")
+    auto_fit: bool = key(False, Bool(), "when the memory plan does not fit, train applies its fixes "
+                         "(smaller micro batch, more accumulation, checkpointing, ...) and logs each")
+    hardware: str | None = key(None, Choice(tuple(HARDWARE_PROFILES)), "plan for this hardware profile "
+                               "instead of the machine that runs (`tutorforge plan --gpu` lists them)")
 
 
 @dataclass(frozen=True)
@@ -123,6 +128,8 @@ class Config:
     lora_target_modules: tuple[str, ...] = key((), StrList(), "module names to adapt")
     lora_modules_to_save: tuple[str, ...] = key((), StrList(), "modules trained in full (embed_tokens, lm_head)")
     lora_fan_in_fan_out: bool = key(False, Bool(), "for Conv1D layers (GPT-2)")
+    peft_layers_to_transform: tuple[int, ...] = key((), IntList(0), "LoRA only in these layers (0 = first; "
+                                                    "default all); backward stops at the lowest one")
     # data
     datasets: tuple[DatasetSpec, ...] = field(default=(), metadata={"list_of": DatasetSpec,
                                                 "doc": "training data (Alpaca rows)"})

@@ -1,16 +1,25 @@
 """Answer prompts with a model, greedily (temperature 0), behind one `Generator` interface.
 
     tutorforge generate recipes/python-tutor-smollm2-cpu.yml --prompt "How do I reverse a list?"
+    gen = open_generator("outputs/python-tutor-smollm2")      # base + the run's adapter
+    gen = open_generator("model.Q4_K_M.gguf")                  # llama.cpp
 
-`TorchGenerator` runs a Hugging Face checkpoint with PyTorch. The A/B comparison of base vs tuned
-holds two Generators and does not care which kind each one is.
+`TorchGenerator` runs a Hugging Face checkpoint (optionally with a PEFT adapter) with PyTorch;
+`GGUFGenerator` runs a GGUF file with llama.cpp. Both render the prompt with the training-time
+formatter (`formatting.render_prompt`) and tokenize it with the Hugging Face tokenizer exactly as
+training did, decode greedily, stop on the format's end token, and measure the teacher-forced
+perplexity of reference answers (answer tokens and the end token only). The A/B comparison holds
+two Generators and does not care which kind each one is.
 """
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+
+from tutorforge.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +29,7 @@ class Answer:
     text: str
     new_tokens: int
     stopped: bool  # True: ended by an end-of-turn token; False: cut at max_new_tokens
+    token_ids: tuple[int, ...] = ()  # the generated ids, end token included when stopped
 
 
 class Generator(Protocol):
@@ -28,37 +38,199 @@ class Generator(Protocol):
     def generate(self, instruction: str, input: str = "", *, system: str | None = None,
                  max_new_tokens: int = 256) -> Answer: ...
 
+    def perplexity(self, rows: list, *, system: str | None = None) -> float: ...
+
+
+def _answer(tokenizer, new: list[int], eos: int) -> Answer:
+    stopped = bool(new) and new[-1] == eos
+    text = tokenizer.decode(new, skip_special_tokens=True)
+    return Answer(text.strip(), len(new), stopped, tuple(new))
+
+
+def _format(gen, system: str | None):
+    """The generator's prompt format for this system prompt (its own when None), chosen once."""
+    from tutorforge.formatting import prompt_format
+
+    system = system if system is not None else gen.system
+    if system not in gen.formats:
+        gen.formats[system] = prompt_format(gen.tokenizer, gen.chat_template, system)
+    return gen.formats[system]
+
 
 class TorchGenerator:
-    """Greedy decoding with a local Hugging Face checkpoint on CPU (or the given device)."""
+    """Greedy decoding with a local Hugging Face checkpoint (plus an optional PEFT adapter, merged
+    in memory) on CPU or the given device."""
 
-    def __init__(self, model_dir: Path, *, name: str | None = None, device: str = "cpu",
-                 chat_template: str | None = None):
+    def __init__(self, model_dir: Path, *, adapter: Path | None = None, name: str | None = None,
+                 device: str = "cpu", chat_template: str | None = None, system: str | None = None):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.name = name or model_dir.name
-        self.device = device
-        self.chat_template = chat_template
+        self.name = name or (f"{Path(model_dir).name}+{Path(adapter).name}" if adapter else Path(model_dir).name)
+        self.device, self.chat_template, self.system = device, chat_template, system
+        self.formats: dict = {}
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-        self.model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
-        self.model.to(device).eval()
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+        if adapter is not None:
+            from peft import PeftModel
+
+            if not (Path(adapter) / "adapter_config.json").is_file():
+                raise UserError(f"{adapter}: not a PEFT adapter (adapter_config.json missing); give the "
+                                "adapter/ directory of a training run, or the run's output_dir")
+            model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+            log.info("%s: adapter %s merged in memory", self.name, adapter)
+        self.model = model.to(device).eval()
+
+    def _prompt_ids(self, fmt, instruction: str, input: str):
+        from tutorforge.formatting import render_prompt
+
+        prompt = render_prompt(self.tokenizer, fmt, instruction, input)
+        return self.tokenizer(prompt, return_tensors="pt", add_special_tokens=fmt.kind == "alpaca").to(self.device)
 
     def generate(self, instruction: str, input: str = "", *, system: str | None = None,
                  max_new_tokens: int = 256) -> Answer:
         import torch
 
-        from tutorforge.formatting import prompt_format, render_prompt
-
-        fmt = prompt_format(self.tokenizer, self.chat_template, system)
-        prompt = render_prompt(self.tokenizer, fmt, instruction, input)
-        ids = self.tokenizer(prompt, return_tensors="pt",
-                             add_special_tokens=fmt.kind == "alpaca").to(self.device)
+        fmt = _format(self, system)
+        ids = self._prompt_ids(fmt, instruction, input)
         eos = fmt.end_token_id
         with torch.inference_mode():
             out = self.model.generate(**ids, do_sample=False, max_new_tokens=max_new_tokens,
                                       eos_token_id=eos, pad_token_id=self.tokenizer.pad_token_id or eos)
-        new = out[0, ids["input_ids"].shape[1]:].tolist()
-        stopped = bool(new) and new[-1] == eos
-        text = self.tokenizer.decode(new, skip_special_tokens=True)
-        return Answer(text.strip(), len(new), stopped)
+        return _answer(self.tokenizer, out[0, ids["input_ids"].shape[1]:].tolist(), eos)
+
+    def perplexity(self, rows: list, *, system: str | None = None) -> float:
+        """exp(mean NLL) of the reference answers' tokens (and end token) given their prompts."""
+        import torch
+        import torch.nn.functional as F
+
+        from tutorforge.formatting import encode_row
+
+        fmt = _format(self, system)
+        nll, count = 0.0, 0
+        with torch.inference_mode():
+            for row in rows:
+                example = encode_row(self.tokenizer, fmt, row)
+                ids = torch.tensor([example.input_ids], device=self.device)
+                labels = torch.tensor(example.labels[1:], device=self.device)
+                logits = self.model(ids).logits[0, :-1].float()
+                nll += float(F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum"))
+                count += int((labels != -100).sum())
+        return _ppl(nll, count)
+
+
+def _ppl(nll: float, count: int) -> float:
+    if count == 0:
+        raise UserError("perplexity: no reference answers to score (every row's output is empty)")
+    return math.exp(nll / count)
+
+
+class GGUFGenerator:
+    """Greedy decoding with a GGUF file in llama.cpp (llama-cpp-python, one thread: stable here).
+    The prompt is tokenized by the Hugging Face tokenizer (given, else rebuilt from the GGUF)."""
+
+    def __init__(self, gguf: Path, *, tokenizer=None, chat_template: str | None = None,
+                 system: str | None = None, n_ctx: int = 2048, name: str | None = None):
+        from llama_cpp import Llama
+
+        from tutorforge.models import load_gguf_tokenizer
+
+        gguf = Path(gguf)
+        if not gguf.is_file():
+            raise UserError(f"{gguf}: no such GGUF file")
+        self.name = name or gguf.name
+        self.chat_template, self.system, self.n_ctx = chat_template, system, n_ctx
+        self.formats: dict = {}
+        self.tokenizer = tokenizer if tokenizer is not None else load_gguf_tokenizer(gguf)
+        # logits_all: perplexity needs every position's logits (n_ctx x vocab floats of memory)
+        self.llm = Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=1, logits_all=True, seed=0,
+                         verbose=False)
+
+    def generate(self, instruction: str, input: str = "", *, system: str | None = None,
+                 max_new_tokens: int = 256) -> Answer:
+        import numpy as np
+
+        from tutorforge.formatting import render_prompt
+
+        fmt = _format(self, system)
+        prompt = render_prompt(self.tokenizer, fmt, instruction, input)
+        ids = self.tokenizer.encode(prompt, add_special_tokens=fmt.kind == "alpaca")
+        if len(ids) >= self.n_ctx:
+            raise UserError(f"{self.name}: the prompt is {len(ids)} tokens, n_ctx is {self.n_ctx}; "
+                            "shorten the prompt or raise n_ctx")
+        eos, new = fmt.end_token_id, []
+        self.llm.reset()
+        self.llm.eval(ids)
+        while len(new) < max_new_tokens:
+            token = int(np.argmax(self.llm.scores[self.llm.n_tokens - 1]))
+            new.append(token)
+            if token == eos or self.llm.n_tokens >= self.n_ctx:
+                break
+            self.llm.eval([token])
+        if new and len(new) < max_new_tokens and new[-1] != eos:
+            log.warning("%s: answer cut at n_ctx %d tokens", self.name, self.n_ctx)
+        return _answer(self.tokenizer, new, eos)
+
+    def perplexity(self, rows: list, *, system: str | None = None) -> float:
+        """As TorchGenerator.perplexity, from llama.cpp's logits. Rows longer than n_ctx are cut
+        there (counted in a warning)."""
+        import numpy as np
+
+        from tutorforge.formatting import encode_row
+
+        fmt = _format(self, system)
+        nll, count, cut = 0.0, 0, 0
+        for row in rows:
+            example = encode_row(self.tokenizer, fmt, row)
+            ids, labels = example.input_ids[: self.n_ctx], example.labels[: self.n_ctx]
+            cut += len(ids) < len(example.input_ids)
+            self.llm.reset()
+            self.llm.eval(ids)
+            target = np.asarray(labels[1:])
+            at = np.flatnonzero(target != -100)  # positions that predict an answer token
+            logits = np.asarray(self.llm.scores[at], dtype=np.float64)
+            peak = logits.max(-1, keepdims=True)
+            logp = logits - peak - np.log(np.exp(logits - peak).sum(-1, keepdims=True))
+            nll -= float(logp[np.arange(len(at)), target[at]].sum())
+            count += len(at)
+        if cut:
+            log.warning("%s: perplexity: %d reference answers cut at n_ctx %d tokens", self.name, cut, self.n_ctx)
+        return _ppl(nll, count)
+
+    def close(self) -> None:
+        self.llm.close()
+
+
+def open_generator(spec: str | Path, *, adapter: Path | None = None, tokenizer_dir: Path | None = None,
+                   chat_template: str | None = None, system: str | None = None,
+                   name: str | None = None) -> Generator:
+    """A Generator for a .gguf file (llama.cpp), a training output_dir (its base + adapter/), or
+    anything base_model accepts (a model directory, a hub id, `smollm2`), optionally + `adapter`."""
+    from tutorforge.checkpoints import read_run_info
+    from tutorforge.models import resolve_base_model
+
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if adapter is not None:
+            raise UserError(f"{spec}: a GGUF file takes no adapter; export base + adapter to GGUF "
+                            "(`tutorforge export`), or give the base model directory with the adapter")
+        tokenizer = None
+        if tokenizer_dir is not None:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+        return GGUFGenerator(path, tokenizer=tokenizer, chat_template=chat_template, system=system, name=name)
+    if path.is_dir() and (info := read_run_info(path)) is not None:
+        config = info["config"]
+        adapter = adapter or path / "adapter"
+        if not (adapter / "adapter_config.json").is_file():
+            raise UserError(f"{adapter}: no adapter in this training output_dir; run `tutorforge train` first")
+        return TorchGenerator(resolve_base_model(config["base_model"]).path, adapter=adapter,
+                              name=name or path.name, chat_template=chat_template or config.get("chat_template"),
+                              system=system if system is not None else config.get("default_system_message"))
+    if path.is_dir() and (path / "adapter_config.json").is_file() and adapter is None:
+        raise UserError(f"{spec}: a PEFT adapter, not a model; give the base model and pass the adapter "
+                        "with --tuned-adapter (or give the training output_dir)")
+    resolved = resolve_base_model(str(spec))
+    return TorchGenerator(resolved.path, adapter=adapter, name=name or str(spec), chat_template=chat_template,
+                          system=system)

@@ -379,7 +379,8 @@ def export_model(source: Source, out_dir: Path, *, name: str, outtype: str = "f1
               "sizes_mib": {k: round(v.stat().st_size / 2**20, 1) for k, v in files.items()}}
     if verify_rows:
         tokenizer = AutoTokenizer.from_pretrained(str(source.model_dir))
-        texts, sequences = verify.probe_texts(tokenizer, verify_rows, system)
+        lessons = tuple(t for r in default_verify_rows() for t in (r.instruction, r.input, r.output))
+        texts, sequences = verify.probe_texts(tokenizer, verify_rows, system, extra_texts=lessons)
         reference = verify.reference_predictions(reference_model(source), sequences)
         results = {k: verify.verify_gguf(p, tokenizer, texts, sequences,
                                          reference if k in verify.THRESHOLDS else None) for k, p in files.items()}
@@ -387,6 +388,42 @@ def export_model(source: Source, out_dir: Path, *, name: str, outtype: str = "f1
             log.info("verify: %s", result.line())
         report["verification"] = {k: vars(v) for k, v in results.items()}
         report["failures"] = verify.failures(results)
+        report["warnings"] = verify.quality_warnings(results)
+        for note in report["warnings"]:
+            log.warning("verify: %s", note)
     with atomic_write(out_dir / "export.json") as fh:
         json.dump(report, fh, indent=1)
     return report
+
+
+def verify_rows(rows: list | None, minimum: int = 40) -> list:
+    """Rows to verify an export with: the given (held-out) rows, topped up with the shipped lessons
+    to at least `minimum` rows (~2,000 teacher-forced positions)."""
+    rows = list(rows or [])
+    return rows + default_verify_rows()[: max(0, minimum - len(rows))]
+
+
+def export_run(run_dir: Path, *, adapter: Path | None = None, out: Path | None = None, outtype: str | None = None,
+               quantizations: tuple[str, ...] | None = None, verify: bool = True, progress=None) -> dict:
+    """Export a training output_dir: its merged/ checkpoint when complete, else base + adapter/ in
+    one streaming pass; settings from its config unless given; verified on its held-out rows."""
+    from tutorforge.checkpoints import read_run_info
+    from tutorforge.data import load_files
+    from tutorforge.models import resolve_base_model
+
+    info = read_run_info(run_dir)
+    if info is None or "config" not in info:
+        raise UserError(f"{run_dir}: no complete training run here (run.json missing); train first, or "
+                        "give --base (and --adapter) with --out")
+    config = info["config"]
+    settings = config["tutorforge"]["export"]
+    merged = run_dir / "merged"
+    source = Source(merged) if (merged / "config.json").is_file() else Source(  # merge renames a complete dir
+        resolve_base_model(config["base_model"]).path, adapter or run_dir / "adapter")
+    heldout = run_dir / "heldout.jsonl"
+    rows = verify_rows(load_files([heldout]).rows if heldout.is_file() else None) if verify else None
+    return export_model(source, out or run_dir / "gguf", name=settings.get("name") or "model",
+                        outtype=outtype or settings.get("outtype", "f16"),
+                        quantizations=quantizations or tuple(settings.get("quantizations", ("q4_k_m",))),
+                        verify_rows=rows, system=config.get("default_system_message"), progress=progress)
+

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from tutorforge.errors import UserError
+
 
 OPTIMIZERS = {  # config name -> (module, class); bitsandbytes ones run on CPU too
     "adamw_torch": ("torch.optim", "AdamW"),
@@ -94,11 +96,34 @@ def load_base(path: Path, *, quant: str | None, double_quant: bool, dtype: torch
 
 
 def add_lora(model, *, r: int, alpha: float, dropout: float, target_linear: bool | None,
-             target_modules: tuple[str, ...], modules_to_save: tuple[str, ...], fan_in_fan_out: bool):
+             target_modules: tuple[str, ...], modules_to_save: tuple[str, ...], fan_in_fan_out: bool,
+             layers: tuple[int, ...] = ()):
+    """LoRA on every linear layer (or the named modules), in all decoder layers or only `layers`.
+    With LoRA in the upper layers only, nothing below the lowest of them needs a gradient, so
+    backward stops there."""
     from peft import LoraConfig, get_peft_model
 
+    n_layers = model.config.num_hidden_layers
+    if layers and max(layers) >= n_layers:
+        raise UserError(f"peft_layers_to_transform: layer {max(layers)} does not exist; the model has "
+                        f"{n_layers} layers (0 to {n_layers - 1})")
     targets = "all-linear" if target_linear or not target_modules else list(target_modules)
+    if layers and targets == "all-linear":  # peft wants names to restrict layers with
+        targets = linear_module_names(model)
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
                         modules_to_save=list(modules_to_save) or None, fan_in_fan_out=fan_in_fan_out,
-                        task_type="CAUSAL_LM", bias="none")
+                        layers_to_transform=list(layers) or None, task_type="CAUSAL_LM", bias="none")
     return get_peft_model(model, config)
+
+
+def linear_module_names(model) -> list[str]:
+    """The names of the linear layers inside the decoder layers (q_proj, ..., down_proj): what
+    `all-linear` means, spelled out; lm_head is not among them."""
+    import torch.nn as nn
+
+    names = set()
+    for name, module in model.named_modules():
+        kind = type(module).__name__
+        if (isinstance(module, nn.Linear) or kind in {"Linear4bit", "Linear8bitLt"}) and ".layers." in name:
+            names.add(name.rsplit(".", 1)[-1])
+    return sorted(names)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -189,11 +190,92 @@ def package(run_dir: Path, *, config: dict, model_dir: Path, gguf_path: Path) ->
                      license=settings.get("license") or base_license(model_dir))
     from tutorforge.fsutil import atomic_write
 
+    checked = verify_template(tokenizer, fmt, family)
     path = gguf_path.parent / "Modelfile"
     with atomic_write(path) as fh:
         fh.write(text)
     log.info("package: %s (%s template, %s)", path, family.name, gguf_path.name)
+    if checked:
+        log.info("package: TEMPLATE rendered by Go's text/template equals the training prompt on %d "
+                 "conversations", checked)
+    else:
+        log.warning("package: TEMPLATE not verified: Go is not installed (apt-get install golang-go); "
+                    "Ollama renders it with Go's text/template")
     return path
+
+
+# --- verification with Go's own text/template (Ollama's template language) ---------------------
+
+def go_renderer() -> Callable[[str, dict], str] | None:
+    """A function rendering (TEMPLATE, data) with Go's text/template, built once from
+    gotemplate/main.go and cached; None when Go is not installed."""
+    import hashlib
+    import os
+    import shutil
+    import subprocess
+
+    from tutorforge.models import cache_root
+
+    go = shutil.which("go")
+    if go is None:
+        return None
+    source = Path(__file__).with_name("gotemplate") / "main.go"
+    binary = cache_root() / "go" / f"render-{hashlib.sha256(source.read_bytes()).hexdigest()[:12]}"
+    if not binary.is_file():
+        work = binary.parent / f".build-{os.getpid()}"
+        env = {"HOME": str(work), "GOCACHE": str(work / "cache"), "GOPATH": str(work / "gopath"),
+               "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "GO111MODULE": "off"}
+        work.mkdir(parents=True, exist_ok=True)
+        try:
+            built = subprocess.run([go, "build", "-o", str(work / "render"), str(source)], env=env,
+                                   capture_output=True, text=True)
+            if built.returncode != 0:
+                raise UserError(f"go build {source}: {built.stderr.strip()[-300:]}")
+            (work / "render").replace(binary)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def render(template: str, data: dict) -> str:
+        data = dict(data)
+        data["Messages"] = [{"Role": m["role"], "Content": m["content"]} for m in data.pop("messages", [])]
+        out = subprocess.run([str(binary)], input=json.dumps({"template": template, "data": data}).encode(),
+                             capture_output=True)
+        if out.returncode != 0:
+            raise UserError(f"the Ollama TEMPLATE does not render in Go: {out.stderr.decode()[-300:]}")
+        return out.stdout.decode()
+
+    return render
+
+
+VERIFY_PROMPTS = [("How do I reverse a list?", ""), ("What does this print?", "print(2 ** 3)"),
+                  ("Explain f-strings — café 🐍", "name = 'Ada'\n\tprint(f'{name}')")]
+
+
+def verify_template(tokenizer, fmt: PromptFormat, family: Family, render=None) -> int:
+    """Render the family's TEMPLATE with Go as Ollama does (the Modelfile's SYSTEM in front of a
+    conversation that has none) and compare it byte for byte with the training formatter; the number
+    of prompts checked (0: Go is not installed). A difference is an error showing where."""
+    from tutorforge.formatting import render_prompt, user_turn
+
+    render = render or go_renderer()
+    if render is None:
+        return 0
+    # an Alpaca Modelfile is single-turn: the user's one message is the instruction, with no input
+    prompts = [p for p in VERIFY_PROMPTS if family.name != "alpaca" or not p[1]]
+    for instruction, input in prompts:
+        expected = render_prompt(tokenizer, fmt, instruction, input)
+        if family.name == "alpaca":
+            got = render(family.template, {"System": fmt.system or "", "Prompt": user_turn(instruction, input)})
+        else:
+            system = [{"role": "system", "content": fmt.system}] if fmt.system else []
+            got = render(family.template, {"messages": system + [{"role": "user",
+                                                                 "content": user_turn(instruction, input)}]})
+        if got != expected:
+            at = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), min(len(got), len(expected)))
+            raise UserError(f"the Ollama TEMPLATE ({family.name}) renders {got[at:at + 40]!r} where training "
+                            f"had {expected[at:at + 40]!r} (character {at}); the model would not see its "
+                            "training prompt in Ollama; please report this template")
+    return len(prompts)
 
 
 def create_request(name: str, parsed: dict, gguf_name: str, digest: str) -> dict:

@@ -166,6 +166,20 @@ class StrList:
 
 
 @dataclass(frozen=True)
+class IntList:
+    """A list of whole numbers >= lo; a single number is accepted as a list of one."""
+
+    lo: int = 0
+
+    def __call__(self, value: Any) -> tuple[int, ...]:
+        items = value if isinstance(value, list) else [value]
+        try:
+            return tuple(Int(self.lo)(v) for v in items)
+        except Invalid:
+            raise Invalid(f"expected a list of whole numbers >= {self.lo}, e.g. [20, 21, 22]") from None
+
+
+@dataclass(frozen=True)
 class StrMap:
     """A mapping of names to text, keys limited to `keys`."""
 
@@ -200,6 +214,8 @@ def describe(rule: Rule) -> str:
             return "true/false/" + "/".join(words)
         case StrList():
             return "list of names"
+        case IntList(lo=lo):
+            return f"list of integers >= {lo}"
         case StrMap(keys=keys):
             return "mapping of " + ", ".join(keys)
         case _:

@@ -320,8 +320,10 @@ def _versions() -> dict[str, str]:
                                                 "accelerate", "trl", "tutorforge")}
 
 
-def build_run(cfg, *, config_dir: Path | None, skip_bad_rows: bool, device: torch.device | None = None) -> Run:
-    """Resolve the model, prepare the data and build model, optimizer and schedule."""
+def build_run(cfg, *, config_dir: Path | None, skip_bad_rows: bool, device: torch.device | None = None,
+              decisions: list[str] = ()) -> Run:
+    """Resolve the model, prepare the data and build model, optimizer and schedule. `decisions`
+    are choices made before (the memory plan's): they lead run.json's list and the log."""
     import transformers
     from transformers import AutoTokenizer
 
@@ -333,10 +335,14 @@ def build_run(cfg, *, config_dir: Path | None, skip_bad_rows: bool, device: torc
     tokenizer = AutoTokenizer.from_pretrained(str(resolved.path))
     prepared = prepare(cfg, tokenizer, skip_bad_rows=skip_bad_rows, config_dir=config_dir)
     log.info("%s", prepared.summary())
+    if dist.is_main():  # the held-out rows, never trained on: export verifies and compare asks on them
+        from tutorforge.data import write_rows
+
+        write_rows(prepared.val_rows, Path(cfg.output_dir) / "heldout.jsonl")
     items = prepared.packs if prepared.packs is not None else prepared.train
     sched = make_schedule(cfg, len(items), bool(prepared.val), dist.world_size())
     dtype = compute_dtype(cfg.bf16, cfg.fp16, device)
-    decisions = list(sched.decisions)
+    decisions = [*decisions, *sched.decisions]
     if dist.world_size() > 1:
         decisions.append(f"{dist.world_size()} processes (DDP): effective batch = micro_batch_size x "
                          f"gradient_accumulation_steps x {dist.world_size()}")
@@ -354,7 +360,8 @@ def build_run(cfg, *, config_dir: Path | None, skip_bad_rows: bool, device: torc
                       device=device, gradient_checkpointing=cfg.gradient_checkpointing, attention=attention)
     model = add_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                      target_linear=cfg.lora_target_linear, target_modules=cfg.lora_target_modules,
-                     modules_to_save=cfg.lora_modules_to_save, fan_in_fan_out=cfg.lora_fan_in_fan_out)
+                     modules_to_save=cfg.lora_modules_to_save, fan_in_fan_out=cfg.lora_fan_in_fan_out,
+                     layers=cfg.peft_layers_to_transform)
     if quant and device.type == "cpu" and (n := guard_cpu_4bit(model)):
         decisions.append(f"bitsandbytes CPU inference repacking off on {n} 4-bit layers (it corrupts "
                          "LoRA gradients after an evaluation pass)")
@@ -371,7 +378,7 @@ def build_run(cfg, *, config_dir: Path | None, skip_bad_rows: bool, device: torc
 
 
 def train(cfg, *, config_dir: Path | None = None, skip_bad_rows: bool = False, resume: bool = True,
-          progress=None) -> Path:
+          progress=None, decisions: list[str] = ()) -> Path:
     """Train the config's adapter into output_dir/adapter; resume from the newest checkpoint."""
     from tutorforge.checkpoints import latest_checkpoint, load_checkpoint, read_metrics, truncate_metrics
     from tutorforge.data import dataset_files
@@ -382,7 +389,7 @@ def train(cfg, *, config_dir: Path | None = None, skip_bad_rows: bool = False, r
     if done:
         log.info("training: %s is complete for this config and data; skipped", done)
         return done
-    run = build_run(cfg, config_dir=config_dir, skip_bad_rows=skip_bad_rows)
+    run = build_run(cfg, config_dir=config_dir, skip_bad_rows=skip_bad_rows, decisions=decisions)
     state = {"step": 0, "fingerprint": fingerprint}
     checkpoint = Path(cfg.resume_from_checkpoint) if cfg.resume_from_checkpoint else (
         latest_checkpoint(run_dir) if resume and cfg.auto_resume_from_checkpoints else None)

@@ -90,32 +90,45 @@ PPL_TOLERANCE = 0.05  # a K-quant's perplexity may exceed its f16 parent's by at
 
 
 def failures(results: dict[str, Verification]) -> list[str]:
-    """What misses the bars: tokenization must be identical; agreement and perplexity as above."""
+    """What makes an export wrong: tokenization must be identical, and an unquantised or q8_0 file
+    must predict like the PyTorch model (top-1 agreement above)."""
     bad = []
     for kind, v in results.items():
         if v.tokenization_mismatches:
             bad.append(f"{kind}: {v.tokenization_mismatches} of {v.texts_tokenized} texts tokenize differently")
         if kind in THRESHOLDS and v.top1_agreement is not None and v.top1_agreement < THRESHOLDS[kind]:
             bad.append(f"{kind}: top-1 agreement {v.top1_agreement:.2%} < {THRESHOLDS[kind]:.0%}")
-    base = results.get("f16") or results.get("bf16")
-    for kind, v in results.items():
-        if kind not in THRESHOLDS and base and v.perplexity > base.perplexity * (1 + PPL_TOLERANCE):
-            bad.append(f"{kind}: perplexity {v.perplexity:.3f} is more than {PPL_TOLERANCE:.0%} above "
-                       f"f16's {base.perplexity:.3f}")
     return bad
 
 
-def probe_texts(tokenizer, rows: list, system: str | None, limit_tokens: int = 256) -> tuple[list[str], list[list[int]]]:
-    """Texts for the tokenization check (fields, chat renderings, digits, unicode, whitespace) and
-    token sequences (prompt + answer) for the prediction check."""
+def quality_warnings(results: dict[str, Verification]) -> list[str]:
+    """What llama.cpp's own K-quant loses beyond the 5% bar: the file is correct (llama.cpp made it
+    and runs it) but answers worse; the fix is a larger quantisation."""
+    base = results.get("f16") or results.get("bf16")
+    notes = []
+    for kind, v in results.items():
+        if kind not in THRESHOLDS and base and v.perplexity > base.perplexity * (1 + PPL_TOLERANCE):
+            notes.append(f"{kind}: perplexity {v.perplexity:.3f} is {v.perplexity / base.perplexity - 1:.1%} above "
+                         f"f16's {base.perplexity:.3f} (bar {PPL_TOLERANCE:.0%}); small or narrow models lose more "
+                         "to 4-bit: try q5_k_m, q6_k or q8_0 (tutorforge.export.quantizations)")
+    return notes
+
+
+def probe_texts(tokenizer, rows: list, system: str | None, limit_tokens: int = 256, positions: int = 2500,
+                extra_texts: tuple[str, ...] = ()) -> tuple[list[str], list[list[int]]]:
+    """Texts for the tokenization check (fields, chat renderings, digits, unicode, whitespace, and
+    `extra_texts`) and token sequences (prompt + answer) for the prediction check: rows in order
+    until there are at least `positions` positions."""
     from tutorforge.formatting import encode_row, prompt_format
 
     fmt = prompt_format(tokenizer, None, system)
-    texts = [t for r in rows for t in (r.instruction, r.input, r.output) if t]
+    texts = [t for r in rows for t in (r.instruction, r.input, r.output) if t] + [t for t in extra_texts if t]
     texts += ["2024-11-28 12:34:56.789", "x = 10**18 + 7", "naïve café 日本語 🐍", "\ta\t\tb", "a     b",
               "  indented\n\n\nlines", "0x1F 1e-9 3.14159"]
-    sequences = []
+    sequences: list[list[int]] = []
     for row in rows:
+        if sum(len(s) for s in sequences) >= positions:
+            break
         ids = encode_row(tokenizer, fmt, row).input_ids[:limit_tokens]
         sequences.append(ids)
         texts.append(tokenizer.decode(ids))

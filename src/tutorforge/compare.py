@@ -1,0 +1,319 @@
+"""A/B comparison of a base and a tuned model at temperature 0, with the answers' code actually run.
+
+    tutorforge compare recipes/python-tutor-smollm2-cpu.yml      # base_model vs output_dir, held-out split
+    tutorforge compare --base smollm2 --tuned model.Q4_K_M.gguf --prompts my.jsonl --out report/
+
+Both models answer every prompt greedily with the same prompt format and system prompt. Each answer
+is measured (`score_answer`): words, brevity (at most `target_words`), stopped by the end token or
+cut at max_new_tokens, has a ```python block, the code parses, runs in the sandbox, and prints what
+it says it prints, and chrF against the reference answer (sacrebleu) where there is one. Per model:
+the perplexity of the reference answers. Out: results.jsonl (one line per prompt, both answers and
+their metrics), report.md, report.html (self-contained) and summary.json, each written atomically;
+`Comparison.table()` is the terminal table of aggregates with the delta tuned - base.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tutorforge import sandbox
+from tutorforge.errors import UserError
+
+log = logging.getLogger(__name__)
+
+# aggregate key -> label in tables and reports ({target} is the brevity target in words)
+METRICS: dict[str, str] = {
+    "brevity_pct": "brevity: at most {target} words (%)",
+    "mean_words": "mean words",
+    "stopped_pct": "stopped by the end token (%)",
+    "has_code_pct": "has a Python block (%)",
+    "code_parses_pct": "code parses (% of answers with code)",
+    "code_runs_pct": "code runs (% of answers with code)",
+    "outputs_match_pct": "stated outputs match (% of those stating any)",
+    "mean_chrf": "chrF vs the reference (mean)",
+    "perplexity": "perplexity of the references",
+}
+RUNS = ("ok", "mismatch")  # sandbox kinds of code that ran to the end
+
+
+@dataclass(frozen=True)
+class AnswerMetrics:
+    words: int
+    brief: bool  # words <= target_words
+    stopped: bool  # ended by the end token (else cut at max_new_tokens)
+    new_tokens: int
+    has_code: bool  # at least one ```python block (an unclosed one, cut at max tokens, counts)
+    code_parses: bool | None  # None: no code
+    code_runs: bool | None
+    outputs_stated: bool  # some block says what it prints (`print(x)  # 42` or `# Output:`)
+    outputs_match: bool | None  # None: nothing stated
+    chrf: float | None  # None: no reference
+    sandbox: tuple[dict, ...] = ()  # per block: {"kind", "detail"}
+
+
+def python_blocks(text: str) -> list[str]:
+    """The ```python blocks of an answer; an unclosed last fence (cut at max tokens) counts too."""
+    if len(re.findall(r"^```", text, re.MULTILINE)) % 2:
+        text += "\n```"
+    return [b.code for b in sandbox.find_blocks(text) if b.language in sandbox.PYTHON_TAGS]
+
+
+def _states_output(code: str) -> bool:
+    try:
+        per_line, block = sandbox.stated_outputs(code)
+    except (SyntaxError, ValueError):
+        return False
+    return bool(per_line) or block is not None
+
+
+def chrf(text: str, reference: str) -> float:
+    import sacrebleu
+
+    return sacrebleu.sentence_chrf(text, [reference]).score
+
+
+def score_answer(answer, reference: str | None, *, target_words: int, timeout_s: int = 5) -> dict:
+    """The AnswerMetrics of one Answer (as a dict): its code runs in the sandbox; a sandbox failure
+    (timeout, memory, error, ...) is recorded, never raised."""
+    text = answer.text
+    blocks = python_blocks(text)
+    results = sandbox.check_blocks(blocks, timeout_s=timeout_s) if blocks else []
+    stated = [_states_output(code) for code in blocks]
+    words = len(text.split())
+    metrics = AnswerMetrics(
+        words=words, brief=words <= target_words, stopped=answer.stopped, new_tokens=answer.new_tokens,
+        has_code=bool(blocks),
+        code_parses=all(r.kind != "syntax" for r in results) if blocks else None,
+        code_runs=all(r.kind in RUNS for r in results) if blocks else None,
+        outputs_stated=any(stated),
+        outputs_match=all(r.kind == "ok" for r, s in zip(results, stated) if s) if any(stated) else None,
+        chrf=chrf(text, reference) if reference else None,
+        sandbox=tuple({"kind": r.kind, "detail": r.detail} for r in results))
+    return asdict(metrics)
+
+
+def target_words_from(outputs: list[str]) -> int:
+    """The brevity target: the 90th percentile of the training answers' word counts (rounded up)."""
+    counts = [len(o.split()) for o in outputs if o.strip()]
+    if not counts:
+        raise UserError("no training answers to set the brevity target from; set tutorforge.compare."
+                        "target_words in the config (or pass --target-words)")
+    if len(counts) == 1:
+        return counts[0]
+    return math.ceil(statistics.quantiles(counts, n=100, method="inclusive")[89])
+
+
+def _pct(flags: list[bool | None]) -> float | None:
+    known = [f for f in flags if f is not None]
+    return 100.0 * sum(known) / len(known) if known else None
+
+
+def _mean(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return float(statistics.fmean(known)) if known else None
+
+
+def aggregate(metrics: list[dict], perplexity: float | None, seconds: list[float]) -> dict[str, float | None]:
+    """Aggregates of one model's answers (None where nothing applies, e.g. no answer has code)."""
+    return {
+        "answers": float(len(metrics)),
+        "brevity_pct": _pct([m["brief"] for m in metrics]),
+        "mean_words": _mean([m["words"] for m in metrics]),
+        "stopped_pct": _pct([m["stopped"] for m in metrics]),
+        "has_code_pct": _pct([m["has_code"] for m in metrics]),
+        "code_parses_pct": _pct([m["code_parses"] for m in metrics]),
+        "code_runs_pct": _pct([m["code_runs"] for m in metrics]),
+        "outputs_match_pct": _pct([m["outputs_match"] for m in metrics]),
+        "mean_chrf": _mean([m["chrf"] for m in metrics]),
+        "perplexity": perplexity,
+        "mean_new_tokens": _mean([m["new_tokens"] for m in metrics]),
+        "seconds_per_answer": _mean(seconds),
+    }
+
+
+def _cell(value: float | None, signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value:+.1f}" if signed else f"{value:.1f}" if abs(value) < 1e4 else f"{value:.3g}"
+
+
+@dataclass
+class Comparison:
+    names: dict[str, str]  # {"base": ..., "tuned": ...}
+    records: list[dict]  # one per prompt, as in results.jsonl
+    aggregates: dict[str, dict[str, float | None]]  # {"base": {...}, "tuned": {...}}
+    settings: dict = field(default_factory=dict)  # target_words, max_new_tokens, system, seconds, ...
+    out_dir: Path | None = None
+
+    def delta(self, key: str) -> float | None:
+        b, t = self.aggregates["base"].get(key), self.aggregates["tuned"].get(key)
+        return None if b is None or t is None else t - b
+
+    def rows(self) -> list[tuple[str, str, str, str]]:
+        """(label, base, tuned, delta) for every aggregate in METRICS."""
+        target = self.settings.get("target_words", "?")
+        return [(label.format(target=target), _cell(self.aggregates["base"].get(key)),
+                 _cell(self.aggregates["tuned"].get(key)), _cell(self.delta(key), signed=True))
+                for key, label in METRICS.items()]
+
+    def table(self) -> str:
+        """The aggregates as an aligned text table with the delta tuned - base."""
+        header = ("metric", f"base ({self.names['base']})", f"tuned ({self.names['tuned']})", "delta")
+        rows = [header, *self.rows()]
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        lines = [f"{r[0]:<{widths[0]}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(r[1:], widths[1:]))
+                 for r in rows]
+        lines.insert(1, "-" * len(lines[0]))
+        n = int(self.aggregates["base"]["answers"] or 0)
+        lines.append(f"{n} prompts, greedy, max_new_tokens {self.settings.get('max_new_tokens')}; "
+                     "delta = tuned - base")
+        return "\n".join(lines)
+
+
+def _answer_record(answer, seconds: float, metrics: dict) -> dict:
+    return {"text": answer.text, "seconds": round(seconds, 3), **metrics}
+
+
+def _perplexity(gen, rows: list, system: str | None) -> float | None:
+    refs = [r for r in rows if r.output.strip()]
+    return gen.perplexity(refs, system=system) if refs else None
+
+
+def run_comparison(base, tuned, rows: list, *, out_dir: Path, max_new_tokens: int, target_words: int,
+                   system: str | None = None, progress=None) -> Comparison:
+    """Answer every row with both Generators, score both answers, measure the references' perplexity
+    under each model, and write results.jsonl, report.md, report.html and summary.json to out_dir."""
+    if not rows:
+        raise UserError("compare: no prompts to compare on")
+    sandbox.require_sandbox()  # model-written code runs here: no sandbox, no comparison
+    started = time.time()
+    records, seconds = [], {"base": [], "tuned": []}
+    for i, row in enumerate(rows):
+        record = {"index": i, "source": row.source, "instruction": row.instruction, "input": row.input,
+                  "reference": row.output or None}
+        for side, gen in (("base", base), ("tuned", tuned)):
+            t0 = time.perf_counter()
+            answer = gen.generate(row.instruction, row.input, system=system, max_new_tokens=max_new_tokens)
+            elapsed = time.perf_counter() - t0
+            seconds[side].append(elapsed)
+            record[side] = _answer_record(answer, elapsed, score_answer(answer, row.output or None,
+                                                                         target_words=target_words))
+        records.append(record)
+        log.info("compare %d/%d: %s | words %d vs %d", i + 1, len(rows), row.source,
+                 record["base"]["words"], record["tuned"]["words"])
+        if progress:
+            progress(i + 1, len(rows))
+    aggregates = {side: aggregate([r[side] for r in records], _perplexity(gen, rows, system), seconds[side])
+                  for side, gen in (("base", base), ("tuned", tuned))}
+    settings = {"target_words": target_words, "max_new_tokens": max_new_tokens, "system": system,
+                "prompts": len(rows), "seconds": round(time.time() - started, 1), "decoding": "greedy, seed 0",
+                "sandbox_limits": f"{sandbox.MEMORY_MB} MB, {sandbox.PROCESSES} processes, 5 s CPU, no network"}
+    comparison = Comparison({"base": base.name, "tuned": tuned.name}, records, aggregates, settings, Path(out_dir))
+    write_outputs(comparison, Path(out_dir))
+    return comparison
+
+
+def write_outputs(comparison: Comparison, out_dir: Path) -> None:
+    """results.jsonl, report.md, report.html and summary.json, each atomically."""
+    from tutorforge.fsutil import atomic_write
+    from tutorforge.report import render_html, render_markdown
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out_dir / "results.jsonl") as fh:
+        fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in comparison.records)
+    with atomic_write(out_dir / "report.md") as fh:
+        fh.write(render_markdown(comparison))
+    with atomic_write(out_dir / "report.html") as fh:
+        fh.write(render_html(comparison))
+    with atomic_write(out_dir / "summary.json") as fh:
+        json.dump({"names": comparison.names, "aggregates": comparison.aggregates,
+                   "settings": comparison.settings}, fh, indent=1)
+
+
+def load_prompts(path: Path) -> list:
+    """Alpaca rows from a .jsonl (or .json array) file; "output" (the reference) is optional."""
+    from tutorforge.data import Row
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such prompts file; give an Alpaca .jsonl (instruction, input, output)") from None
+    if Path(path).suffix == ".json" and text.lstrip().startswith("["):
+        try:
+            items = [(i + 1, v) for i, v in enumerate(json.loads(text))]
+        except ValueError as exc:
+            raise UserError(f"{path}: not a JSON array of Alpaca objects ({exc})") from None
+    else:
+        items = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    items.append((n, json.loads(line)))
+                except ValueError as exc:
+                    raise UserError(f"{path}:{n}: not JSON ({exc.msg}); one Alpaca object per line") from None
+    rows = []
+    for n, value in items:
+        instruction = value.get("instruction") if isinstance(value, dict) else None
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise UserError(f"{path}:{n}: needs a non-empty \"instruction\" string (input and output are optional)")
+        fields = [value.get(k) or "" for k in ("input", "output")]
+        if not all(isinstance(f, str) for f in fields):
+            raise UserError(f"{path}:{n}: \"input\" and \"output\" must be strings")
+        rows.append(Row(value["instruction"], fields[0], fields[1], f"{path}:{n}"))
+    if not rows:
+        raise UserError(f"{path}: no prompts in the file")
+    return rows
+
+
+def heldout_rows(cfg, config_dir: Path | None = None) -> list:
+    """The config's held-out split: output_dir/heldout.jsonl (training writes it), else the split
+    recomputed exactly as training makes it (data.prepare: same filtering, same seed)."""
+    heldout = Path(cfg.output_dir) / "heldout.jsonl"
+    if heldout.is_file():
+        return load_prompts(heldout)
+    if not cfg.val_set_size:
+        raise UserError("val_set_size is 0, so the config holds no rows out to compare on; pass --prompts "
+                        "FILE.jsonl, or set val_set_size (e.g. 0.1) and train again")
+    from transformers import AutoTokenizer
+
+    from tutorforge.data import prepare
+    from tutorforge.models import resolve_base_model
+
+    log.info("%s absent: the held-out split is recomputed from the datasets (val_set_size %g, seed %d)",
+             heldout, cfg.val_set_size, cfg.seed)
+    tokenizer = AutoTokenizer.from_pretrained(str(resolve_base_model(cfg.base_model).path))
+    return prepare(cfg, tokenizer, skip_bad_rows=cfg.tutorforge.skip_bad_rows, config_dir=config_dir).val_rows
+
+
+def training_outputs(cfg, held: list, config_dir: Path | None = None) -> list[str]:
+    """The answers of the config's datasets that are not held out (what training learned from)."""
+    from tutorforge.data import dataset_files, load_files
+
+    keys = {(r.instruction, r.input, r.output) for r in held}
+    return [r.output for r in load_files(dataset_files(cfg.datasets, config_dir)).rows
+            if (r.instruction, r.input, r.output) not in keys]
+
+
+def prompts_and_target(cfg, config_dir: Path | None, *, settings: dict, prompts: Path | None = None,
+                       target_words: int | None = None, max_prompts: int | None = None) -> tuple[list, int]:
+    """The rows to ask (prompts, else tutorforge.compare.prompts, else the config's held-out split; at
+    most max_prompts) and the brevity target (target_words, else tutorforge.compare.target_words,
+    else p90 of the training answers; without a config, p90 of the prompts' references)."""
+    prompts = prompts or (Path(settings["prompts"]) if settings.get("prompts") else None)
+    if prompts is None and cfg is None:
+        raise UserError("compare without a config needs --prompts FILE.jsonl (Alpaca rows)")
+    has_split = cfg is not None and (prompts is None or (Path(cfg.output_dir) / "heldout.jsonl").is_file())
+    held = heldout_rows(cfg, config_dir) if has_split else []
+    rows = load_prompts(prompts) if prompts else held
+    target = target_words or settings.get("target_words")
+    if not target:
+        target = target_words_from(training_outputs(cfg, held, config_dir) if cfg else [r.output for r in rows])
+        log.info("brevity target: %d words (p90 of %s)", target, "the training answers" if cfg else
+                 f"the references in {prompts}; give --target-words or a config to use the training answers")
+    return rows[: max_prompts or settings.get("max_prompts") or None], target

@@ -1,0 +1,316 @@
+"""The whole path in one resumable command: validate, plan, train, merge, export, package, compare.
+
+    tutorforge run recipes/python-tutor-smollm2-cpu.yml
+    tutorforge run recipe.yml --from export        # redo export and every stage after it
+
+Each stage after training records in output_dir/run.json (under "stages") the content hashes of
+its inputs and of the files it wrote. A stage is skipped when its inputs are unchanged and its
+files are still there as written; a stage that was interrupted is redone, keeping what it had
+finished under final names (every file is written atomically) when its inputs are the same, and
+deleting it when they are not. Training resumes from its newest checkpoint on its own.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tutorforge.errors import UserError
+from tutorforge.fsutil import atomic_write, sha256_file
+
+log = logging.getLogger(__name__)
+
+STAGES = ("validate", "plan", "train", "merge", "export", "package", "compare")
+
+
+@dataclass
+class Outcome:
+    stage: str
+    status: str  # "done" | "skipped"
+    seconds: float
+    output: Path | None = None
+    size: int = 0  # bytes of what the stage wrote
+
+
+@dataclass
+class Pipeline:
+    config_path: Path
+    cfg: object  # config.Config
+    run_dir: Path
+    redo: set[str]  # stages that --from forces
+    progress: Callable  # (label, unit) -> context manager yielding a progress callback or None
+    ignore_plan: bool = False
+    stages: dict = field(default_factory=dict)  # the records kept in run.json
+    outcomes: list[Outcome] = field(default_factory=list)
+    decisions: list[str] = field(default_factory=list)
+    comparison: str | None = None  # the A/B table
+
+
+def _no_progress(label: str, unit: str = "steps"):
+    return contextlib.nullcontext(None)
+
+
+def run(config_path: Path, *, start: str | None = None, ignore_plan: bool = False, progress=None) -> Pipeline:
+    """Run every stage of the config's pipeline (from `start` on, redoing it and what follows)."""
+    if start is not None and start not in STAGES:
+        from tutorforge.schema import did_you_mean
+
+        raise UserError(f"--from {start}: not a stage{did_you_mean(start, STAGES)}; stages: {', '.join(STAGES)}")
+    redo = set(STAGES[STAGES.index(start):]) if start else set()
+    p = Pipeline(Path(config_path), None, Path("."), redo, progress or _no_progress, ignore_plan)
+    for name, work in (("validate", _validate), ("plan", _plan), ("train", _train), ("merge", _merge),
+                       ("export", _export), ("package", _package), ("compare", _compare)):
+        begun = time.monotonic()
+        log.info("== %s", name)
+        outcome = work(p)
+        outcome.seconds = time.monotonic() - begun
+        p.outcomes.append(outcome)
+    return p
+
+
+# --- bookkeeping --------------------------------------------------------------------------------
+
+def _file_records(paths: list[Path]) -> dict[str, dict]:
+    return {str(path): {"size": path.stat().st_size, "mtime_ns": path.stat().st_mtime_ns,
+                        "sha256": sha256_file(path)} for path in paths}
+
+
+def _intact(record: dict) -> bool:
+    """The files a stage wrote are still there, unchanged since (size and modification time)."""
+    for name, meta in record.get("files", {}).items():
+        path = Path(name)
+        if not path.is_file() or path.stat().st_size != meta["size"] or path.stat().st_mtime_ns != meta["mtime_ns"]:
+            return False
+    return bool(record.get("files"))
+
+
+def digest(record: dict | None) -> dict[str, str]:
+    """What a later stage depends on: the content hashes of a stage's files."""
+    return {Path(k).name: v["sha256"] for k, v in (record or {}).get("files", {}).items()}
+
+
+def _save(p: Pipeline) -> None:
+    """Write the stage records into run.json (which training wrote), atomically."""
+    from tutorforge.checkpoints import read_run_info
+
+    info = read_run_info(p.run_dir) or {}
+    info["stages"] = p.stages
+    with atomic_write(p.run_dir / "run.json") as fh:
+        json.dump(info, fh, indent=1, default=str)
+
+
+def _stage(p: Pipeline, name: str, inputs: dict, work: Callable[[bool], Path],
+           outputs: Callable[[Path], list[Path]]) -> Outcome:
+    """Skip `name` when its inputs and outputs are as recorded; else run work(resume), where resume
+    says the stage was interrupted on these same inputs, so its finished files may be kept."""
+    record = p.stages.get(name) or {}
+    same = record.get("inputs") == inputs and name not in p.redo
+    if same and record.get("status") == "complete" and _intact(record):
+        log.info("%s: inputs unchanged and outputs complete; skipped", name)
+        return Outcome(name, "skipped", 0.0, Path(record["output"]), sum(f["size"] for f in record["files"].values()))
+    p.stages[name] = {"inputs": inputs, "status": "running"}
+    _save(p)
+    output = work(same and record.get("status") == "running")
+    files = outputs(output)
+    p.stages[name] = {"inputs": inputs, "status": "complete", "output": str(output), "files": _file_records(files)}
+    _save(p)
+    return Outcome(name, "done", 0.0, output, sum(f.stat().st_size for f in files))
+
+
+# --- the stages ---------------------------------------------------------------------------------
+
+def _validate(p: Pipeline) -> Outcome:
+    from tutorforge.config import validate_file
+
+    report = validate_file(p.config_path)
+    for problem in report.warnings:
+        log.warning("%s", problem.render(report.source))
+    if report.errors or report.config is None:
+        from tutorforge.config import ConfigError
+
+        raise ConfigError(report)
+    p.cfg = report.config
+    p.run_dir = Path(p.cfg.output_dir)
+    from tutorforge.checkpoints import read_run_info
+
+    p.stages = (read_run_info(p.run_dir) or {}).get("stages", {})
+    return Outcome("validate", "done", 0.0, p.config_path, p.config_path.stat().st_size)
+
+
+def _plan(p: Pipeline) -> Outcome:
+    from tutorforge.plan import apply_plan
+
+    p.cfg, p.decisions = apply_plan(p.cfg, ignore=p.ignore_plan)
+    for decision in p.decisions:
+        log.info("plan: %s", decision)
+    return Outcome("plan", "done", 0.0)
+
+
+def _train(p: Pipeline) -> Outcome:
+    from tutorforge.checkpoints import read_run_info
+    from tutorforge.train import train
+
+    if "train" in p.redo:  # --from train: start over, no checkpoint
+        for stale in ("run.json", "checkpoints", "adapter", "metrics.jsonl"):
+            target = p.run_dir / stale
+            shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+        p.stages = {}
+    before = read_run_info(p.run_dir) or {}
+    with p.progress("training", "steps") as progress:
+        adapter = train(p.cfg, config_dir=p.config_path.parent, resume=True, progress=progress,
+                        decisions=p.decisions)
+    after = read_run_info(p.run_dir) or {}
+    skipped = before.get("status") == "complete" and before.get("fingerprint") == after.get("fingerprint")
+    if not skipped:
+        p.stages = {}  # a new adapter: every later stage is stale
+    files = sorted(adapter.iterdir())
+    p.stages["train"] = {"inputs": after.get("fingerprint"), "status": "complete", "output": str(adapter),
+                         "files": _file_records(files)}
+    _save(p)
+    return Outcome("train", "skipped" if skipped else "done", 0.0, adapter, sum(f.stat().st_size for f in files))
+
+
+def _merge(p: Pipeline) -> Outcome:
+    from tutorforge.merge import merge
+    from tutorforge.models import resolve_base_model
+
+    out = p.run_dir / "merged"
+
+    def work(resume: bool) -> Path:
+        if not resume:
+            shutil.rmtree(out, ignore_errors=True)
+        with p.progress("merging", "tensors") as progress:
+            return merge(resolve_base_model(p.cfg.base_model).path, p.run_dir / "adapter", out, progress=progress)
+
+    return _stage(p, "merge", {"adapter": digest(p.stages.get("train"))}, work,
+                  lambda d: sorted(f for f in d.iterdir() if f.is_file()))
+
+
+def _export(p: Pipeline) -> Outcome:
+    from tutorforge.export import export_run, run_gguf
+
+    settings = dataclasses.asdict(p.cfg.tutorforge.export)
+    out = p.run_dir / "gguf"
+
+    def work(resume: bool) -> Path:
+        if not resume:
+            shutil.rmtree(out, ignore_errors=True)
+        with p.progress("exporting", "tensors") as progress:
+            report = export_run(p.run_dir, verify=p.cfg.tutorforge.export.verify, progress=progress)
+        _report_verification(report)
+        return run_gguf(p.run_dir, dataclasses.asdict(p.cfg))
+
+    def outputs(_: Path) -> list[Path]:
+        report = json.loads((out / "export.json").read_text())
+        return [Path(f) for f in report["files"].values()] + [out / "export.json"]
+
+    return _stage(p, "export", {"merged": digest(p.stages.get("merge")), "settings": settings}, work, outputs)
+
+
+def _report_verification(report: dict) -> None:
+    for kind, v in report.get("verification", {}).items():
+        log.info("export: %s verified: %s", kind, {k: v[k] for k in ("tokenization_mismatches", "top1_agreement",
+                                                                     "perplexity")})
+    for note in report.get("warnings", []):
+        log.warning("export: %s", note)
+    if report.get("failures"):
+        raise UserError("export verification failed:\n  " + "\n  ".join(report["failures"]))
+
+
+def _package(p: Pipeline) -> Outcome:
+    from tutorforge.export import run_gguf
+    from tutorforge.models import resolve_base_model
+    from tutorforge.ollama import package
+
+    config = dataclasses.asdict(p.cfg)
+    gguf = run_gguf(p.run_dir, config)
+    settings = {"ollama": dataclasses.asdict(p.cfg.tutorforge.ollama), "chat_template": p.cfg.chat_template,
+                "system": p.cfg.default_system_message, "sequence_len": p.cfg.sequence_len}
+
+    def work(resume: bool) -> Path:
+        return package(p.run_dir, config=config, model_dir=resolve_base_model(p.cfg.base_model).path, gguf_path=gguf)
+
+    return _stage(p, "package", {"gguf": digest(p.stages.get("export")).get(gguf.name), "settings": settings},
+                  work, lambda path: [path])
+
+
+def _compare(p: Pipeline) -> Outcome:
+    from tutorforge import compare as ab
+
+    out = p.run_dir / "compare"
+    rows, target = compare_rows(p.cfg, p.run_dir, p.config_path.parent)
+    settings = {**dataclasses.asdict(p.cfg.tutorforge.compare), "target_words": target}
+    inputs = {"tuned": digest(p.stages.get("export")), "rows": [(r.instruction, r.input, r.output) for r in rows],
+              "settings": settings, "system": p.cfg.default_system_message}
+
+    def work(resume: bool) -> Path:
+        base, tuned = generators(p)
+        with p.progress("comparing", "prompts") as progress:
+            result = ab.run_comparison(base, tuned, rows, out_dir=out, target_words=target,
+                                       max_new_tokens=p.cfg.tutorforge.compare.max_new_tokens,
+                                       system=p.cfg.default_system_message, progress=progress)
+        (out / "table.txt").write_text(result.table() + "\n")
+        return out / "report.html"
+
+    outcome = _stage(p, "compare", inputs, work,
+                     lambda _: [out / n for n in ("results.jsonl", "report.md", "report.html", "table.txt")])
+    p.comparison = (out / "table.txt").read_text().rstrip()
+    return outcome
+
+
+def compare_rows(cfg, run_dir: Path, config_dir: Path | None = None) -> tuple[list, int]:
+    """The rows to compare on (the held-out split, or tutorforge.compare.prompts; at most
+    tutorforge.compare.max_prompts) and the brevity target: tutorforge.compare.target_words, else
+    the 90th percentile of the training answers' word counts."""
+    from tutorforge.compare import target_words_from
+    from tutorforge.data import dataset_files, load_files
+
+    settings = cfg.tutorforge.compare
+    heldout = run_dir / "heldout.jsonl"
+    prompts = Path(settings.prompts) if settings.prompts else heldout
+    if not prompts.is_file():
+        raise UserError(f"{prompts}: no prompts to compare on; set val_set_size (held-out rows) or "
+                        "tutorforge.compare.prompts (an Alpaca JSONL file)")
+    rows = load_files([prompts]).rows[: settings.max_prompts or None]
+    if settings.target_words:
+        return rows, settings.target_words
+    held = {(r.instruction, r.input, r.output) for r in load_files([heldout]).rows} if heldout.is_file() else set()
+    training = [r.output for r in load_files(dataset_files(cfg.datasets, config_dir)).rows
+                if (r.instruction, r.input, r.output) not in held]
+    return rows, target_words_from(training)
+
+
+def generators(p: Pipeline):
+    """Base and tuned, both as the GGUF that Ollama would run (the tuned export's quantisation,
+    the base exported by the same writer), prompted exactly as in training."""
+    from transformers import AutoTokenizer
+
+    from tutorforge.evaluate import GGUFGenerator
+    from tutorforge.export import Source, export_model, gguf_path, run_gguf
+    from tutorforge.models import resolve_base_model
+
+    quant = p.cfg.tutorforge.ollama.quantization
+    base_dir = resolve_base_model(p.cfg.base_model).path
+    identity = [str(base_dir.resolve()), quant] + [(f.name, f.stat().st_size, f.stat().st_mtime_ns)
+                                                   for f in sorted(base_dir.glob("*.safetensors"))]
+    key = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:12]
+    base_out = p.run_dir / "compare" / f"base-{key}"  # one export of the base, reused while it is the same
+    base_gguf = gguf_path(base_out, "base", quant)
+    if not base_gguf.is_file():
+        with p.progress("exporting the base", "tensors") as progress:
+            export_model(Source(base_dir), base_out, name="base", outtype="f16", quantizations=(quant,),
+                         progress=progress)
+        if quant != "f16":
+            gguf_path(base_out, "base", "f16").unlink(missing_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
+    kwargs = {"tokenizer": tokenizer, "chat_template": p.cfg.chat_template, "system": p.cfg.default_system_message,
+              "n_ctx": max(p.cfg.sequence_len, 1024)}
+    return (GGUFGenerator(base_gguf, name=f"base ({quant})", **kwargs),
+            GGUFGenerator(run_gguf(p.run_dir, dataclasses.asdict(p.cfg)), name=f"tuned ({quant})", **kwargs))

@@ -1,0 +1,254 @@
+"""compare.py: per-answer scores, aggregates and deltas, results.jsonl, and hostile code in answers."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tutorforge.compare import (Comparison, chrf, load_prompts, python_blocks, run_comparison, score_answer,
+                                target_words_from)
+from tutorforge.data import Row
+from tutorforge.errors import UserError
+from tutorforge.evaluate import Answer
+
+GOOD = "Use len().\n\n```python\nitems = [1, 2, 3]\nprint(len(items))  # 3\n```\n\nTip: len works on strings too."
+WRONG = "Sum them:\n\n```python\nprint(1 + 1)  # 3\n```"
+BROKEN = "```python\ndef f(:\n    pass\n```"
+CRASH = "```python\nprint('start')\n1 / 0\n```"
+SILENT = "```python\nx = 2\n```"
+
+
+def answer(text: str, stopped: bool = True) -> Answer:
+    return Answer(text, len(text.split()) + 1, stopped)
+
+
+def test_words_brevity_and_stop():
+    m = score_answer(answer("one two three four five", stopped=False), None, target_words=5)
+    assert (m["words"], m["brief"], m["stopped"], m["has_code"]) == (5, True, False, False)
+    assert m["code_parses"] is m["code_runs"] is m["outputs_match"] is m["chrf"] is None
+    assert score_answer(answer("one two three four five six"), None, target_words=5)["brief"] is False
+
+
+@pytest.mark.parametrize("text, parses, runs, stated, match, kinds", [
+    (GOOD, True, True, True, True, ["ok"]),
+    (WRONG, True, True, True, False, ["mismatch"]),
+    (BROKEN, False, False, False, None, ["syntax"]),
+    (CRASH, True, False, False, None, ["error"]),
+    (SILENT, True, True, False, None, ["ok"]),
+    (GOOD + "\n\n" + WRONG, True, True, True, False, ["ok", "mismatch"]),
+])
+def test_code_is_run_and_judged(text, parses, runs, stated, match, kinds):
+    m = score_answer(answer(text), None, target_words=100)
+    assert m["has_code"] is True
+    assert (m["code_parses"], m["code_runs"], m["outputs_stated"], m["outputs_match"]) == (parses, runs, stated, match)
+    assert [b["kind"] for b in m["sandbox"]] == kinds
+
+
+def test_an_unclosed_block_cut_at_max_tokens_counts_as_code():
+    assert python_blocks("Here:\n```python\nfor i in range(3):\n    print(i") == ["for i in range(3):\n    print(i\n"]
+    m = score_answer(answer("Here:\n```python\nfor i in range(3):\n    print(i", stopped=False), None, target_words=50)
+    assert m["has_code"] and m["code_parses"] is False
+    assert python_blocks("```js\nconsole.log(1)\n```\n") == []  # other languages are not Python code
+
+
+def test_chrf_against_the_reference():
+    reference = "A list keeps items in order; use append to add one."
+    assert chrf(reference, reference) == pytest.approx(100.0)
+    assert chrf("zzzz qqqq", "aaaa bbbb") == pytest.approx(0.0)
+    close, far = chrf("A list keeps its items in order.", reference), chrf("Tuples are immutable.", reference)
+    assert 0 < far < close < 100
+    assert score_answer(answer(reference), reference, target_words=50)["chrf"] == pytest.approx(100.0)
+
+
+def test_target_words_is_the_90th_percentile():
+    outputs = [" ".join(["w"] * n) for n in range(1, 11)]  # 1..10 words: p90 (inclusive) = 9.1
+    assert target_words_from(outputs) == 10
+    assert target_words_from(["a b c"] * 7) == 3
+    assert target_words_from(["a b"]) == 2
+    with pytest.raises(UserError, match="target_words"):
+        target_words_from(["", "  "])
+
+
+class Scripted:
+    """A Generator that answers from a table and reports a fixed perplexity."""
+
+    def __init__(self, name: str, answers: dict[str, Answer], ppl: float):
+        self.name, self.answers, self.ppl, self.calls = name, answers, ppl, []
+
+    def generate(self, instruction, input="", *, system=None, max_new_tokens=256):
+        self.calls.append((instruction, system, max_new_tokens))
+        return self.answers[instruction]
+
+    def perplexity(self, rows, *, system=None):
+        self.calls.append(("perplexity", len(rows)))
+        return self.ppl
+
+
+ROWS = [Row("What is len?", "", "Use len().\n\n```python\nprint(len([1, 2, 3]))  # 3\n```", "p.jsonl:1"),
+        Row("Add two numbers.", "2 and 3", "Use +: `2 + 3` is 5.", "p.jsonl:2"),
+        Row("What is a set?", "", "", "p.jsonl:3")]  # no reference
+
+
+def fake_pair():
+    ramble = " ".join(["word"] * 40)
+    base = Scripted("base-model", {r.instruction: answer(ramble, stopped=False) for r in ROWS}, 12.0)
+    tuned = Scripted("tuned-model", {ROWS[0].instruction: answer(GOOD),
+                                     ROWS[1].instruction: answer("Use +: `2 + 3` is 5."),
+                                     ROWS[2].instruction: answer(WRONG)}, 4.0)
+    return base, tuned
+
+
+def test_comparison_of_a_fake_pair(tmp_path):
+    base, tuned = fake_pair()
+    ticks = []
+    result = run_comparison(base, tuned, ROWS, out_dir=tmp_path, max_new_tokens=64, target_words=20,
+                            system="Be brief.", progress=lambda done, total: ticks.append((done, total)))
+    assert ticks == [(1, 3), (2, 3), (3, 3)]
+    assert base.calls[0] == ("What is len?", "Be brief.", 64)
+    assert ("perplexity", 2) in base.calls  # only rows with a reference
+    b, t = result.aggregates["base"], result.aggregates["tuned"]
+    assert (b["brevity_pct"], b["mean_words"], b["stopped_pct"], b["has_code_pct"]) == (0.0, 40.0, 0.0, 0.0)
+    assert b["code_runs_pct"] is None and b["perplexity"] == 12.0
+    assert t["brevity_pct"] == 100.0 and t["mean_words"] == pytest.approx((18 + 7 + 9) / 3)  # counted by hand
+    assert t["has_code_pct"] == pytest.approx(200 / 3) and t["code_runs_pct"] == 100.0
+    assert t["outputs_match_pct"] == 50.0 and t["perplexity"] == 4.0
+    assert t["mean_chrf"] == pytest.approx((chrf(GOOD, ROWS[0].output) + 100.0) / 2)
+    assert result.delta("brevity_pct") == 100.0 and result.delta("perplexity") == -8.0
+
+    lines = (tmp_path / "results.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [r["source"] for r in records] == ["p.jsonl:1", "p.jsonl:2", "p.jsonl:3"]
+    assert records[2]["reference"] is None and records[2]["tuned"]["chrf"] is None
+    assert records[0]["tuned"]["text"] == GOOD and records[0]["tuned"]["sandbox"] == [{"kind": "ok", "detail": ""}]
+    assert records[2]["tuned"]["sandbox"][0]["kind"] == "mismatch"
+    assert records[1]["base"]["stopped"] is False and records[1]["tuned"]["words"] == 7
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["aggregates"]["tuned"]["perplexity"] == 4.0 and summary["settings"]["target_words"] == 20
+    assert {p.name for p in tmp_path.iterdir()} == {"results.jsonl", "report.md", "report.html", "summary.json"}
+    assert "| brevity: at most 20 words (%) | 0.0 | 100.0 | +100.0 |" in (tmp_path / "report.md").read_text()
+
+
+def test_table_shows_both_sides_and_the_delta():
+    aggregates = {"base": {"answers": 4.0, "brevity_pct": 25.0, "mean_words": 120.5, "perplexity": 9.25,
+                           "code_runs_pct": None},
+                  "tuned": {"answers": 4.0, "brevity_pct": 75.0, "mean_words": 60.0, "perplexity": 6.0,
+                            "code_runs_pct": 50.0}}
+    table = Comparison({"base": "A", "tuned": "B"}, [], aggregates, {"target_words": 80, "max_new_tokens": 128}).table()
+    lines = table.splitlines()
+    assert lines[0].split() == ["metric", "base", "(A)", "tuned", "(B)", "delta"]
+    row = {line.split("  ")[0].strip(): line.split()[-3:] for line in lines[2:-1]}
+    assert row["brevity: at most 80 words (%)"] == ["25.0", "75.0", "+50.0"]
+    assert row["mean words"] == ["120.5", "60.0", "-60.5"]
+    assert row["perplexity of the references"] == ["9.2", "6.0", "-3.2"]
+    assert row["code runs (% of answers with code)"] == ["-", "50.0", "-"]  # nothing to compare with
+    assert lines[-1].startswith("4 prompts, greedy, max_new_tokens 128")
+
+
+HOSTILE = {  # instruction -> (code, the kind the sandbox must record, words in its detail)
+    "write outside": ("open({escape!r}, 'w').write('x')", "error", "No such file"),
+    "fork bomb": ("import os\nwhile True:\n    os.fork()", "error", "processes"),
+    "ten gigabytes": ("x = bytearray(10 * 1024 ** 3)", "memory", "MB"),
+    "endless loop": ("while True:\n    pass", "timeout", "5 s"),  # of CPU, or of wall clock under load
+    "network": ("import socket\nsocket.create_connection(('1.1.1.1', 80), timeout=3)", "error", "unreachable"),
+    "read home": ("print(open({secret!r}).read())", "error", "No such file"),
+}
+
+
+def test_hostile_code_in_answers_is_recorded_and_the_comparison_completes(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "secret.txt").write_text("TOKEN")
+    monkeypatch.setenv("HOME", str(home))
+    escape = tmp_path / "escaped.txt"
+    fill = {"escape": str(escape), "secret": str(home / "secret.txt")}
+    rows = [Row(name, "", "", f"hostile:{i}") for i, name in enumerate(HOSTILE)]
+    tuned = Scripted("tuned", {name: answer(f"Try this:\n```python\n{code.format(**fill)}\n```")
+                               for name, (code, _, _) in HOSTILE.items()}, 3.0)
+    base = Scripted("base", {name: answer("No code.") for name in HOSTILE}, 5.0)
+    result = run_comparison(base, tuned, rows, out_dir=tmp_path / "out", max_new_tokens=32, target_words=50)
+    records = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert len(records) == len(HOSTILE)
+    for record, (name, (_, kind, words)) in zip(records, HOSTILE.items()):
+        (block,) = record["tuned"]["sandbox"]
+        assert block["kind"] == kind and words in block["detail"], (name, block)
+    assert not escape.exists()
+    assert result.aggregates["tuned"]["code_runs_pct"] == 0.0 and result.aggregates["tuned"]["perplexity"] is None
+    assert "fork bomb" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_prompts_file_with_optional_references(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"instruction": "Explain zip.", "output": "zip pairs items."}\n\n'
+                    '{"instruction": "Explain map.", "input": null}\n')
+    rows = load_prompts(path)
+    assert [(r.instruction, r.input, r.output, r.source) for r in rows] == [
+        ("Explain zip.", "", "zip pairs items.", f"{path}:1"), ("Explain map.", "", "", f"{path}:3")]
+    path.write_text('{"instruction": "ok"}\n{"input": "no instruction"}\n')
+    with pytest.raises(UserError, match=r"p.jsonl:2: needs a non-empty \"instruction\""):
+        load_prompts(path)
+    path.write_text('{"instruction": "ok"\n')
+    with pytest.raises(UserError, match=r"p.jsonl:1: not JSON"):
+        load_prompts(path)
+    with pytest.raises(UserError, match="no such prompts file"):
+        load_prompts(tmp_path / "missing.jsonl")
+
+
+def test_no_prompts_is_an_error(tmp_path):
+    base, tuned = fake_pair()
+    with pytest.raises(UserError, match="no prompts"):
+        run_comparison(base, tuned, [], out_dir=tmp_path, max_new_tokens=8, target_words=5)
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+class Fixed:
+    """A Generator that gives every prompt the same answer."""
+
+    def __init__(self, name: str, text: str):
+        self.name, self.text, self.calls = name, text, []
+
+    def generate(self, instruction, input="", *, system=None, max_new_tokens=256):
+        self.calls.append((instruction, system, max_new_tokens))
+        return answer(self.text)
+
+    def perplexity(self, rows, *, system=None):
+        return 5.0
+
+
+def test_cli_compare_takes_its_defaults_from_the_config(tmp_path, monkeypatch, capsys):
+    from tutorforge import cli
+
+    train = [{"instruction": f"q{n}", "input": "", "output": " ".join(["w"] * n)} for n in range(1, 18)]
+    held = [{"instruction": f"held {n}", "input": "", "output": " ".join(["long"] * 100)} for n in range(3)]
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in train + held))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "heldout.jsonl").write_text("".join(json.dumps(r) + "\n" for r in held))  # as training writes it
+    config = tmp_path / "c.yml"
+    config.write_text(f"base_model: smollm2\nadapter: lora\ndatasets:\n  - path: {data}\nval_set_size: 3\n"
+                      f"output_dir: {run}\ndefault_system_message: Be brief.\n"
+                      "tutorforge:\n  compare: {max_new_tokens: 32}\n")
+    opened = {}
+
+    def fake_open(spec, *, adapter=None, tokenizer_dir=None, chat_template=None, system=None, name=None):
+        gen = Fixed(name, "short answer" if str(spec) == str(run) else " ".join(["ramble"] * 30))
+        opened[str(spec)] = {"adapter": adapter, "system": system, "tokenizer_dir": tokenizer_dir, "gen": gen}
+        return gen
+
+    monkeypatch.setattr("tutorforge.evaluate.open_generator", fake_open)
+    assert cli.main(["compare", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "brevity: at most 16 words (%)" in out  # p90 of the 17 training answers (1..17 words), not held-out
+    assert set(opened) == {"smollm2", str(run)} and opened[str(run)]["system"] == "Be brief."
+    assert opened["smollm2"]["tokenizer_dir"] is not None  # GGUF sides would tokenize like training
+    records = [json.loads(line) for line in (run / "compare" / "results.jsonl").read_text().splitlines()]
+    assert [r["instruction"] for r in records] == ["held 0", "held 1", "held 2"]
+    assert records[0]["tuned"]["brief"] and not records[0]["base"]["brief"]
+    assert opened["smollm2"]["gen"].calls[0] == ("held 0", "Be brief.", 32)  # tutorforge.compare.max_new_tokens
+
+    assert cli.main(["compare", str(config), "--max-prompts", "1", "--out", str(tmp_path / "one")]) == 0
+    assert "brevity: at most 16 words (%)" in capsys.readouterr().out  # the whole split stays held out
+    assert len((tmp_path / "one" / "results.jsonl").read_text().splitlines()) == 1
+
+    assert cli.main(["compare", "--base", "smollm2", "--tuned", str(run)]) == 2
+    assert "needs --prompts" in capsys.readouterr().err

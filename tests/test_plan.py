@@ -1,0 +1,355 @@
+"""plan.py and hardware.py: the memory plan, its formulas against what autograd keeps, its fixes,
+the hardware profiles and model shapes, and (slow) predicted vs measured peak RSS of training."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+import yaml
+
+from conftest import ROOT
+from tutorforge import cli, hardware, plan
+from tutorforge.config import load_config, parse
+from tutorforge.errors import UserError
+
+RECIPE = ROOT / "recipes" / "python-tutor-llama3-8b-rtx3060.yml"
+GB = 2**30
+
+
+def config(**changes):
+    """The seed recipe with some keys changed (datasets resolved from the repository)."""
+    settings = yaml.safe_load(RECIPE.read_text())
+    settings["datasets"] = [{"path": str(ROOT / "data" / "python_tutor.jsonl")}]
+    tf = settings.setdefault("tutorforge", {})
+    tf.update(changes.pop("tutorforge", {}))
+    settings.update(changes)
+    report = parse(yaml.safe_dump(settings), "test.yml")
+    assert not report.errors, report.render()
+    return report.config
+
+
+def line(p: plan.Plan, start: str) -> plan.Line:
+    return next(x for x in p.lines if x.name.strip().startswith(start))
+
+
+# --- hardware profiles and detection ------------------------------------------------------------
+
+@pytest.mark.parametrize("name", list(hardware.PROFILES))
+def test_every_hardware_profile(name):
+    hw = hardware.profile(name)
+    device, memory, ram, bf16, _ = hardware.PROFILES[name]
+    assert hw.name == name and hw.device == device
+    if device == "cpu":
+        assert hw.memory_gb == hw.ram_gb == pytest.approx(hardware.machine_ram_gb())
+        assert hw.bf16 == hardware.cpu_has_bf16()
+    else:
+        assert hw.memory_gb == memory and hw.ram_gb == ram and hw.bf16 is bf16
+        assert int(name.rsplit("-", 1)[1].removesuffix("gb")) == pytest.approx(hw.memory_gb, abs=1.1)
+    assert hardware.profile(name, ram_gb=7.5).ram_gb == 7.5
+
+
+def test_detects_this_machine():
+    hw = hardware.detect()
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        assert hw.device == "cuda" and hw.memory_gb == pytest.approx(props.total_memory / GB)
+    else:
+        assert (hw.name, hw.device) == ("cpu", "cpu")
+        assert hw.memory_gb == pytest.approx(hardware.machine_ram_gb()) and hw.memory_gb > 1
+
+
+def test_unknown_gpu_names_the_closest(capsys):
+    assert cli.main(["plan", str(RECIPE), "--gpu", "rtx3060"]) == 2
+    err = capsys.readouterr().err
+    assert "--gpu rtx3060: unknown hardware profile; did you mean `rtx3060-12gb`?" in err
+    with pytest.raises(UserError, match="did you mean `a100-80gb`"):
+        hardware.profile("a100-80")
+
+
+def test_tutorforge_section_keys_validate():
+    assert config(tutorforge={"auto_fit": True, "hardware": "t4-16gb"}).tutorforge.hardware == "t4-16gb"
+    report = parse("base_model: smollm2\nadapter: lora\ntutorforge:\n  hardware: rtx4090\n", "x.yml")
+    assert "tutorforge.hardware" in report.render() and "did you mean `rtx4090-24gb`" in report.render()
+
+
+# --- model shapes -------------------------------------------------------------------------------
+
+def test_shape_from_a_local_config_json(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({
+        "model_type": "llama", "hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 3,
+        "num_attention_heads": 8, "num_key_value_heads": 2, "vocab_size": 1000, "tie_word_embeddings": True,
+        "dtype": "bfloat16"}))
+    shape = hardware.model_shape(str(tmp_path))
+    assert (shape.hidden, shape.intermediate, shape.layers, shape.heads, shape.kv_heads, shape.head_dim,
+            shape.vocab, shape.tied, shape.dtype_bytes) == (256, 688, 3, 8, 2, 32, 1000, True, 2)
+    assert shape.source == str(tmp_path / "config.json")
+    assert shape.params == 3 * (256 * 256 * 2 + 256 * 64 * 2 + 3 * 256 * 688) + 1000 * 256 + 7 * 256
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 768}))
+    with pytest.raises(hardware.ShapeUnknown, match="model_type 'gpt2'"):
+        hardware.model_shape(str(tmp_path))
+
+
+def test_shape_from_gguf_metadata():
+    from tutorforge.models import bundled_gguf
+
+    shape = hardware.shape_from_gguf(bundled_gguf())
+    assert (shape.hidden, shape.intermediate, shape.layers, shape.heads, shape.kv_heads, shape.head_dim,
+            shape.vocab, shape.tied) == (576, 1536, 30, 9, 3, 64, 49152, True)
+    assert shape.params == 134_515_008  # what transformers counts for SmolLM2-135M (DESIGN.md: 134.5M)
+    converted = hardware.model_shape("smollm2")  # the cached conversion's config.json, same numbers
+    assert converted.source.endswith("config.json") or converted.source == str(bundled_gguf())
+    assert dataclasses.replace(converted, name="", source="") == dataclasses.replace(shape, name="", source="")
+    table = hardware.shape_from_table("HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert dataclasses.replace(table, name="", source="", dtype_bytes=4) == \
+        dataclasses.replace(shape, name="", source="")
+
+
+@pytest.mark.parametrize("hub_id, params", [  # parameter counts published with each model
+    ("NousResearch/Meta-Llama-3-8B", 8.03e9), ("meta-llama/Llama-3.2-1B", 1.24e9),
+    ("meta-llama/Llama-3.2-3B-Instruct", 3.21e9), ("mistralai/Mistral-7B-v0.1", 7.24e9),
+    ("Qwen/Qwen2.5-7B", 7.62e9), ("HuggingFaceTB/SmolLM2-135M", 134.5e6),
+    ("HuggingFaceTB/SmolLM2-360M-Instruct", 361.8e6), ("HuggingFaceTB/SmolLM2-1.7B", 1.71e9)])
+def test_the_built_in_table_covers_well_known_models(hub_id, params):
+    shape = hardware.model_shape(hub_id)  # offline: nothing of these is on this machine
+    assert shape.source in ("built-in table", ) or shape.source.endswith("config.json")
+    assert shape.params == pytest.approx(params, rel=0.01)
+
+
+def test_unknown_model_says_how_to_plan_it():
+    with pytest.raises(hardware.ShapeUnknown, match="meta-llama-3-8b"):
+        hardware.model_shape("someone/Meta-Llama-3-8b-typo")
+
+
+# --- the formulas -------------------------------------------------------------------------------
+
+def test_seed_config_on_rtx3060(capsys):
+    p = plan.plan_training(config(), hardware="rtx3060-12gb")
+    print(p.render())
+    linear = 32 * (4096 * 4096 * 2 + 4096 * 1024 * 2 + 3 * 4096 * 14336)
+    assert linear == 6_979_321_856
+    assert sum(r * c for r, c in plan.lora_tensors(p.settings, p.shape)) == 83_886_080
+    assert line(p, "linear weights").gb == pytest.approx(linear * (0.5 + 1 / 64 + 1 / 4096) / GB)
+    assert line(p, "embeddings").gb == pytest.approx((2 * 128256 * 4096 + 65 * 4096) * 4 / GB)
+    assert line(p, "LoRA parameters").gb == line(p, "gradients").gb == pytest.approx(83_886_080 * 4 / GB)
+    assert line(p, "optimizer").gb == pytest.approx(83_886_080 * (2 + 8 / 256) / GB)
+    assert line(p, "activations").gb == pytest.approx(
+        (32 * 1024 * 4096 * 4 + 1024 * 4096 * 4 + 1024 * 1024 + 2 * 1024 * 128 * 4) / GB)
+    assert line(p, "logits").gb == pytest.approx((1023 * 128256 * 12 + 128256 * 4096 * 2) / GB)
+    assert 8 < p.total_gb < 13
+    assert p.total_gb == pytest.approx(sum(x.gb for x in p.lines if not x.name.startswith("  ")))
+    assert p.fits == (p.peak_gb <= 12.0) and p.margin_gb == pytest.approx(12.0 - p.peak_gb)
+    out = capsys.readouterr().out
+    assert "verdict: " in out and "verifying the export" in out and "DOES NOT FIT" in out  # 30 GB of 16
+
+
+def test_larger_micro_batches_cost_what_their_tokens_cost():
+    one, two = (plan.plan_training(config(micro_batch_size=m), hardware="rtx3060-12gb") for m in (1, 2))
+    assert line(two, "logits").gb - line(one, "logits").gb == pytest.approx(1023 * 128256 * 12 / GB)
+    assert line(two, "activations").gb == pytest.approx(2 * line(one, "activations").gb, rel=0.01)
+    off = plan.plan_training(config(gradient_checkpointing=False), hardware="rtx3060-12gb")
+    assert line(off, "activations").gb > 10 * line(one, "activations").gb  # every layer's tensors
+
+
+def test_optimizer_states_by_type():
+    s = plan.settings(config(), hardware.profile("a100-80gb"), 32)
+    tensors = plan.lora_tensors(s, hardware.model_shape("NousResearch/Meta-Llama-3-8B"))
+    n = sum(r * c for r, c in tensors)
+    assert plan._optimizer("adamw_torch", tensors, 4) == n * 8
+    assert plan._optimizer("sgd", tensors, 4) == 0
+    assert plan._optimizer("adafactor", tensors, 4) == sum((r + c) * 4 for r, c in tensors)
+    small = [(8, 192)]  # under bitsandbytes' min_8bit_size: 32-bit states
+    assert plan._optimizer("adamw_bnb_8bit", small, 4) == 8 * 192 * 8
+
+
+def test_embeddings_trained_in_full_are_counted():
+    plain = plan.plan_training(config(), hardware="a100-40gb")
+    saved = plan.plan_training(config(lora_modules_to_save=["embed_tokens", "lm_head"]), hardware="a100-40gb")
+    extra = line(saved, "LoRA parameters").gb - line(plain, "LoRA parameters").gb
+    assert extra == pytest.approx(2 * 128256 * 4096 * 4 / GB)
+
+
+def tiny_llama(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=320, hidden_size=64, intermediate_size=192, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         tie_word_embeddings=False)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(tmp_path)
+    return tmp_path
+
+
+def saved_bytes_per_layer(model, batch, autocast: bool) -> list[int]:
+    """Bytes of new tensors autograd keeps, by decoder layer (weights excluded)."""
+    from tutorforge.train import loss_sum
+
+    owned = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    for m in model.modules():
+        state = getattr(getattr(m, "weight", None), "quant_state", None)
+        for t in (state.absmax, state.state2.absmax if state.state2 else None) if state else ():
+            if t is not None:
+                owned.add(t.untyped_storage().data_ptr())
+    seen, per, where = set(), {}, [None]
+
+    def pack(x):
+        ptr = x.untyped_storage().data_ptr()
+        if ptr not in owned and ptr not in seen and where[0] is not None:
+            seen.add(ptr)
+            per[where[0]] = per.get(where[0], 0) + x.untyped_storage().nbytes()
+        return x
+
+    layers = model.base_model.model.model.layers
+    for j, layer in enumerate(layers):
+        layer.register_forward_pre_hook(lambda m, a, j=j: where.__setitem__(0, j))
+        layer.register_forward_hook(lambda m, a, o: where.__setitem__(0, None))
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x), ctx:
+        loss_sum(model, batch)
+    return [per[j] for j in range(len(layers))]
+
+
+@pytest.mark.parametrize("mode", ["fp32", "fp32 packed", "fp32 dropout", "nf4", "nf4 bf16", "nf4 bf16 packed",
+                                  "bf16 autocast", "bf16 weights", "nf4 bf16 dropout q_proj v_proj"])
+def test_layer_activations_are_what_autograd_keeps(tmp_path, mode):
+    """Each term of plan.layer_activations against the tensors autograd saves, on CPU: fp32 and
+    bf16 autocast, a 4-bit base, packed samples (a mask), dropout, some modules only; "bf16
+    weights" is how CUDA stores a 16-bit base (compute dtype weights)."""
+    from tutorforge.lora import add_lora, load_base
+
+    words = mode.split()
+    quant = "nf4" if "nf4" in words else None
+    half = "bf16" in words
+    targets = tuple(w for w in words if w.endswith("_proj"))
+    model = load_base(tiny_llama(tmp_path), quant=quant, double_quant=True,
+                      dtype=torch.bfloat16 if half else torch.float32, device=torch.device("cpu"),
+                      gradient_checkpointing=False)
+    if "weights" in words:
+        model.to(torch.bfloat16)
+    model = add_lora(model, r=4, alpha=8, dropout=0.1 if "dropout" in words else 0.0, target_linear=not targets,
+                     target_modules=targets, modules_to_save=(), fan_in_fan_out=False)
+    model.train()
+    seq, mb = 48, 2
+    positions = torch.cat([torch.arange(20), torch.arange(seq - 20)]) if "packed" in words else torch.arange(seq)
+    ids = torch.randint(0, 320, (mb, seq))
+    batch = {"input_ids": ids, "labels": ids.clone(), "position_ids": positions.expand(mb, -1)}
+    measured = saved_bytes_per_layer(model, batch, autocast=half)
+    cfg = parse(yaml.safe_dump({"base_model": "x/y", "adapter": "qlora" if quant else "lora",
+                                "load_in_4bit": bool(quant), "lora_r": 4, "lora_target_linear": not targets,
+                                "lora_target_modules": list(targets), "sequence_len": seq,
+                                "lora_dropout": 0.1 if "dropout" in words else 0.0, "micro_batch_size": mb,
+                                "sample_packing": "packed" in words, "bf16": half}), "t.yml").config
+    hw = hardware.Hardware("t", "cuda" if "weights" in words else "cpu", 1, 1, half, "test")
+    shape = hardware.shape_from_config(tmp_path / "config.json")
+    predicted = plan.layer_activations(plan.settings(cfg, hw, 3), shape, hw, mb * seq)
+    assert measured[1:] == [predicted, predicted], (mode, measured, predicted)
+
+
+# --- fixes, auto_fit and train's refusal --------------------------------------------------------
+
+def too_big(**extra):
+    return config(micro_batch_size=8, gradient_accumulation_steps=1, gradient_checkpointing=False,
+                  sequence_len=4096, **extra)
+
+
+def test_fixes_keep_the_effective_batch_and_fit():
+    p = plan.plan_training(too_big(), hardware="rtx3060-12gb")
+    assert not p.fits and p.fixes
+    changes = {f.key: f.new for f in p.fixes}
+    assert changes["micro_batch_size"] * changes["gradient_accumulation_steps"] == 8
+    assert changes["gradient_checkpointing"] is True
+    fixed = plan.plan_training(dataclasses.replace(too_big(), **changes), hardware="rtx3060-12gb")
+    assert fixed.fits and fixed.peak_gb == pytest.approx(p.fixed_gb)
+    assert "the smallest changes that fit" in p.render()
+    if "sequence_len" in changes:  # the last resort: only as long as nothing else was enough
+        longer = dataclasses.replace(too_big(), **{**changes, "sequence_len": changes["sequence_len"] + 64})
+        assert not plan.plan_training(longer, hardware="rtx3060-12gb").fits
+
+
+def test_micro_batch_alone_when_that_is_enough():
+    p = plan.plan_training(config(micro_batch_size=4, gradient_accumulation_steps=2), vram_gb=14)
+    assert [f.key for f in p.fixes] == ["micro_batch_size", "gradient_accumulation_steps"]
+    m = p.fixes[0].new
+    assert p.fixes[1].new == 8 // m and m in (2, 1)
+    bigger = plan.plan_training(config(micro_batch_size=m * 2, gradient_accumulation_steps=8 // (m * 2)), vram_gb=14)
+    assert not bigger.fits  # the largest micro batch that fits was chosen
+
+
+def test_auto_fit_applies_the_fixes_and_says_why():
+    cfg, decisions = plan.apply_plan(too_big(tutorforge={"auto_fit": True}), hardware="rtx3060-12gb")
+    assert cfg.micro_batch_size * cfg.gradient_accumulation_steps == 8 and cfg.gradient_checkpointing
+    assert decisions[0].startswith(f"micro_batch_size 8 -> {cfg.micro_batch_size} (plan: ")
+    assert " GB > 12.0 GB)" in decisions[0]
+    assert any(d.startswith("gradient_checkpointing false -> true") for d in decisions)
+    assert plan.plan_training(cfg, hardware="rtx3060-12gb").fits
+
+
+def test_without_auto_fit_train_refuses_and_the_flag_overrides():
+    with pytest.raises(UserError) as refused:
+        plan.apply_plan(too_big(), hardware="rtx3060-12gb")
+    text = str(refused.value)
+    assert "does not fit" in text and "micro_batch_size 8 -> " in text
+    assert "auto_fit: true" in text and "--ignore-plan" in text
+    cfg, decisions = plan.apply_plan(too_big(), hardware="rtx3060-12gb", ignore=True)
+    assert cfg == too_big() and "training anyway (--ignore-plan)" in decisions[0]
+    fine, decisions = plan.apply_plan(config(), hardware="a100-40gb")
+    assert fine == config() and decisions[0].startswith("memory plan on a100-40gb: fits: ")
+
+
+def test_train_command_stops_before_loading_anything(tmp_path, capsys, monkeypatch):
+    settings = yaml.safe_load(RECIPE.read_text())
+    settings.update(micro_batch_size=8, gradient_accumulation_steps=1, gradient_checkpointing=False,
+                    sequence_len=4096, output_dir=str(tmp_path / "out"),
+                    datasets=[{"path": str(ROOT / "data" / "python_tutor.jsonl")}])
+    settings["tutorforge"]["hardware"] = "rtx3060-12gb"
+    path = tmp_path / "big.yml"
+    path.write_text(yaml.safe_dump(settings))
+    assert cli.main(["train", str(path)]) == 2
+    assert "memory plan on rtx3060-12gb: training does not fit" in capsys.readouterr().err
+    # --ignore-plan goes on to training, which needs the model itself: here it is not downloaded
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    assert cli.main(["train", str(path), "--ignore-plan"]) == 2
+    assert "NousResearch/Meta-Llama-3-8B is not on this machine" in capsys.readouterr().err
+
+
+def test_plan_command(capsys):
+    code = cli.main(["plan", str(RECIPE), "--gpu", "rtx3060-12gb"])
+    out = capsys.readouterr().out
+    assert f"memory plan: {RECIPE} on rtx3060-12gb (12.0 GB VRAM, 16.0 GB RAM" in out
+    for name in ("linear weights, nf4", "LoRA parameters", "optimizer states, adamw_bnb_8bit", "activations",
+                 "logits and loss", "framework", "total", "merging", "exporting"):
+        assert name in out
+    assert code == (0 if "verdict: fits" in out else 1)
+    assert cli.main(["plan", str(RECIPE), "--vram", "24"]) == 0
+    assert "verdict: fits: " in capsys.readouterr().out
+    assert cli.main(["plan", str(RECIPE), "--gpu", "cpu", "--ram", "8"]) == 1  # 8B on an 8 GB laptop
+    assert "GB RAM (" in capsys.readouterr().out
+
+
+# --- accuracy on this machine -------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_predicted_peak_rss_of_training_the_bundled_model_is_within_20_percent(tmp_path, bundled):
+    """The mission's QLoRA settings (4-bit NF4, r 32 on every linear layer, 8-bit AdamW, gradient
+    checkpointing) on the bundled SmolLM2-135M, on CPU, 3 steps: ru_maxrss against the plan."""
+    from test_train import smollm_config, tutorforge
+
+    path = smollm_config(tmp_path, rows=60, adapter="qlora", load_in_4bit=True, lora_r=32, lora_alpha=16,
+                         micro_batch_size=1, gradient_accumulation_steps=1, optimizer="adamw_bnb_8bit",
+                         gradient_checkpointing=True, max_steps=3, save_steps=100)
+    predicted = plan.plan_training(load_config(path), hardware="cpu").total_gb
+    proc = tutorforge("train", str(path))
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    rows = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    measured = max(r["peak_mem_gb"] for r in rows)
+    print(f"peak RSS: predicted {predicted:.2f} GB, measured {measured:.2f} GB "
+          f"({(predicted - measured) / measured:+.1%})")
+    assert abs(predicted - measured) / measured <= 0.20
+    info = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert info["decisions"][0].startswith("memory plan on cpu: fits: ")
+    assert math.isclose(float(info["decisions"][0].split("fits: ")[1].split(" GB")[0]), predicted, abs_tol=0.05)
