@@ -1,4 +1,4 @@
-# make demo: create .venv, install, run the main job on the bundled defaults.
+# make demo: create .venv, install, run the whole pipeline (tutorforge run) on the bundled recipe.
 # make test: create .venv, install, run every test (slow ones included).
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -17,10 +17,11 @@ $(STAMP): pyproject.toml scripts/setup_env.py
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/tutorforge validate $(RECIPE)
-	$(VENV)/bin/tutorforge generate $(RECIPE) --prompt "How do I reverse a list in Python?"
+	bash scripts/system_deps.sh
+	$(VENV)/bin/tutorforge run $(RECIPE)
 
 test: $(STAMP)
+	bash scripts/system_deps.sh --test
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 clean:

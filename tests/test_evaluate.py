@@ -135,3 +135,15 @@ def test_open_generator_dispatch_and_errors(run_dir, bundled):
     (run_dir / "empty" / "run.json").write_text(json.dumps({"config": {"base_model": "smollm2"}}))
     with pytest.raises(UserError, match="no adapter"):
         open_generator(run_dir / "empty")
+
+
+def test_the_repeat_penalty_is_llama_cpp_s():
+    """Each distinct recent token once: positive logits divided, negative ones multiplied."""
+    import numpy as np
+
+    from tutorforge.evaluate import penalize_repeats
+
+    logits = np.array([2.0, -1.0, 0.5, 3.0])
+    out = penalize_repeats(logits, [0, 1, 1, 0], 2.0)
+    assert out.tolist() == [1.0, -2.0, 0.5, 3.0]
+    assert int(np.argmax(penalize_repeats(np.array([3.0, 2.9]), [0], 1.1))) == 1  # a repeat loses a near tie

@@ -119,6 +119,11 @@ def test_modelfile_fields(tokenizer):
     assert parsed["TEMPLATE"] == family.template and parsed["SYSTEM"] == "Be brief."
     assert ("stop", '"<|im_end|>"') in parsed["PARAMETER"] and ("num_ctx", "512") in parsed["PARAMETER"]
     assert ("temperature", "0") in parsed["PARAMETER"] and parsed["LICENSE"] == "apache-2.0"
+    assert ("repeat_penalty", "1.1") in parsed["PARAMETER"] and ("repeat_last_n", "64") in parsed["PARAMETER"]
+    from tutorforge.ollama import create_request
+
+    parameters = create_request("tutor", parsed, "tutor.Q4_K_M.gguf", "0" * 64)["parameters"]
+    assert parameters["repeat_penalty"] == 1.1 and parameters["repeat_last_n"] == 64
 
 
 def test_package_command_writes_the_modelfile(tmp_path, capsys, bundled):

@@ -33,11 +33,12 @@ def test_a_stage_runs_once_then_is_skipped_until_inputs_or_outputs_change(tmp_pa
         return tmp_path / "out.bin"
 
     outputs = lambda out: [out]  # noqa: E731
-    assert pipeline._stage(p, "export", {"a": 1}, work, outputs).status == "done"
-    assert pipeline._stage(p, "export", {"a": 1}, work, outputs).status == "skipped"
+    assert pipeline._stage(p, "export", {"a": 1, "q": ("q4_k_m",)}, work, outputs).status == "done"
+    p.stages = json.loads((tmp_path / "run.json").read_text())["stages"]  # as the next run reads them
+    assert pipeline._stage(p, "export", {"a": 1, "q": ("q4_k_m",)}, work, outputs).status == "skipped"
     assert calls == [False]
     recorded = json.loads((tmp_path / "run.json").read_text())["stages"]["export"]
-    assert recorded["status"] == "complete" and recorded["inputs"] == {"a": 1}
+    assert recorded["status"] == "complete" and recorded["inputs"] == {"a": 1, "q": ["q4_k_m"]}
     assert recorded["files"][str(tmp_path / "out.bin")]["size"] == 11
     assert pipeline._stage(p, "export", {"a": 2}, work, outputs).status == "done"  # inputs changed
     (tmp_path / "out.bin").write_bytes(b"tampered")
@@ -85,7 +86,7 @@ def test_every_shipped_recipe_validates_and_plans(recipe, capsys):
     assert cli.main(["validate", str(recipe)]) == 0
     assert "valid:" in capsys.readouterr().out
     assert cli.main(["plan", str(recipe), "--gpu", "rtx3060-12gb" if "3060" in recipe.name else
-                     "rtx4090-24gb" if "24gb" in recipe.name else "cpu"]) == 0
+                     "rtx4090-24gb" if "4090" in recipe.name else "cpu"]) == 0
     out = capsys.readouterr().out
     assert "fits" in out and "does not fit" not in out, out
 

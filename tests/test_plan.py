@@ -133,12 +133,12 @@ def test_seed_config_on_rtx3060(capsys):
     assert linear == 6_979_321_856
     assert sum(r * c for r, c in plan.lora_tensors(p.settings, p.shape)) == 83_886_080
     assert line(p, "linear weights").gb == pytest.approx(linear * (0.5 + 1 / 64 + 1 / 4096) / GB)
-    assert line(p, "embeddings").gb == pytest.approx((2 * 128256 * 4096 + 65 * 4096) * 4 / GB)
+    assert line(p, "embeddings").gb == pytest.approx((2 * 128256 * 4096 + 65 * 4096) * 2 / GB)  # kept 16-bit
     assert line(p, "LoRA parameters").gb == line(p, "gradients").gb == pytest.approx(83_886_080 * 4 / GB)
     assert line(p, "optimizer").gb == pytest.approx(83_886_080 * (2 + 8 / 256) / GB)
     assert line(p, "activations").gb == pytest.approx(
-        (32 * 1024 * 4096 * 4 + 1024 * 4096 * 4 + 1024 * 1024 + 2 * 1024 * 128 * 4) / GB)
-    assert line(p, "logits").gb == pytest.approx((1023 * 128256 * 12 + 128256 * 4096 * 2) / GB)
+        (32 * 1024 * 4096 * 2 + 1024 * 4096 * 4 + 1024 * 1024 + 2 * 1024 * 128 * 4) / GB)
+    assert line(p, "logits").gb == pytest.approx(1023 * 128256 * 12 / GB)  # lm_head is 16-bit: no copy
     assert 8 < p.total_gb < 13
     assert p.total_gb == pytest.approx(sum(x.gb for x in p.lines if not x.name.startswith("  ")))
     assert p.fits == (p.peak_gb <= 12.0) and p.margin_gb == pytest.approx(12.0 - p.peak_gb)
@@ -353,3 +353,20 @@ def test_predicted_peak_rss_of_training_the_bundled_model_is_within_20_percent(t
     info = json.loads((tmp_path / "out" / "run.json").read_text())
     assert info["decisions"][0].startswith("memory plan on cpu: fits: ")
     assert math.isclose(float(info["decisions"][0].split("fits: ")[1].split(" GB")[0]), predicted, abs_tol=0.05)
+
+
+def test_embeddings_trained_in_full_are_dropped_before_the_sequence_is_cut():
+    p = plan.plan_training(config(lora_modules_to_save=["embed_tokens", "lm_head"]), vram_gb=16)
+    assert not p.fits
+    assert [f.line() for f in p.fixes] == [
+        f"lora_modules_to_save [embed_tokens, lm_head] -> [] (no embeddings trained; plan: {p.peak_gb:.1f} GB > 16.0 GB)"]
+    assert p.fixed_gb == pytest.approx(plan.plan_training(config(), vram_gb=16).peak_gb)
+
+
+def test_lora_in_the_upper_layers_only():
+    full = plan.plan_training(config(gradient_checkpointing=False), hardware="a100-80gb")
+    top = plan.plan_training(config(gradient_checkpointing=False, peft_layers_to_transform=[28, 29, 30, 31]),
+                             hardware="a100-80gb")
+    assert line(top, "LoRA parameters").gb == pytest.approx(line(full, "LoRA parameters").gb / 8)
+    layer = plan.moving(full.settings, full.shape, full.hardware).layer
+    assert (line(full, "activations").gb - line(top, "activations").gb) * GB == pytest.approx(28 * layer)

@@ -30,6 +30,7 @@ class ChatModel:
     stops: list[str]
     system: str | None
     name: str
+    repeat_penalty: float = 1.1  # Ollama's default, or the Modelfile's PARAMETER
 
     def messages_for(self, history: list[dict], system: str | None) -> list[dict]:
         """Ollama's rule: the Modelfile's SYSTEM goes first when the conversation has none."""
@@ -40,7 +41,8 @@ class ChatModel:
     def stream(self, messages: list[dict], *, max_tokens: int = 512, temperature: float = 0.0) -> Iterator[str]:
         prompt = self.family.render(messages)
         for chunk in self.llm.create_completion(prompt, max_tokens=max_tokens, temperature=temperature,
-                                                stop=self.stops, stream=True, seed=0):
+                                                repeat_penalty=self.repeat_penalty, stop=self.stops,
+                                                stream=True, seed=0):
             yield chunk["choices"][0]["text"]
 
     def reply(self, messages: list[dict], **kwargs) -> str:
@@ -70,13 +72,17 @@ def open_model(target: Path, *, n_ctx: int | None = None) -> ChatModel:
         fmt, family, stops = prompt_template(tokenizer, config.get("chat_template"),
                                              config.get("default_system_message"))
         n_ctx = n_ctx or config["tutorforge"]["ollama"].get("num_ctx") or config["sequence_len"]
+        penalty, last_n = (config["tutorforge"]["ollama"].get(k, d) for k, d in (("repeat_penalty", 1.1),
+                                                                                  ("repeat_last_n", 64)))
     elif target.suffix == ".gguf" and target.is_file():
         gguf, tokenizer = target, load_gguf_tokenizer(target)
         fmt, family, stops = prompt_template(tokenizer, None, None)
+        penalty, last_n = 1.1, 64  # Ollama's defaults
     else:
         raise UserError(f"{target}: no such run directory or .gguf file")
-    llm = Llama(model_path=str(gguf), n_ctx=n_ctx or 2048, n_threads=1, verbose=False)  # 1 thread: stable here
-    return ChatModel(llm, family, stops, fmt.system, gguf.name)
+    llm = Llama(model_path=str(gguf), n_ctx=n_ctx or 2048, n_threads=1, last_n_tokens_size=last_n,
+                verbose=False)  # 1 thread: stable here
+    return ChatModel(llm, family, stops, fmt.system, gguf.name, penalty)
 
 
 def repl(model: ChatModel, *, read: Callable[[str], str] = input, write=sys.stdout.write,

@@ -172,11 +172,18 @@ def train(config: Path, *, skip_bad_rows: bool = False, resume: bool = True, npr
     if nproc > 1 and dist.world_size() == 1:
         argv = ["train", str(config), *(["--skip-bad-rows"] if skip_bad_rows else []),
                 *([] if resume else ["--no-resume"]), *(["--ignore-plan"] if ignore_plan else [])]
-        return dist.launch(nproc, argv)
+        from tutorforge.fsutil import exclusive
+
+        with exclusive(Path(cfg.output_dir)):
+            return dist.launch(nproc, argv)
     if not dist.is_main():
         logging.getLogger().setLevel(logging.WARNING)
     cfg, decisions = apply_plan(cfg, ignore=ignore_plan)
-    with _progress_bar("training") as progress:
+    from tutorforge.fsutil import exclusive
+
+    # one training per output_dir; the processes of one DDP run share it (the launcher holds the lock)
+    lock = exclusive(Path(cfg.output_dir)) if dist.world_size() == 1 else contextlib.nullcontext()
+    with lock, _progress_bar("training") as progress:
         adapter = run_training(cfg, config_dir=config.parent, skip_bad_rows=skip_bad_rows, resume=resume,
                                progress=progress, decisions=decisions)
     if not dist.is_main():

@@ -19,6 +19,7 @@ import math
 import re
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -194,23 +195,31 @@ def run_comparison(base, tuned, rows: list, *, out_dir: Path, max_new_tokens: in
     sandbox.require_sandbox()  # model-written code runs here: no sandbox, no comparison
     started = time.time()
     records, seconds = [], {"base": [], "tuned": []}
-    for i, row in enumerate(rows):
-        record = {"index": i, "source": row.source, "instruction": row.instruction, "input": row.input,
-                  "reference": row.output or None}
-        for side, gen in (("base", base), ("tuned", tuned)):
-            t0 = time.perf_counter()
-            answer = gen.generate(row.instruction, row.input, system=system, max_new_tokens=max_new_tokens)
-            elapsed = time.perf_counter() - t0
-            seconds[side].append(elapsed)
-            record[side] = _answer_record(answer, elapsed, score_answer(answer, row.output or None,
-                                                                         target_words=target_words))
-        records.append(record)
-        log.info("compare %d/%d: %s | words %d vs %d", i + 1, len(rows), row.source,
-                 record["base"]["words"], record["tuned"]["words"])
-        if progress:
-            progress(i + 1, len(rows))
-    aggregates = {side: aggregate([r[side] for r in records], _perplexity(gen, rows, system), seconds[side])
-                  for side, gen in (("base", base), ("tuned", tuned))}
+    sides = (("base", base), ("tuned", tuned))
+
+    def answer(side_gen, row) -> tuple[str, dict, float]:
+        side, gen = side_gen
+        t0 = time.perf_counter()
+        out = gen.generate(row.instruction, row.input, system=system, max_new_tokens=max_new_tokens)
+        elapsed = time.perf_counter() - t0
+        return side, _answer_record(out, elapsed, score_answer(out, row.output or None, target_words=target_words)), elapsed
+
+    # the two models answer side by side, one thread each (llama.cpp and torch release the GIL)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for i, row in enumerate(rows):
+            record = {"index": i, "source": row.source, "instruction": row.instruction, "input": row.input,
+                      "reference": row.output or None}
+            for side, result, elapsed in pool.map(lambda sg: answer(sg, row), sides):
+                record[side] = result
+                seconds[side].append(elapsed)
+            records.append(record)
+            log.info("compare %d/%d: %s | words %d vs %d", i + 1, len(rows), row.source,
+                     record["base"]["words"], record["tuned"]["words"])
+            if progress:
+                progress(i + 1, len(rows))
+        perplexities = dict(zip(("base", "tuned"), pool.map(lambda sg: _perplexity(sg[1], rows, system), sides)))
+    aggregates = {side: aggregate([r[side] for r in records], perplexities[side], seconds[side])
+                  for side, _ in sides}
     settings = {"target_words": target_words, "max_new_tokens": max_new_tokens, "system": system,
                 "prompts": len(rows), "seconds": round(time.time() - started, 1), "decoding": "greedy, seed 0",
                 "sandbox_limits": f"{sandbox.MEMORY_MB} MB, {sandbox.PROCESSES} processes, 5 s CPU, no network"}

@@ -75,6 +75,9 @@ class OllamaSettings:
     model_name: str | None = key(None, Str(), "name for `ollama create` (default: from output_dir)")
     quantization: str = key("q4_k_m", Choice(QUANT_TYPES), "which GGUF the Modelfile uses")
     temperature: float = key(0.0, Float(0, 2), "PARAMETER temperature in the Modelfile")
+    repeat_penalty: float = key(1.1, Float(1, 2), "PARAMETER repeat_penalty (Ollama's default; 1 = off); "
+                                "chat and compare decode with it too")
+    repeat_last_n: int = key(64, Int(0), "PARAMETER repeat_last_n: how many recent tokens the penalty looks at")
     num_ctx: int | None = key(None, Int(16), "PARAMETER num_ctx (default: sequence_len)")
     license: str | None = key(None, Str(), "LICENSE text (default: the base model's, when known)")
 

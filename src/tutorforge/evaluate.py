@@ -130,7 +130,8 @@ class GGUFGenerator:
     The prompt is tokenized by the Hugging Face tokenizer (given, else rebuilt from the GGUF)."""
 
     def __init__(self, gguf: Path, *, tokenizer=None, chat_template: str | None = None,
-                 system: str | None = None, n_ctx: int = 2048, name: str | None = None):
+                 system: str | None = None, n_ctx: int = 2048, name: str | None = None,
+                 repeat_penalty: float = 1.0, repeat_last_n: int = 64):
         from llama_cpp import Llama
 
         from tutorforge.models import load_gguf_tokenizer
@@ -140,6 +141,7 @@ class GGUFGenerator:
             raise UserError(f"{gguf}: no such GGUF file")
         self.name = name or gguf.name
         self.chat_template, self.system, self.n_ctx = chat_template, system, n_ctx
+        self.repeat_penalty, self.repeat_last_n = repeat_penalty, repeat_last_n  # as Ollama decodes
         self.formats: dict = {}
         self.tokenizer = tokenizer if tokenizer is not None else load_gguf_tokenizer(gguf)
         # logits_all: perplexity needs every position's logits (n_ctx x vocab floats of memory)
@@ -162,7 +164,10 @@ class GGUFGenerator:
         self.llm.reset()
         self.llm.eval(ids)
         while len(new) < max_new_tokens:
-            token = int(np.argmax(self.llm.scores[self.llm.n_tokens - 1]))
+            logits = self.llm.scores[self.llm.n_tokens - 1]
+            if self.repeat_penalty != 1.0 and self.repeat_last_n:
+                logits = penalize_repeats(logits, (ids + new)[-self.repeat_last_n:], self.repeat_penalty)
+            token = int(np.argmax(logits))
             new.append(token)
             if token == eos or self.llm.n_tokens >= self.n_ctx:
                 break
@@ -199,6 +204,17 @@ class GGUFGenerator:
 
     def close(self) -> None:
         self.llm.close()
+
+
+def penalize_repeats(logits, recent: list[int], penalty: float):
+    """llama.cpp's (and so Ollama's) repeat penalty: each distinct token of the recent window has its
+    logit divided by `penalty` when positive, multiplied when negative."""
+    import numpy as np
+
+    out = np.array(logits, dtype=np.float32)
+    seen = np.unique(np.asarray(recent, dtype=np.int64))
+    out[seen] = np.where(out[seen] > 0, out[seen] / penalty, out[seen] * penalty)
+    return out
 
 
 def open_generator(spec: str | Path, *, adapter: Path | None = None, tokenizer_dir: Path | None = None,

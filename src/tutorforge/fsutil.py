@@ -38,3 +38,32 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 22), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+@contextmanager
+def exclusive(directory: Path, what: str = "this output_dir") -> Iterator[None]:
+    """Hold an exclusive lock on `directory` (its .lock file) for the block, or refuse at once when
+    another process holds it: two runs writing one output_dir would corrupt each other's outputs.
+    The kernel drops the lock when the holder dies, so a killed run never leaves it stuck."""
+    import fcntl
+
+    from tutorforge.errors import UserError
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".lock", "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise UserError(f"{directory}: {holder} is already working on {what}; wait for it to finish "
+                            "(or stop it), or give this run another output_dir") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"tutorforge (pid {os.getpid()})")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fh.truncate(0)

@@ -82,12 +82,12 @@ def load_base(path: Path, *, quant: str | None, double_quant: bool, dtype: torch
     # CPU keeps fp32 weights and autocasts to bf16 (fastest measured); CUDA stores 16-bit weights.
     kwargs["dtype"] = torch.float32 if device.type == "cpu" else dtype
     model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
-    if quant:
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
-                                                gradient_checkpointing_kwargs={"use_reentrant": False})
-    elif gradient_checkpointing:
+    # Frozen base, checkpointing as peft's prepare_model_for_kbit_training sets it up, but without its
+    # upcast of every unquantised 16-bit weight to fp32: for Llama 3 8B that is embeddings and lm_head,
+    # 1.05B parameters, 2.1 GB more on the GPU for nothing (they are frozen; the loss is fp32 anyway).
+    for param in model.parameters():
+        param.requires_grad_(False)
+    if gradient_checkpointing:  # non-reentrant: no need to make the embeddings' output require grad
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if not quant:
         model.to(device)
@@ -113,7 +113,11 @@ def add_lora(model, *, r: int, alpha: float, dropout: float, target_linear: bool
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
                         modules_to_save=list(modules_to_save) or None, fan_in_fan_out=fan_in_fan_out,
                         layers_to_transform=list(layers) or None, task_type="CAUSAL_LM", bias="none")
-    return get_peft_model(model, config)
+    model = get_peft_model(model, config)
+    for param in model.parameters():  # embeddings trained in full: fp32 master weights, like LoRA's
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+    return model
 
 
 def linear_module_names(model) -> list[str]:

@@ -130,7 +130,8 @@ def stop_tokens(tokenizer, fmt: PromptFormat, family: Family) -> list[str]:
 
 
 def modelfile(gguf_name: str, template: str, *, system: str | None, stops: list[str], num_ctx: int,
-              temperature: float, license: str | None) -> str:
+              temperature: float, license: str | None, repeat_penalty: float = 1.1,
+              repeat_last_n: int = 64) -> str:
     """The Modelfile text (Ollama's documented syntax: FROM, TEMPLATE, SYSTEM, PARAMETER, LICENSE)."""
     for name, text in (("TEMPLATE", template), ("SYSTEM", system or ""), ("LICENSE", license or "")):
         if '"""' in text:
@@ -139,7 +140,8 @@ def modelfile(gguf_name: str, template: str, *, system: str | None, stops: list[
     if system:
         lines.append(f'SYSTEM """{system}"""')
     lines += [f'PARAMETER stop "{s}"' for s in stops]
-    lines += [f"PARAMETER num_ctx {num_ctx}", f"PARAMETER temperature {temperature:g}"]
+    lines += [f"PARAMETER num_ctx {num_ctx}", f"PARAMETER temperature {temperature:g}",
+              f"PARAMETER repeat_penalty {float(repeat_penalty)}", f"PARAMETER repeat_last_n {repeat_last_n}"]
     if license:
         lines.append(f'LICENSE """{license}"""')
     return "\n".join(lines) + "\n"
@@ -187,6 +189,7 @@ def package(run_dir: Path, *, config: dict, model_dir: Path, gguf_path: Path) ->
     text = modelfile(gguf_path.name, family.template, system=fmt.system, stops=stops,
                      num_ctx=settings.get("num_ctx") or config["sequence_len"],
                      temperature=settings.get("temperature", 0.0),
+                     repeat_penalty=settings.get("repeat_penalty", 1.1), repeat_last_n=settings.get("repeat_last_n", 64),
                      license=settings.get("license") or base_license(model_dir))
     from tutorforge.fsutil import atomic_write
 

@@ -64,14 +64,19 @@ def run(config_path: Path, *, start: str | None = None, ignore_plan: bool = Fals
 
         raise UserError(f"--from {start}: not a stage{did_you_mean(start, STAGES)}; stages: {', '.join(STAGES)}")
     redo = set(STAGES[STAGES.index(start):]) if start else set()
+    from tutorforge.fsutil import exclusive
+
     p = Pipeline(Path(config_path), None, Path("."), redo, progress or _no_progress, ignore_plan)
-    for name, work in (("validate", _validate), ("plan", _plan), ("train", _train), ("merge", _merge),
-                       ("export", _export), ("package", _package), ("compare", _compare)):
-        begun = time.monotonic()
-        log.info("== %s", name)
-        outcome = work(p)
-        outcome.seconds = time.monotonic() - begun
-        p.outcomes.append(outcome)
+    with contextlib.ExitStack() as stack:
+        for name, work in (("validate", _validate), ("plan", _plan), ("train", _train), ("merge", _merge),
+                           ("export", _export), ("package", _package), ("compare", _compare)):
+            begun = time.monotonic()
+            log.info("== %s", name)
+            outcome = work(p)
+            outcome.seconds = time.monotonic() - begun
+            p.outcomes.append(outcome)
+            if name == "validate":  # one run per output_dir at a time
+                stack.enter_context(exclusive(p.run_dir))
     return p
 
 
@@ -110,6 +115,7 @@ def _stage(p: Pipeline, name: str, inputs: dict, work: Callable[[bool], Path],
            outputs: Callable[[Path], list[Path]]) -> Outcome:
     """Skip `name` when its inputs and outputs are as recorded; else run work(resume), where resume
     says the stage was interrupted on these same inputs, so its finished files may be kept."""
+    inputs = json.loads(json.dumps(inputs, default=str))  # as run.json will hold it (tuples -> lists)
     record = p.stages.get(name) or {}
     same = record.get("inputs") == inputs and name not in p.redo
     if same and record.get("status") == "complete" and _intact(record):
@@ -311,6 +317,7 @@ def generators(p: Pipeline):
             gguf_path(base_out, "base", "f16").unlink(missing_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
     kwargs = {"tokenizer": tokenizer, "chat_template": p.cfg.chat_template, "system": p.cfg.default_system_message,
-              "n_ctx": max(p.cfg.sequence_len, 1024)}
+              "n_ctx": max(p.cfg.sequence_len, 1024), "repeat_penalty": p.cfg.tutorforge.ollama.repeat_penalty,
+              "repeat_last_n": p.cfg.tutorforge.ollama.repeat_last_n}  # decoded as Ollama will
     return (GGUFGenerator(base_gguf, name=f"base ({quant})", **kwargs),
             GGUFGenerator(run_gguf(p.run_dir, dataclasses.asdict(p.cfg)), name=f"tuned ({quant})", **kwargs))

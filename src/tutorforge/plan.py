@@ -11,8 +11,9 @@ Sizes are GiB, written "GB" as the training log writes them. Assumptions:
 - the worst case of the data: every micro batch is full (sequence_len tokens per sample) and every
   position is a label (train.loss_sum runs the LM head on label positions only; this bounds it);
 - transformers' Llama-family decoder (Llama, Mistral, Qwen2, SmolLM) with SDPA attention, built as
-  tutorforge.lora builds it: with a quantised base, peft's prepare_model_for_kbit_training upcasts
-  every weight that is not quantised (embeddings, lm_head, norms) to fp32; LoRA weights are fp32;
+  tutorforge.lora builds it: with a quantised base, the weights that are not quantised (embeddings,
+  lm_head, norms) stay in the compute dtype (no fp32 upcast, unlike peft's
+  prepare_model_for_kbit_training); LoRA weights are fp32;
   CUDA stores the other weights in the compute dtype, CPU keeps fp32 and autocasts where bf16 is on.
 """
 from __future__ import annotations
@@ -21,9 +22,13 @@ import dataclasses
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from tutorforge.errors import UserError
 from tutorforge.hardware import Hardware, Shape, ShapeUnknown, custom, detect, model_shape, profile
+
+if TYPE_CHECKING:
+    from tutorforge.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +52,15 @@ OPTIMIZER_BYTES = {  # optimizer -> bytes of state per trainable weight (torch.o
     "sgd": 0.0,  # momentum 0 (tutorforge.lora.build_optimizer)
 }
 EIGHT_BIT_MIN = 4096  # bitsandbytes min_8bit_size: smaller tensors keep 32-bit states (8 bytes)
-QLORA_EMBEDDINGS_FP32 = True  # lora.load_base keeps prepare_model_for_kbit_training's fp32 upcast
+QLORA_EMBEDDINGS_FP32 = False  # lora.load_base freezes the base without peft's fp32 upcast of unquantised weights
 LOSS_BYTES = 12  # per label position x vocab: the fp32 log-softmax kept for backward, its incoming
 # and its outgoing gradient, alive together at the start of backward (the loss's peak)
-CUDA_CONTEXT_GB = 0.5  # CUDA context + cuBLAS kernels, outside torch's allocator (0.3-0.5 GB with
-# CUDA 12 lazy loading); bench/gpu_check.sh measures it
+# CUDA, estimated (no GPU was at hand to measure them; bench/gpu_check.sh prints what a GPU shows):
+CUDA_CONTEXT_GB = 0.5  # CUDA context + cuBLAS kernels, outside torch's allocator (0.3-0.5 GB is
+# what torch 2.x with CUDA 12 lazy module loading usually takes)
 CUDA_RESERVE = 0.05  # blocks the caching allocator holds but has not handed out, per GB allocated
-# CPU, measured on a 2-core AMD EPYC with 24 GB, torch 2.13 (CPU), transformers 5.23, glibc 2.x malloc:
+HOST_FRAMEWORK_GB = 2.0  # host RSS of torch (CUDA build) + transformers with a CUDA context
+# CPU, measured on a 2-core AMD EPYC with 24 GB, torch 2.13 (CPU), transformers 5.23, glibc 2.36:
 CPU_FRAMEWORK_GB = 0.45  # RSS of python with torch, transformers, peft, bitsandbytes, accelerate
 # imported (0.38 GB), plus the tokenizer and the prepared data (0.07 GB), before the model loads
 CPU_SLACK = {  # (checkpointing, run of at most 3 micro batches) -> RSS glibc's heap holds beyond live
@@ -64,8 +71,7 @@ CPU_SLACK = {  # (checkpointing, run of at most 3 micro batches) -> RSS glibc's 
     (True, True): 0.55,  # checkpointing, 3 steps of 1: 512 tokens (1.80 GB), 1024 (2.27 GB); within 6%
     (True, False): 1.1,  # checkpointing, 1 step x 8 at 512 tokens (2.08 GB)
 }
-HOST_FRAMEWORK_GB = 2.0  # host RSS of torch (CUDA build) + transformers with a CUDA context
-TOOLS_FRAMEWORK_GB = 0.4  # RSS of python + torch + transformers for merge and export (as above)
+TOOLS_FRAMEWORK_GB = 0.4  # RSS of python + torch + transformers for merge and export (0.38 GB)
 LAYER_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 EMBEDDINGS = ("embed_tokens", "lm_head")
 
@@ -93,7 +99,7 @@ class Settings:
     max_steps: int | None
 
 
-def settings(cfg, hw: Hardware, layers: int) -> Settings:
+def settings(cfg: Config, hw: Hardware, layers: int) -> Settings:
     """The plan's view of a config on a machine, for a model of `layers` decoder layers (the rules
     of tutorforge.lora and train)."""
     chosen, names = cfg.peft_layers_to_transform, set(cfg.lora_target_modules)
@@ -185,12 +191,12 @@ def _trainable(s: Settings, shape: Shape, hw: Hardware) -> list[Line]:
     c, w, e, o = _dtypes(s, hw)
     lora, full = lora_tensors(s, shape), full_copies(s, shape)
     n_lora = sum(r * k for r, k in lora)
-    params = n_lora * 4 + full * shape.embed_params * e  # LoRA is fp32 (peft autocast_adapter_dtype)
+    params = (n_lora + full * shape.embed_params) * 4  # fp32: LoRA (peft), full copies (lora.add_lora)
     how = f"{n_lora / 1e6:.2f}M = {s.lora_layers} layers x r {s.lora_r} x (in + out) of {len(s.targets)} modules"
     how += f" + LoRA on {'/'.join(s.lora_embeddings)}" if s.lora_embeddings else ""
     if full:
         how += f" + {'/'.join(s.saved_embeddings)} trained in full ({full} x {shape.embed_params / 1e6:.0f}M)"
-    opt = _optimizer(s.optimizer, lora, 4) + _optimizer(s.optimizer, [(shape.vocab, shape.hidden)] * full, e)
+    opt = _optimizer(s.optimizer, lora, 4) + _optimizer(s.optimizer, [(shape.vocab, shape.hidden)] * full, 4)
     per = OPTIMIZER_BYTES[s.optimizer]
     opt_how = {"adafactor": "(rows + cols) x 4 bytes per matrix", "sgd": "no state (momentum 0)"}.get(
         s.optimizer, f"{per:.2f} bytes per parameter" + (f" (32-bit under {EIGHT_BIT_MIN} values)" if per < 8 else ""))
@@ -308,7 +314,7 @@ def loading_peak(s: Settings, shape: Shape, hw: Hardware) -> float:
     return sum(x.gb for x in _weights(s, shape, hw)) + shape.embed_params * w / GB + CUDA_CONTEXT_GB
 
 
-def ram(cfg, s: Settings, shape: Shape, hw: Hardware) -> list[Line]:
+def ram(cfg: Config, s: Settings, shape: Shape, hw: Hardware) -> list[Line]:
     """Peak RAM of loading (CUDA: on the host), merging and exporting; one tensor at a time."""
     b = shape.dtype_bytes
     adapted = max(a * k for a, k in shape.linears().values())
@@ -405,7 +411,8 @@ class Plan:
 
     def render(self) -> str:
         s, shape, hw = self.settings, self.shape, self.hardware
-        quant = f"{s.quant}{' double quant' if s.double_quant and s.quant != 'int8' else ''}" if s.quant else "16-bit"
+        stored = "16-bit" if hw.device == "cuda" and s.compute_bytes == 2 else "fp32"
+        quant = f"{s.quant}{' double quant' if s.double_quant and s.quant != 'int8' else ''}" if s.quant else stored
         head = [f"memory plan: {self.source} on {hw.describe()}",
                 f"model: {shape.name} ({shape.source}): {shape.params / 1e9:.2f}B params, {shape.layers} layers, "
                 f"hidden {shape.hidden}, vocab {shape.vocab}{', tied embeddings' if shape.tied else ''}",
@@ -446,7 +453,7 @@ def _candidates(s: Settings) -> Iterator[Settings]:
         yield dataclasses.replace(last, sequence_len=seq)
 
 
-def _fixes(cfg, s: Settings, new: Settings, why: str) -> list[Fix]:
+def _fixes(cfg: Config, s: Settings, new: Settings, why: str) -> list[Fix]:
     fixes = []
     if new.micro_batch_size != s.micro_batch_size:
         fixes += [Fix("micro_batch_size", s.micro_batch_size, new.micro_batch_size, why),
@@ -464,7 +471,7 @@ def _fixes(cfg, s: Settings, new: Settings, why: str) -> list[Fix]:
     return fixes
 
 
-def plan_training(cfg, *, hardware: str | None = None, vram_gb: float | None = None,
+def plan_training(cfg: Config, *, hardware: str | None = None, vram_gb: float | None = None,
                   ram_gb: float | None = None, source: str | None = None) -> Plan:
     """The memory plan of `cfg` on a hardware profile, a GPU of `vram_gb`, the config's
     tutorforge.hardware, or (none given) this machine; with the smallest fixes when it does not fit."""
@@ -488,7 +495,7 @@ def plan_training(cfg, *, hardware: str | None = None, vram_gb: float | None = N
     return plan
 
 
-def apply_plan(cfg, *, ignore: bool = False, hardware: str | None = None):
+def apply_plan(cfg: Config, *, ignore: bool = False, hardware: str | None = None) -> tuple[Config, list[str]]:
     """Plan before training: (config, decision lines). The config as it is when it fits; changed by
     the plan's fixes when it does not and tutorforge.auto_fit is on; else UserError with the plan,
     unless `ignore` (--ignore-plan)."""
