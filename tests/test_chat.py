@@ -58,7 +58,8 @@ def test_one_shot_answer_is_greedy_and_stops_at_the_end_of_turn(run_dir, bundled
     prompt = render_prompt(tokenizer, prompt_format(tokenizer, None, system), question)
     llm = Llama(model_path=str(run_dir / "gguf" / "model.F16.gguf"), n_ctx=512, n_threads=1, verbose=False)
     try:
-        expected = llm.create_completion(prompt, max_tokens=40, temperature=0, stop=["<|im_end|>"])
+        expected = llm.create_completion(prompt, max_tokens=40, temperature=0, repeat_penalty=1.1,  # as Ollama
+                                         stop=["<|im_end|>"])
     finally:
         llm.close()
     assert first.stdout.strip() == expected["choices"][0]["text"].strip()

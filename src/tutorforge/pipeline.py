@@ -319,5 +319,5 @@ def generators(p: Pipeline):
     kwargs = {"tokenizer": tokenizer, "chat_template": p.cfg.chat_template, "system": p.cfg.default_system_message,
               "n_ctx": max(p.cfg.sequence_len, 1024), "repeat_penalty": p.cfg.tutorforge.ollama.repeat_penalty,
               "repeat_last_n": p.cfg.tutorforge.ollama.repeat_last_n}  # decoded as Ollama will
-    return (GGUFGenerator(base_gguf, name=f"base ({quant})", **kwargs),
-            GGUFGenerator(run_gguf(p.run_dir, dataclasses.asdict(p.cfg)), name=f"tuned ({quant})", **kwargs))
+    return (GGUFGenerator(base_gguf, name=f"{quant} GGUF", **kwargs),
+            GGUFGenerator(run_gguf(p.run_dir, dataclasses.asdict(p.cfg)), name=f"{quant} GGUF", **kwargs))

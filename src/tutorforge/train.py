@@ -151,6 +151,14 @@ def guard_cpu_4bit(model) -> int:
 def peak_memory_gb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
+    # VmHWM, this process's own high-water mark: ru_maxrss would also carry the RSS of the parent
+    # it was forked from (Linux keeps the pre-exec peak), e.g. a test runner holding models
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20  # kB
+    except OSError:
+        pass
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
