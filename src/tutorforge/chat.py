@@ -57,7 +57,7 @@ def open_model(target: Path, *, n_ctx: int | None = None) -> ChatModel:
     from tutorforge.checkpoints import read_run_info
     from tutorforge.export import run_gguf
     from tutorforge.models import load_gguf_tokenizer, resolve_base_model
-    from tutorforge.ollama import prompt_template
+    from tutorforge.ollama import decoding, prompt_template
 
     if target.is_dir():
         info = read_run_info(target)
@@ -72,12 +72,11 @@ def open_model(target: Path, *, n_ctx: int | None = None) -> ChatModel:
         fmt, family, stops = prompt_template(tokenizer, config.get("chat_template"),
                                              config.get("default_system_message"))
         n_ctx = n_ctx or config["tutorforge"]["ollama"].get("num_ctx") or config["sequence_len"]
-        penalty, last_n = (config["tutorforge"]["ollama"].get(k, d) for k, d in (("repeat_penalty", 1.1),
-                                                                                  ("repeat_last_n", 64)))
+        penalty, last_n = decoding(config["tutorforge"]["ollama"])
     elif target.suffix == ".gguf" and target.is_file():
         gguf, tokenizer = target, load_gguf_tokenizer(target)
         fmt, family, stops = prompt_template(tokenizer, None, None)
-        penalty, last_n = 1.1, 64  # Ollama's defaults
+        penalty, last_n = decoding({})  # Ollama's defaults
     else:
         raise UserError(f"{target}: no such run directory or .gguf file")
     llm = Llama(model_path=str(gguf), n_ctx=n_ctx or 2048, n_threads=1, last_n_tokens_size=last_n,

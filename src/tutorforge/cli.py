@@ -257,9 +257,7 @@ def export(run_dir: Path | None = None, *, base: str | None = None, adapter: Pat
                                   verify_rows=verify_rows(None) if verify else None, progress=progress)
         else:
             raise UserError("export needs a training output_dir, or --base (and --adapter) with --out")
-    print(render_export(report))
-    for note in report.get("warnings", []):
-        print(f"warning: {note}")
+    print(render_export(report))  # warnings: export_model logged them
     if report.get("failures"):
         raise UserError("verification failed:\n  " + "\n  ".join(report["failures"]))
     if run_dir is not None:

@@ -179,6 +179,16 @@ def base_license(model_dir: Path) -> str | None:
     return match.group(1) if match else None
 
 
+def decoding(ollama_settings: dict) -> tuple[float, int]:
+    """(repeat_penalty, repeat_last_n) of a run's tutorforge.ollama settings; the defaults (Ollama's)
+    where a run.json written before these keys existed has none."""
+    from tutorforge.config import OllamaSettings
+
+    default = OllamaSettings()
+    return (ollama_settings.get("repeat_penalty", default.repeat_penalty),
+            ollama_settings.get("repeat_last_n", default.repeat_last_n))
+
+
 def package(run_dir: Path, *, config: dict, model_dir: Path, gguf_path: Path) -> Path:
     """Write gguf_path's directory/Modelfile for a finished run; returns its path."""
     from transformers import AutoTokenizer
@@ -186,10 +196,11 @@ def package(run_dir: Path, *, config: dict, model_dir: Path, gguf_path: Path) ->
     settings = config["tutorforge"]["ollama"]
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     fmt, family, stops = prompt_template(tokenizer, config.get("chat_template"), config.get("default_system_message"))
+    penalty, last_n = decoding(settings)
     text = modelfile(gguf_path.name, family.template, system=fmt.system, stops=stops,
                      num_ctx=settings.get("num_ctx") or config["sequence_len"],
                      temperature=settings.get("temperature", 0.0),
-                     repeat_penalty=settings.get("repeat_penalty", 1.1), repeat_last_n=settings.get("repeat_last_n", 64),
+                     repeat_penalty=penalty, repeat_last_n=last_n,
                      license=settings.get("license") or base_license(model_dir))
     from tutorforge.fsutil import atomic_write
 

@@ -221,11 +221,7 @@ def _export(p: Pipeline) -> Outcome:
 
 
 def _report_verification(report: dict) -> None:
-    for kind, v in report.get("verification", {}).items():
-        log.info("export: %s verified: %s", kind, {k: v[k] for k in ("tokenization_mismatches", "top1_agreement",
-                                                                     "perplexity")})
-    for note in report.get("warnings", []):
-        log.warning("export: %s", note)
+    """export_model has logged every file's verification and warning; a failure stops the run."""
     if report.get("failures"):
         raise UserError("export verification failed:\n  " + "\n  ".join(report["failures"]))
 
@@ -251,7 +247,8 @@ def _compare(p: Pipeline) -> Outcome:
     from tutorforge import compare as ab
 
     out = p.run_dir / "compare"
-    rows, target = compare_rows(p.cfg, p.run_dir, p.config_path.parent)
+    rows, target = ab.prompts_and_target(p.cfg, p.config_path.parent,
+                                         settings=dataclasses.asdict(p.cfg.tutorforge.compare))
     settings = {**dataclasses.asdict(p.cfg.tutorforge.compare), "target_words": target}
     inputs = {"tuned": digest(p.stages.get("export")), "rows": [(r.instruction, r.input, r.output) for r in rows],
               "settings": settings, "system": p.cfg.default_system_message}
@@ -269,28 +266,6 @@ def _compare(p: Pipeline) -> Outcome:
                      lambda _: [out / n for n in ("results.jsonl", "report.md", "report.html", "table.txt")])
     p.comparison = (out / "table.txt").read_text().rstrip()
     return outcome
-
-
-def compare_rows(cfg, run_dir: Path, config_dir: Path | None = None) -> tuple[list, int]:
-    """The rows to compare on (the held-out split, or tutorforge.compare.prompts; at most
-    tutorforge.compare.max_prompts) and the brevity target: tutorforge.compare.target_words, else
-    the 90th percentile of the training answers' word counts."""
-    from tutorforge.compare import target_words_from
-    from tutorforge.data import dataset_files, load_files
-
-    settings = cfg.tutorforge.compare
-    heldout = run_dir / "heldout.jsonl"
-    prompts = Path(settings.prompts) if settings.prompts else heldout
-    if not prompts.is_file():
-        raise UserError(f"{prompts}: no prompts to compare on; set val_set_size (held-out rows) or "
-                        "tutorforge.compare.prompts (an Alpaca JSONL file)")
-    rows = load_files([prompts]).rows[: settings.max_prompts or None]
-    if settings.target_words:
-        return rows, settings.target_words
-    held = {(r.instruction, r.input, r.output) for r in load_files([heldout]).rows} if heldout.is_file() else set()
-    training = [r.output for r in load_files(dataset_files(cfg.datasets, config_dir)).rows
-                if (r.instruction, r.input, r.output) not in held]
-    return rows, target_words_from(training)
 
 
 def generators(p: Pipeline):
