@@ -176,12 +176,29 @@ def test_a_killed_export_leaves_nothing_and_a_rerun_succeeds(bundled, tmp_path, 
     assert write_gguf(Source(bundled.path), target, "f16").stat().st_size > 250 << 20
 
 
-def test_a_failed_quantization_removes_its_partial_file(tmp_path):
+def test_a_failed_quantization_removes_its_partial_file(tmp_path, capfd):
     broken = tmp_path / "broken.F16.gguf"
     broken.write_bytes(b"GGUF" + b"\0" * 4096)
-    with pytest.raises(UserError, match="quantizer failed"):
+    with pytest.raises(UserError, match="quantizer failed .* its last words: .*\\S"):
         quantize(broken, tmp_path / "broken.Q4_K_M.gguf", "q4_k_m")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.F16.gguf"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.F16.gguf", "broken.Q4_K_M.log"]
+    assert "llama_model_loader" in (tmp_path / "broken.Q4_K_M.log").read_text()
+    assert capfd.readouterr().err == ""  # llama.cpp's log goes to the file, not over the run's output
+
+
+def test_quantizer_fallbacks_are_summed_up_in_one_clause():
+    from tutorforge.export import fallback_summary
+
+    pieces = ["[  14/ 272] blk.1.attn_q.weight - [ 576, 576, 1, 1], type = f16, ", "converting to q4_K .. ",
+              "warning: blk.1.attn_q.weight                  - ncols    576 not divisible by 256 (required for ",
+              "type    q4_K) -> falling back to    q5_0\n",
+              "warning: blk.1.attn_v.weight  - ncols    576 not divisible by 256 (required for type q6_K) -> "
+              "falling back to    q8_0\n",
+              "warning: blk.2.attn_q.weight  - ncols    576 not divisible by 256 (required for type q4_K) -> "
+              "falling back to    q5_0\n", "size =     0.63 MiB ->     0.34 MiB\n"]
+    assert fallback_summary(pieces) == ("; 3 tensors kept a simpler type (width 576 is not a multiple of 256): "
+                                        "2 x q5_0, 1 x q8_0")
+    assert fallback_summary(["[   1/ 272] token_embd.weight ... size = 54 MiB\n"]) == ""
 
 
 def test_disk_space_is_checked_before_writing(bundled, tmp_path, monkeypatch):

@@ -13,7 +13,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
+from collections import Counter
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +24,8 @@ import numpy as np
 import torch
 
 from tutorforge.errors import UserError
-from tutorforge.merge import (check_free_space, merged_tensor, read_adapter, read_tensor,
-                              tensor_refs)
+from tutorforge.fsutil import atomic_write
+from tutorforge.merge import Workspace, check_free_space, read_adapter, tensor_refs
 
 log = logging.getLogger(__name__)
 
@@ -276,8 +279,9 @@ def write_gguf(source: Source, out: Path, outtype: str = "f16", *, name: str = "
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
+        workspace = Workspace([p.ref for p in plan], lora)
         for i, p in enumerate(plan, start=1):
-            tensor = merged_tensor(p.ref.name, read_tensor(p.ref), lora.get(p.ref.name), full.get(p.ref.name))
+            tensor = workspace.merged(p.ref, lora.get(p.ref.name), full.get(p.ref.name))
             if p.heads:
                 tensor = permute_qk(tensor, p.heads)
             writer.write_tensor_data(_to_ggml(tensor, p.ggml_type))
@@ -310,15 +314,55 @@ def quantize(f16_path: Path, out: Path, kind: str, *, threads: int = 0, tied_emb
     params.nthread = threads
     if tied_embeddings:  # token_embd is also the output projection: keep it at 8 bits
         params.token_embedding_type = llama_cpp.GGML_TYPE_Q8_0
+    lines: list[str] = []
     try:
-        code = llama_cpp.llama_model_quantize(str(f16_path).encode(), str(tmp).encode(), params)
+        with llama_log(lines):
+            code = llama_cpp.llama_model_quantize(str(f16_path).encode(), str(tmp).encode(), params)
         if code != 0:
-            raise UserError(f"{f16_path}: llama.cpp's quantizer failed (code {code}) making {kind}")
+            raise UserError(f"{f16_path}: llama.cpp's quantizer failed (code {code}) making {kind}; its "
+                            f"last words: {' | '.join(lines[-3:]).strip() or 'none'}")
         tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)  # llama_model_quantize leaves a partial file when it fails
-    log.info("quantize: %s (%s, %.1f MiB)", out, kind, out.stat().st_size / 2**20)
+        with atomic_write(out.with_suffix(".log")) as fh:  # the quantizer's own words, kept for reference
+            fh.write("".join(lines))
+    log.info("quantize: %s (%s, %.1f MiB)%s", out, kind, out.stat().st_size / 2**20, fallback_summary(lines))
     return out
+
+
+FALLBACK = re.compile(r"warning: (\S+)\s+- ncols\s+(\d+) not divisible by (\d+).*falling back to\s+(\w+)")
+
+
+def fallback_summary(lines: list[str]) -> str:
+    """One clause for the quantizer's per-tensor fallback warnings: how many tensors, to which types."""
+    found = [m for m in map(FALLBACK.search, "".join(lines).splitlines()) if m]  # pieces joined into lines
+    if not found:
+        return ""
+    widths = sorted({m.group(2) for m in found})
+    kinds = Counter(m.group(4) for m in found)
+    return (f"; {len(found)} tensors kept a simpler type (width {', '.join(widths)} is not a multiple of "
+            f"{found[0].group(3)}): " + ", ".join(f"{n} x {k}" for k, n in kinds.most_common()))
+
+
+@contextmanager
+def llama_log(into: list[str]):
+    """llama.cpp's log lines go to `into` (and this module's debug log) instead of stderr."""
+    import ctypes
+
+    import llama_cpp
+    from llama_cpp import _logger
+
+    @llama_cpp.llama_log_callback
+    def collect(level: int, text: bytes, user_data) -> None:
+        line = text.decode("utf-8", "replace")
+        into.append(line)
+        log.debug("llama.cpp: %s", line.rstrip())
+
+    llama_cpp.llama_log_set(collect, ctypes.c_void_p(0))
+    try:
+        yield into
+    finally:
+        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
 
 
 def gguf_path(directory: Path, name: str, kind: str) -> Path:
@@ -362,7 +406,6 @@ def export_model(source: Source, out_dir: Path, *, name: str, outtype: str = "f1
     from transformers import AutoTokenizer
 
     from tutorforge import verify
-    from tutorforge.fsutil import atomic_write
 
     files: dict[str, Path] = {}
     direct = [outtype] + [q for q in quantizations if q in PLAIN_TYPES and q != outtype]

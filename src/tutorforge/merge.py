@@ -5,8 +5,9 @@
 
 Each base tensor is read from the safetensors shards with a positioned read (no mmap, so the page
 cache is not counted against us), merged as W + scale * B @ A in fp32, checked for non-finite
-values, cast back to the base dtype and streamed into the output shard. Peak RSS is about one
-tensor's worth plus a fixed overhead, whatever the model's size. A QLoRA adapter is merged onto the
+values, cast back to the base dtype and streamed into the output shard, all in two buffers reused for
+every tensor (see Workspace). Peak RSS is the largest tensor's bytes plus the largest adapted
+tensor in fp32, plus a fixed overhead, whatever the model's size. A QLoRA adapter is merged onto the
 original 16-bit weights it was trained against, never into a 4-bit model. The output (sharded
 safetensors with index, config, tokenizer and chat template) is written under a temporary name and
 renamed when complete.
@@ -73,19 +74,23 @@ def tensor_refs(model_dir: Path) -> list[TensorRef]:
     return refs
 
 
-def read_tensor(ref: TensorRef) -> torch.Tensor:
-    """One tensor, read with a positioned read into private memory (no mmap)."""
+def _pread_into(ref: TensorRef, view: memoryview) -> None:
     fd = os.open(ref.file, os.O_RDONLY)
     try:
-        buf = bytearray(ref.end - ref.start)
-        view, done = memoryview(buf), 0
-        while done < len(buf):
+        done = 0
+        while done < len(view):
             n = os.preadv(fd, [view[done:]], ref.start + done)
             if n == 0:
                 raise UserError(f"{ref.file}: truncated while reading {ref.name}")
             done += n
     finally:
         os.close(fd)
+
+
+def read_tensor(ref: TensorRef) -> torch.Tensor:
+    """One tensor, read with a positioned read into private memory of its own (no mmap)."""
+    buf = bytearray(ref.end - ref.start)
+    _pread_into(ref, memoryview(buf))
     if not buf:
         return torch.empty(ref.shape, dtype=DTYPES[ref.dtype])
     return torch.frombuffer(buf, dtype=DTYPES[ref.dtype]).reshape(ref.shape)
@@ -111,7 +116,8 @@ class ShardWriter:
     def write(self, name: str, tensor: torch.Tensor) -> None:
         if name != self.expected.pop(0):
             raise RuntimeError(f"shard written out of order at {name}")
-        self.fh.write(tensor.contiguous().view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        if tensor.numel():  # the tensor's own bytes, not a copy of them
+            self.fh.write(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().data)
 
     def close(self) -> None:
         if self.expected:
@@ -159,24 +165,57 @@ def read_adapter(adapter_dir: Path) -> tuple[dict[str, LoraPair], dict[str, torc
     return lora, full
 
 
-def merged_tensor(name: str, base: torch.Tensor, pair: LoraPair | None, replacement: torch.Tensor | None) -> torch.Tensor:
-    """W + scale * B @ A computed in fp32 and cast back to W's dtype; non-finite values are an error."""
-    if replacement is not None:
-        out = replacement.to(base.dtype)
-    elif pair is not None:
-        delta = (pair.b.float() @ pair.a.float()) * pair.scale
-        if pair.fan_in_fan_out:
-            delta = delta.T
-        if delta.shape != base.shape:
-            raise UserError(f"{name}: the adapter's update has shape {tuple(delta.shape)} but the base tensor "
-                            f"{tuple(base.shape)}; the adapter was trained on another base model")
-        out = (base.float() + delta).to(base.dtype)
-    else:
+class Workspace:
+    """The two buffers a merge reuses for every tensor: the bytes read (sized for the largest tensor)
+    and an fp32 matrix for W + scale * B @ A (sized for the largest adapted tensor). Peak RAM is set
+    by those two, whatever the number of tensors, and nothing is left for the heap to pile up."""
+
+    def __init__(self, refs: list[TensorRef], lora: dict[str, LoraPair]):
+        self.raw = torch.empty(max((r.end - r.start for r in refs), default=0), dtype=torch.uint8)
+        self.work = torch.empty(max((math.prod(r.shape) for r in refs if r.name in lora), default=0),
+                                dtype=torch.float32)
+
+    def read(self, ref: TensorRef) -> torch.Tensor:
+        """`ref`'s tensor, read into the workspace: valid until the next read."""
+        n = ref.end - ref.start
+        _pread_into(ref, memoryview(self.raw.numpy())[:n])
+        return self.raw[:n].view(DTYPES[ref.dtype]).reshape(ref.shape)
+
+    def merged(self, ref: TensorRef, pair: LoraPair | None, replacement: torch.Tensor | None) -> torch.Tensor:
+        """`ref`'s tensor as W + scale * B @ A, computed in fp32 and cast back to W's dtype, or the
+        replacement (a module trained in full) in W's dtype; valid until the next call. Non-finite
+        values are an error."""
+        base = self.read(ref)
+        if replacement is not None:
+            _check_shape(ref.name, replacement.shape, base.shape)
+            base.copy_(replacement)
+        elif pair is not None:
+            a, b = pair.a.float(), pair.b.float()
+            if pair.fan_in_fan_out:
+                a, b = b.T, a.T
+            _check_shape(ref.name, (b.shape[0], a.shape[1]), base.shape)
+            work = self.work[:base.numel()].view(base.shape)
+            work.copy_(base)  # converted in place: no temporary fp32 copy of W
+            work.addmm_(b, a, alpha=pair.scale)
+            base.copy_(work)
+        else:
+            return base
+        _check_finite(ref.name, base)
         return base
-    if out.is_floating_point() and not torch.isfinite(out).all():
-        raise UserError(f"{name}: the merged tensor holds NaN or inf; the adapter is broken (check its "
-                        "training loss) or too large for the base dtype")
-    return out
+
+
+def _check_shape(name: str, update: tuple[int, ...], base: tuple[int, ...]) -> None:
+    if tuple(update) != tuple(base):
+        raise UserError(f"{name}: the adapter's update has shape {tuple(update)} but the base tensor "
+                        f"{tuple(base)}; the adapter was trained on another base model")
+
+
+def _check_finite(name: str, tensor: torch.Tensor) -> None:
+    if tensor.is_floating_point() and tensor.numel():
+        low, high = torch.aminmax(tensor)  # NaN propagates to both
+        if not (math.isfinite(low.item()) and math.isfinite(high.item())):
+            raise UserError(f"{name}: the merged tensor holds NaN or inf; the adapter is broken (check its "
+                            "training loss) or too large for the base dtype")
 
 
 def _shards(refs: list[TensorRef], shard_bytes: int) -> Iterator[list[TensorRef]]:
@@ -231,12 +270,13 @@ def merge(base_dir: Path, adapter_dir: Path, out_dir: Path, *, shard_bytes: int 
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     shards = list(_shards(refs, shard_bytes))
+    workspace = Workspace(refs, lora)
     weight_map, done = {}, 0
     for i, shard in enumerate(shards, start=1):
         name = "model.safetensors" if len(shards) == 1 else f"model-{i:05d}-of-{len(shards):05d}.safetensors"
         writer = ShardWriter(tmp / name, [(r.name, r.dtype, r.shape) for r in shard])
         for ref in shard:
-            writer.write(ref.name, merged_tensor(ref.name, read_tensor(ref), lora.get(ref.name), full.get(ref.name)))
+            writer.write(ref.name, workspace.merged(ref, lora.get(ref.name), full.get(ref.name)))
             weight_map[ref.name] = name
             done += 1
             if progress:

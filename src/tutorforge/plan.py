@@ -320,10 +320,10 @@ def ram(cfg: Config, s: Settings, shape: Shape, hw: Hardware) -> list[Line]:
     adapted = max(a * k for a, k in shape.linears().values())
     big = max(adapted, shape.embed_params)
     adapter = (sum(r * k for r, k in lora_tensors(s, shape)) + full_copies(s, shape) * shape.embed_params) * 4
-    # merge.merged_tensor: the tensor read, its fp32 copy (none when fp32), the fp32 delta and sum;
-    # a tensor without LoRA: read, and its bytes written
-    merged = max(adapted * (b + (4 if b != 4 else 0) + 4 + 4), big * 2 * b)
-    write = max(adapted * (b + (4 if b != 4 else 0) + 4 + 4 + 2), big * (b + 2 + 2))  # + its f16 copy
+    # merge.Workspace: a buffer for the largest tensor's bytes and an fp32 one for the largest adapted
+    # tensor; export adds a q/k tensor's permuted copy and the f16 copy of what it writes
+    merged = big * b + adapted * 4
+    write = merged + max(adapted * (b + 2), big * 2)
     quantize = big * (4 + 2) if cfg.tutorforge.export.quantizations else 0  # llama.cpp: fp32 + output
     lines = [Line("loading (host)", HOST_FRAMEWORK_GB + big * b / GB, f"framework {HOST_FRAMEWORK_GB} GB + the "
                   f"largest tensor ({big / 1e6:.0f}M x {b} bytes); the checkpoint's page cache is reclaimable")
