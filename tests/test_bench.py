@@ -1,5 +1,5 @@
 """bench/: the prepared GPU check runs its own code path on CPU (a tiny shape), so it cannot rot
-between the sessions that have a GPU to run it on."""
+while no GPU is at hand to run it on."""
 from __future__ import annotations
 
 import json

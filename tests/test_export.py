@@ -83,7 +83,7 @@ def test_our_q8_0_is_as_good_as_llama_cpp_quantizer(exported, bundled, adapter, 
     from transformers import AutoTokenizer
 
     from tutorforge import verify
-    from tutorforge.export import default_verify_rows, reference_model
+    from tutorforge.export import default_verify_rows
 
     out, report = exported
     theirs = tmp_path / "llamacpp.Q8_0.gguf"
@@ -92,7 +92,8 @@ def test_our_q8_0_is_as_good_as_llama_cpp_quantizer(exported, bundled, adapter, 
     assert llama_cpp.llama_model_quantize(report["files"]["f16"].encode(), str(theirs).encode(), params) == 0
     tokenizer = AutoTokenizer.from_pretrained(bundled.path)
     texts, sequences = verify.probe_texts(tokenizer, default_verify_rows()[:40], None)
-    reference = verify.reference_predictions(reference_model(Source(bundled.path, adapter)), sequences)
+    with verify.reference_model(Path(bundled.path), adapter, scratch=tmp_path / "scratch") as model:
+        reference = verify.reference_predictions(model, sequences)
     llama_q8 = verify.verify_gguf(theirs, tokenizer, texts[:10], sequences, reference)
     assert report["verification"]["q8_0"]["top1_agreement"] >= llama_q8.top1_agreement - 0.005
 

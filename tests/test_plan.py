@@ -143,7 +143,10 @@ def test_seed_config_on_rtx3060(capsys):
     assert p.total_gb == pytest.approx(sum(x.gb for x in p.lines if not x.name.startswith("  ")))
     assert p.fits == (p.peak_gb <= 12.0) and p.margin_gb == pytest.approx(12.0 - p.peak_gb)
     out = capsys.readouterr().out
-    assert "verdict: " in out and "verifying the export" in out and "DOES NOT FIT" in out  # 30 GB of 16
+    assert "verdict: " in out and "DOES NOT FIT" not in out
+    # the fp32 reference (30 GB) is read from disk a layer at a time: the embeddings (2 GB) + activations
+    verifying = next(x for x in p.ram if x.name == "verifying the export")
+    assert "read from disk" in verifying.how and 2.9 < verifying.gb < 4.5, verifying
 
 
 def test_larger_micro_batches_cost_what_their_tokens_cost():

@@ -386,18 +386,6 @@ def default_verify_rows() -> list:
     return load_files([path]).rows
 
 
-def reference_model(source: Source):
-    """The PyTorch model the exports must agree with: the merged weights in fp32."""
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(str(source.model_dir), dtype=torch.float32)
-    if source.adapter:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(source.adapter)).merge_and_unload()
-    return model.eval()
-
-
 def export_model(source: Source, out_dir: Path, *, name: str, outtype: str = "f16",
                  quantizations: tuple[str, ...] = ("q4_k_m",), verify_rows: list | None = None,
                  system: str | None = None, progress=None) -> dict:
@@ -406,6 +394,9 @@ def export_model(source: Source, out_dir: Path, *, name: str, outtype: str = "f1
     from transformers import AutoTokenizer
 
     from tutorforge import verify
+    from tutorforge.hardware import bound_heap
+
+    bound_heap()  # each freed tensor goes back to the OS: RAM is what exporting is short of
 
     files: dict[str, Path] = {}
     direct = [outtype] + [q for q in quantizations if q in PLAIN_TYPES and q != outtype]
@@ -424,7 +415,8 @@ def export_model(source: Source, out_dir: Path, *, name: str, outtype: str = "f1
         tokenizer = AutoTokenizer.from_pretrained(str(source.model_dir))
         lessons = tuple(t for r in default_verify_rows() for t in (r.instruction, r.input, r.output))
         texts, sequences = verify.probe_texts(tokenizer, verify_rows, system, extra_texts=lessons)
-        reference = verify.reference_predictions(reference_model(source), sequences)
+        with verify.reference_model(source.model_dir, source.adapter, scratch=out_dir / ".reference") as model:
+            reference = verify.reference_predictions(model, sequences)
         results = {k: verify.verify_gguf(p, tokenizer, texts, sequences,
                                          reference if k in verify.THRESHOLDS else None) for k, p in files.items()}
         for result in results.values():

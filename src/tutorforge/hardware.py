@@ -57,6 +57,26 @@ def machine_ram_gb() -> float:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
 
 
+MMAP_THRESHOLD = 1 << 20  # glibc M_MMAP_THRESHOLD: blocks above 1 MiB are mmap'd, and unmapped when freed
+
+
+def bound_heap() -> bool:
+    """Have glibc give every freed block above 1 MiB back to the OS at once. By default it raises
+    its mmap threshold to the largest block freed so far (up to 32 MiB), after which freed weights
+    and activations stay in the heap: RSS creeps with every layer read or step taken (bench/heap.py
+    measures both). A threshold already set in the environment is left to rule. Returns whether it
+    was set."""
+    import ctypes
+
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or "mmap_threshold" in os.environ.get("GLIBC_TUNABLES", ""):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: nothing to tune
+        return False
+    return bool(libc.mallopt(-3, MMAP_THRESHOLD))  # -3: M_MMAP_THRESHOLD (malloc.h)
+
+
 def cpu_has_bf16() -> bool:
     """What `bf16: auto` finds on this CPU (tutorforge.lora.compute_dtype asks oneDNN the same)."""
     import torch

@@ -254,6 +254,9 @@ def check_free_space(directory: Path, needed: int, what: str) -> None:
 def merge(base_dir: Path, adapter_dir: Path, out_dir: Path, *, shard_bytes: int = 2 << 30,
           progress: Callable[[int, int], None] | None = None) -> Path:
     """Write base + adapter as a merged checkpoint in `out_dir` (skipped when already complete)."""
+    from tutorforge.hardware import bound_heap
+
+    bound_heap()  # each freed tensor goes back to the OS: RAM is what merging is short of
     fingerprint = _fingerprint(base_dir, adapter_dir)
     marker = out_dir / "tutorforge-merge.json"
     if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == fingerprint:

@@ -333,10 +333,32 @@ def ram(cfg: Config, s: Settings, shape: Shape, hw: Hardware) -> list[Line]:
     lines.append(Line("exporting", TOOLS_FRAMEWORK_GB + (adapter + max(write, quantize)) / GB,
                       f"framework + adapter + the largest tensor written ({write / GB:.2f} GB) or quantised by "
                       f"llama.cpp ({quantize / GB:.2f} GB)"))
-    if cfg.tutorforge.export.verify:  # export.reference_model: the merged model in fp32
-        lines.append(Line("verifying the export", TOOLS_FRAMEWORK_GB + shape.params * 4 / GB, "the PyTorch reference "
-                          f"in fp32: {shape.params / 1e9:.2f}B x 4 bytes (tutorforge.export.verify: false skips it)"))
+    if cfg.tutorforge.export.verify:
+        lines.append(verifying(shape, hw))
     return lines
+
+
+REFERENCE_HEADROOM = 1.2  # the fp32 reference in RAM: its weights, plus activations and allocator slack
+REFERENCE_BATCH_TOKENS, REFERENCE_LOGIT_ROWS = 4096, 512  # verify.reference_predictions' defaults
+
+
+def reference_in_ram(fp32_bytes: float, ram_bytes: float) -> bool:
+    """Whether verify holds the fp32 reference model in RAM; else it reads it from disk a layer at a time."""
+    return fp32_bytes * REFERENCE_HEADROOM + GB <= ram_bytes
+
+
+def verifying(shape: Shape, hw: Hardware) -> Line:
+    """verify.reference_model: the merged model in fp32, in RAM when it fits, else read from disk."""
+    fp32 = shape.params * 4
+    if reference_in_ram(fp32, hw.ram_gb * GB):
+        return Line("verifying the export", TOOLS_FRAMEWORK_GB + fp32 * REFERENCE_HEADROOM / GB, "the PyTorch "
+                    f"reference in fp32: {shape.params / 1e9:.2f}B x 4 bytes + activations")
+    tokens = REFERENCE_BATCH_TOKENS  # a batch's hidden states, attention and MLP activations, in fp32
+    activations = tokens * (shape.hidden * 6 + shape.intermediate * 3) * 4
+    logits = REFERENCE_LOGIT_ROWS * shape.vocab * 4
+    return Line("verifying the export", TOOLS_FRAMEWORK_GB + (shape.embed_params * 4 + logits + activations) / GB,
+                f"the PyTorch reference ({fp32 / GB:.0f} GB in fp32) read from disk a layer at a time: the "
+                "embeddings in fp32 + a batch's activations")
 
 
 # --- the plan, and what makes it fit --------------------------------------------------------------

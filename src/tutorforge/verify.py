@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from tutorforge.plan import REFERENCE_BATCH_TOKENS, REFERENCE_LOGIT_ROWS
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +53,80 @@ def tokenization_mismatches(llm, tokenizer, texts: list[str]) -> int:
     return len(compare_tokenization(llm, tokenizer, texts))
 
 
-def reference_predictions(model, sequences: list[list[int]]) -> list[np.ndarray]:
-    """PyTorch's top-1 next token at every position of every sequence."""
-    out = []
+def fp32_bytes(model_dir: Path) -> int:
+    """What a checkpoint's weights take in fp32."""
+    from tutorforge.merge import tensor_refs
+
+    return sum(math.prod(r.shape) for r in tensor_refs(model_dir)) * 4
+
+
+def available_ram() -> int:
+    """Bytes of RAM available now (MemAvailable: free memory plus reclaimable page cache)."""
+    with open("/proc/meminfo") as fh:
+        return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("MemAvailable:"))
+
+
+@contextmanager
+def reference_model(model_dir: Path, adapter: Path | None, *, scratch: Path, ram_bytes: int | None = None):
+    """The PyTorch model the exports must agree with: the merged weights in fp32. When that does not
+    fit in RAM, no weight stays in memory: each layer is read from the checkpoint's safetensors in
+    turn as the forward pass reaches it (accelerate's disk offload), so the peak is one layer (or the
+    embeddings) in fp32 plus activations; an adapter is then merged first, into `scratch`."""
+    from transformers import AutoModelForCausalLM
+
+    from tutorforge.hardware import bound_heap
+    from tutorforge.plan import reference_in_ram
+
+    bound_heap()  # freed layers go back to the OS (bench/heap.py: a third of the peak of glibc's default)
+    fp32, ram = fp32_bytes(model_dir), available_ram() if ram_bytes is None else ram_bytes
+    if reference_in_ram(fp32, ram):
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+        if adapter:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+        yield model.eval()
+        return
+    from tutorforge.merge import merge
+
+    log.info("verify: the PyTorch reference is read from disk a layer at a time (in fp32 it takes %.1f GB, "
+             "%.1f GB of RAM are available)", fp32 / 2**30, ram / 2**30)
+    scratch.mkdir(parents=True, exist_ok=True)
+    try:
+        if adapter:
+            model_dir = merge(model_dir, adapter, scratch / "merged")
+        model = AutoModelForCausalLM.from_pretrained(
+            str(model_dir), dtype=torch.float32, device_map="auto", max_memory={"cpu": 0},
+            offload_folder=str(scratch / "offload"))  # unused: a safetensors checkpoint is read in place
+        yield model.eval()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def reference_predictions(model, sequences: list[list[int]], *, batch_tokens: int = REFERENCE_BATCH_TOKENS,
+                          logit_rows: int = REFERENCE_LOGIT_ROWS) -> list[np.ndarray]:
+    """PyTorch's top-1 next token at every position of every sequence. Sequences go through in
+    batches of about `batch_tokens` (padded on the right: a causal model's real positions do not see
+    the padding), so an offloaded model reads its weights once per batch; the output projection
+    runs `logit_rows` positions at a time, so the vocabulary-wide logits never exist all at once."""
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+    out: list[np.ndarray | None] = [None] * len(sequences)
     with torch.inference_mode():
-        for ids in sequences:
-            out.append(model(torch.tensor([ids])).logits[0].argmax(-1).numpy())
+        while order:
+            width, batch = len(sequences[order[-1]]), []
+            while order and (len(batch) + 1) * width <= max(batch_tokens, width):
+                batch.append(order.pop())
+            ids = torch.zeros(len(batch), width, dtype=torch.long)
+            mask = torch.zeros(len(batch), width, dtype=torch.long)
+            for row, i in enumerate(batch):
+                ids[row, :len(sequences[i])] = torch.tensor(sequences[i])
+                mask[row, :len(sequences[i])] = 1
+            hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state[mask.bool()]
+            top = torch.cat([head(hidden[j:j + logit_rows]).argmax(-1) for j in range(0, len(hidden), logit_rows)])
+            for row, i in enumerate(batch):
+                start = int(mask[:row].sum())
+                out[i] = top[start:start + len(sequences[i])].numpy()
     return out
 
 
