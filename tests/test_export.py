@@ -231,3 +231,13 @@ def test_llama3_rope_factors():
     assert factors.shape == (64,) and factors[0] == 1.0 and factors[-1] == 8.0
     assert np.all(np.diff(factors) >= 0)
     assert llama3_rope_factors({"hidden_size": 64, "num_attention_heads": 2}) is None
+
+
+def test_a_failed_verification_stops_with_what_failed_and_where(tmp_path):
+    from tutorforge.export import check_verification
+
+    check_verification({"failures": []}, tmp_path)  # nothing failed: nothing raised
+    with pytest.raises(UserError) as err:
+        check_verification({"failures": ["f16: top-1 agreement 91.00% < 99%"]}, tmp_path)
+    assert str(err.value).startswith(f"{tmp_path}: export verification failed:\n  f16: top-1 agreement 91.00% < 99%")
+    assert "do not deploy them" in str(err.value) and str(tmp_path / "export.json") in str(err.value)

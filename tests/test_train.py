@@ -321,3 +321,26 @@ def test_lora_and_precision_keys_reach_the_model(tmp_path, tiny_model):
     assert run.dtype == torch.float32
     text = " ".join(run.decisions)
     assert "flash_attention: true needs CUDA" in text and "fp16: true needs CUDA" in text
+
+
+def test_evaluations_and_saves_are_spread_evenly_and_end_the_run():
+    from types import SimpleNamespace
+
+    from tutorforge.train import make_schedule
+
+    def steps(**keys):
+        cfg = SimpleNamespace(**{"micro_batch_size": 2, "gradient_accumulation_steps": 2, "max_steps": None,
+                                 "num_epochs": 1, "warmup_steps": None, "warmup_ratio": None,
+                                 "evals_per_epoch": None, "eval_steps": None, "saves_per_epoch": None,
+                                 "save_steps": None, **keys})
+        sched = make_schedule(cfg, 172, has_val=True)  # 43 steps an epoch
+        return ([s for s in range(1, sched.total_steps + 1) if sched.evaluates(s)],
+                [s for s in range(1, sched.total_steps + 1) if sched.saves(s)])
+
+    assert steps(evals_per_epoch=2, save_steps=100) == ([22, 43], [43])  # not 21, 42 and 43
+    assert steps(evals_per_epoch=4, saves_per_epoch=1)[0] == [11, 22, 33, 43]
+    assert steps(eval_steps=10, save_steps=20, num_epochs=2) == ([10, 20, 30, 40, 50, 60, 70, 80, 86],
+                                                                 [20, 40, 60, 80, 86])
+    assert steps(evals_per_epoch=2, num_epochs=2)[0] == [22, 43, 65, 86]
+    assert steps()[0] == [43]  # once per epoch by default
+    assert steps()[1] == [5, 10, 15, 20, 25, 30, 35, 40, 43]  # a tenth of the run

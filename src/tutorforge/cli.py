@@ -243,7 +243,7 @@ def export(run_dir: Path | None = None, *, base: str | None = None, adapter: Pat
     quantize: comma-separated quantisations, e.g. q4_k_m,q8_0 (default: the config's)
     verify: load every file in llama.cpp and compare tokenization and predictions with PyTorch
     """
-    from tutorforge.export import Source, export_model, export_run, gguf_path, verify_rows
+    from tutorforge.export import Source, check_verification, export_model, export_run, gguf_path, verify_rows
     from tutorforge.models import resolve_base_model
 
     quants = tuple(q.strip() for q in quantize.split(",")) if quantize else None
@@ -258,8 +258,7 @@ def export(run_dir: Path | None = None, *, base: str | None = None, adapter: Pat
         else:
             raise UserError("export needs a training output_dir, or --base (and --adapter) with --out")
     print(render_export(report))  # warnings: export_model logged them
-    if report.get("failures"):
-        raise UserError("verification failed:\n  " + "\n  ".join(report["failures"]))
+    check_verification(report, out or run_dir / "gguf")
     if run_dir is not None:
         config = _run_info(run_dir, "a run directory")["config"]
         if gguf_path(out or run_dir / "gguf", config["tutorforge"]["export"].get("name") or "model",
@@ -288,18 +287,11 @@ def package(run_dir: Path, *, gguf: Path | None = None) -> int:
     run_dir: a training output_dir that has been exported (RUN_DIR/gguf/)
     gguf: the GGUF file the Modelfile loads (default: the config's tutorforge.ollama.quantization)
     """
-    from tutorforge.export import run_gguf
-    from tutorforge.models import resolve_base_model
     from tutorforge.ollama import package as write_modelfile
 
     config = _run_info(run_dir, "a run directory")["config"]
-    settings = config["tutorforge"]
-    gguf = gguf or run_gguf(run_dir, config)
-    if not gguf.is_file():
-        raise UserError(f"{gguf}: no such GGUF; run `tutorforge export {run_dir}` first")
-    path = write_modelfile(run_dir, config=config, model_dir=resolve_base_model(config["base_model"]).path,
-                           gguf_path=gguf)
-    name = settings["ollama"].get("model_name") or run_dir.name
+    path = write_modelfile(run_dir, config, gguf)
+    name = config["tutorforge"]["ollama"].get("model_name") or run_dir.name
     print(f"Modelfile: {path}\nto deploy: cd {path.parent} && ollama create {name} -f Modelfile")
     return 0
 

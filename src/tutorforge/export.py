@@ -431,6 +431,16 @@ def export_model(source: Source, out_dir: Path, *, name: str, outtype: str = "f1
     return report
 
 
+def check_verification(report: dict, out_dir: Path) -> None:
+    """A failed verification stops here, once for `export` and `run` alike (export_model has logged
+    every file's numbers and warnings)."""
+    if report.get("failures"):
+        raise UserError(f"{out_dir}: export verification failed:\n  " + "\n  ".join(report["failures"]) +
+                        "\nthese files do not behave like the PyTorch model: do not deploy them (numbers in "
+                        f"{out_dir / 'export.json'}); a model outside {', '.join(ARCHS)} or a tokenizer llama.cpp "
+                        "does not know are the usual causes")
+
+
 def verify_rows(rows: list | None, minimum: int = 40) -> list:
     """Rows to verify an export with: the given (held-out) rows, topped up with the shipped lessons
     to at least `minimum` rows (~2,000 teacher-forced positions)."""

@@ -189,10 +189,18 @@ def decoding(ollama_settings: dict) -> tuple[float, int]:
             ollama_settings.get("repeat_last_n", default.repeat_last_n))
 
 
-def package(run_dir: Path, *, config: dict, model_dir: Path, gguf_path: Path) -> Path:
-    """Write gguf_path's directory/Modelfile for a finished run; returns its path."""
+def package(run_dir: Path, config: dict, gguf_path: Path | None = None) -> Path:
+    """Write the Modelfile of a finished run (config: run.json's) beside its GGUF (default: the
+    config's tutorforge.ollama.quantization); returns its path."""
     from transformers import AutoTokenizer
 
+    from tutorforge.export import run_gguf
+    from tutorforge.models import resolve_base_model
+
+    gguf_path = gguf_path or run_gguf(run_dir, config)
+    if not gguf_path.is_file():
+        raise UserError(f"{gguf_path}: no such GGUF; run `tutorforge export {run_dir}` first")
+    model_dir = resolve_base_model(config["base_model"]).path
     settings = config["tutorforge"]["ollama"]
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     fmt, family, stops = prompt_template(tokenizer, config.get("chat_template"), config.get("default_system_message"))

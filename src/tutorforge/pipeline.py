@@ -200,7 +200,7 @@ def _merge(p: Pipeline) -> Outcome:
 
 
 def _export(p: Pipeline) -> Outcome:
-    from tutorforge.export import export_run, run_gguf
+    from tutorforge.export import check_verification, export_run, run_gguf
 
     settings = dataclasses.asdict(p.cfg.tutorforge.export)
     out = p.run_dir / "gguf"
@@ -210,7 +210,7 @@ def _export(p: Pipeline) -> Outcome:
             shutil.rmtree(out, ignore_errors=True)
         with p.progress("exporting", "tensors") as progress:
             report = export_run(p.run_dir, verify=p.cfg.tutorforge.export.verify, progress=progress)
-        _report_verification(report)
+        check_verification(report, out)
         return run_gguf(p.run_dir, dataclasses.asdict(p.cfg))
 
     def outputs(_: Path) -> list[Path]:
@@ -220,15 +220,9 @@ def _export(p: Pipeline) -> Outcome:
     return _stage(p, "export", {"merged": digest(p.stages.get("merge")), "settings": settings}, work, outputs)
 
 
-def _report_verification(report: dict) -> None:
-    """export_model has logged every file's verification and warning; a failure stops the run."""
-    if report.get("failures"):
-        raise UserError("export verification failed:\n  " + "\n  ".join(report["failures"]))
-
 
 def _package(p: Pipeline) -> Outcome:
     from tutorforge.export import run_gguf
-    from tutorforge.models import resolve_base_model
     from tutorforge.ollama import package
 
     config = dataclasses.asdict(p.cfg)
@@ -237,7 +231,7 @@ def _package(p: Pipeline) -> Outcome:
                 "system": p.cfg.default_system_message, "sequence_len": p.cfg.sequence_len}
 
     def work(resume: bool) -> Path:
-        return package(p.run_dir, config=config, model_dir=resolve_base_model(p.cfg.base_model).path, gguf_path=gguf)
+        return package(p.run_dir, config, gguf)
 
     return _stage(p, "package", {"gguf": digest(p.stages.get("export")).get(gguf.name), "settings": settings},
                   work, lambda path: [path])

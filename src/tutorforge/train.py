@@ -45,16 +45,29 @@ class Schedule:
     steps_per_epoch: int
     total_steps: int
     warmup_steps: int
-    eval_every: int | None
-    save_every: int
+    eval_every: tuple[int, int] | None  # (n, span): n evaluations every span steps, spread evenly
+    save_every: tuple[int, int]
     decisions: list[str] = field(default_factory=list)
 
+    def evaluates(self, step: int) -> bool:
+        return self.eval_every is not None and (_due(self.eval_every, step) or step == self.total_steps)
 
-def _every(per_epoch: int | None, steps: float | None, steps_per_epoch: int, total: int) -> int | None:
+    def saves(self, step: int) -> bool:
+        return _due(self.save_every, step) or step == self.total_steps
+
+
+def _due(every: tuple[int, int], step: int) -> bool:
+    """Whether step (1-based) is one of n evenly spread over each span: 2 per 43 steps fall on 22
+    and 43, so the last is the end of the epoch and not a step before it."""
+    n, span = every
+    return step * n // span != (step - 1) * n // span
+
+
+def _every(per_epoch: int | None, steps: float | None, steps_per_epoch: int, total: int) -> tuple[int, int] | None:
     if per_epoch:
-        return max(1, steps_per_epoch // per_epoch)
+        return min(per_epoch, steps_per_epoch), steps_per_epoch
     if steps:
-        return max(1, round(steps * total) if steps < 1 else int(steps))
+        return 1, max(1, round(steps * total) if steps < 1 else int(steps))
     return None
 
 
@@ -69,13 +82,13 @@ def make_schedule(cfg, n_items: int, has_val: bool, world: int = 1) -> Schedule:
         warmup = round((cfg.warmup_ratio or 0.0) * total)
     eval_every = _every(cfg.evals_per_epoch, cfg.eval_steps, per_epoch, total) if has_val else None
     if has_val and eval_every is None:
-        eval_every = per_epoch
-        decisions.append(f"eval every {eval_every} steps (once per epoch: val_set_size is set, "
+        eval_every = 1, per_epoch
+        decisions.append(f"eval every {per_epoch} steps (once per epoch: val_set_size is set, "
                          "evals_per_epoch and eval_steps are not)")
     save_every = _every(cfg.saves_per_epoch, cfg.save_steps, per_epoch, total)
     if save_every is None:
-        save_every = max(1, min(per_epoch, math.ceil(total / 10)))
-        decisions.append(f"checkpoint every {save_every} steps (so a killed run loses at most "
+        save_every = 1, max(1, min(per_epoch, math.ceil(total / 10)))
+        decisions.append(f"checkpoint every {save_every[1]} steps (so a killed run loses at most "
                          "a tenth of the run: saves_per_epoch and save_steps are not set)")
     return Schedule(micro, per_epoch, total, warmup, eval_every, save_every, decisions)
 
@@ -263,7 +276,7 @@ def train_steps(run: Run, state: dict, progress=None) -> dict:
         improved = _maybe_evaluate(run, state, row, autocast)
         if dist.is_main():
             _record(run, state, row, progress)
-        if improved or step % sched.save_every == 0 or step == sched.total_steps or state.get("stopped_early"):
+        if improved or sched.saves(step) or state.get("stopped_early"):
             keep = {step} | ({state["best_step"]} if state.get("best_step") else set())
             if dist.is_main():
                 save_checkpoint(run.run_dir, step, run.core, run.optimizer, run.scheduler, state, keep)
@@ -286,7 +299,7 @@ def _record(run: Run, state: dict, row: dict, progress) -> None:
 def _maybe_evaluate(run: Run, state: dict, row: dict, autocast) -> bool:
     """Evaluate when scheduled; track the best eval loss and early stopping. True if it improved."""
     step, sched, cfg = state["step"], run.sched, run.cfg
-    if not run.val or not sched.eval_every or (step % sched.eval_every and step != sched.total_steps):
+    if not run.val or not sched.evaluates(step):
         return False
     eval_loss = None
     if dist.is_main():  # the PEFT model itself: no DDP collectives in an evaluation
