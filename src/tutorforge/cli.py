@@ -385,41 +385,16 @@ def compare(config: Path | None = None, *, base: str | None = None, tuned: str |
     max_prompts: ask at most this many prompts (default: tutorforge.compare.max_prompts, else all)
     target_words: brevity target in words (default: tutorforge.compare.target_words, else p90 of training answers)
     """
-    import dataclasses
-
-    from tutorforge import compare as ab
-    from tutorforge.checkpoints import read_run_info
+    from tutorforge.compare import compare_models
     from tutorforge.config import load_config
-    from tutorforge.evaluate import open_generator
-    from tutorforge.models import resolve_base_model
     from tutorforge.sandbox import require_sandbox
 
     require_sandbox()  # before any model loads: model-written code never runs unsandboxed
-    cfg = load_config(config) if config else None
-    base, tuned = base or (cfg and cfg.base_model), tuned or (cfg and cfg.output_dir)
-    if not (base and tuned):
-        raise UserError("compare needs --base and --tuned, or a config (its base_model and output_dir)")
-    run = read_run_info(Path(tuned)) if Path(tuned).is_dir() else None
-    source = dataclasses.asdict(cfg) if cfg else (run or {}).get("config", {})
-    settings = source.get("tutorforge", {}).get("compare", {})
-    rows, target = ab.prompts_and_target(cfg, config.parent if config else None, settings=settings,
-                                         prompts=prompts, target_words=target_words, max_prompts=max_prompts)
-    out = out or (Path(tuned) / "compare" if run else Path(cfg.output_dir) / "compare" if cfg else None)
-    if out is None:
-        raise UserError("compare: say where the report goes with --out DIR")
-    tokenizer_dir = resolve_base_model(source["base_model"]).path if source.get("base_model") else None
-    kwargs = {"tokenizer_dir": tokenizer_dir, "chat_template": source.get("chat_template"),
-              "system": source.get("default_system_message")}
-    names = [f"{Path(s).parent.name}/{Path(s).name}" if Path(s).suffix == ".gguf" else Path(s).name
-             for s in (base, tuned)]
-    base_gen = open_generator(base, name=names[0], **kwargs)
-    tuned_gen = open_generator(tuned, adapter=tuned_adapter, name=names[1], **kwargs)
     with _progress_bar("comparing", unit="prompts") as progress:
-        result = ab.run_comparison(base_gen, tuned_gen, rows, out_dir=out, target_words=target,
-                                   max_new_tokens=max_new_tokens or settings.get("max_new_tokens") or 256,
-                                   system=kwargs["system"], progress=progress)
-    for gen in (base_gen, tuned_gen):
-        getattr(gen, "close", lambda: None)()
+        result, out = compare_models(load_config(config) if config else None, config.parent if config else None,
+                                     base=base, tuned=tuned, tuned_adapter=tuned_adapter, prompts=prompts,
+                                     out=out, max_new_tokens=max_new_tokens, max_prompts=max_prompts,
+                                     target_words=target_words, progress=progress)
     print(result.table())
     print(f"report: {out / 'report.html'} (and report.md, results.jsonl)")
     return 0

@@ -326,3 +326,43 @@ def prompts_and_target(cfg, config_dir: Path | None, *, settings: dict, prompts:
         log.info("brevity target: %d words (p90 of %s)", target, "the training answers" if cfg else
                  f"the references in {prompts}; give --target-words or a config to use the training answers")
     return rows[: max_prompts or settings.get("max_prompts") or None], target
+
+
+def compare_models(cfg, config_dir: Path | None, *, base: str | None = None, tuned: str | None = None,
+                   tuned_adapter: Path | None = None, prompts: Path | None = None, out: Path | None = None,
+                   max_new_tokens: int | None = None, max_prompts: int | None = None,
+                   target_words: int | None = None, progress=None) -> tuple[Comparison, Path]:
+    """`tutorforge compare`: base and tuned (from the arguments, else the config, else the tuned
+    run's run.json) answer the prompts; returns the comparison and the directory of its report."""
+    import dataclasses
+
+    from tutorforge.checkpoints import read_run_info
+    from tutorforge.evaluate import open_generator
+    from tutorforge.models import resolve_base_model
+
+    base, tuned = base or (cfg and cfg.base_model), tuned or (cfg and cfg.output_dir)
+    if not (base and tuned):
+        raise UserError("compare needs --base and --tuned, or a config (its base_model and output_dir)")
+    run = read_run_info(Path(tuned)) if Path(tuned).is_dir() else None
+    source = dataclasses.asdict(cfg) if cfg else (run or {}).get("config", {})
+    settings = source.get("tutorforge", {}).get("compare", {})
+    rows, target = prompts_and_target(cfg, config_dir, settings=settings, prompts=prompts,
+                                      target_words=target_words, max_prompts=max_prompts)
+    out = out or (Path(tuned) / "compare" if run else Path(cfg.output_dir) / "compare" if cfg else None)
+    if out is None:
+        raise UserError("compare: say where the report goes with --out DIR")
+    tokenizer_dir = resolve_base_model(source["base_model"]).path if source.get("base_model") else None
+    kwargs = {"tokenizer_dir": tokenizer_dir, "chat_template": source.get("chat_template"),
+              "system": source.get("default_system_message")}
+    names = [f"{Path(s).parent.name}/{Path(s).name}" if Path(s).suffix == ".gguf" else Path(s).name
+             for s in (base, tuned)]
+    base_gen = open_generator(base, name=names[0], **kwargs)
+    tuned_gen = open_generator(tuned, adapter=tuned_adapter, name=names[1], **kwargs)
+    try:
+        result = run_comparison(base_gen, tuned_gen, rows, out_dir=out, target_words=target,
+                                max_new_tokens=max_new_tokens or settings.get("max_new_tokens") or 256,
+                                system=kwargs["system"], progress=progress)
+    finally:
+        for gen in (base_gen, tuned_gen):
+            getattr(gen, "close", lambda: None)()
+    return result, out
