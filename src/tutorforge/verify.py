@@ -34,9 +34,9 @@ class Verification:
     perplexity: float
 
     def line(self) -> str:
-        agree = f"top-1 agreement {self.top1_agreement:.2%}" if self.top1_agreement is not None else ""
+        agree = f"top-1 agreement {self.top1_agreement:.2%} " if self.top1_agreement is not None else ""
         return (f"{Path(self.path).name}: loads in llama.cpp; tokenization {self.texts_tokenized - self.tokenization_mismatches}"
-                f"/{self.texts_tokenized} texts identical; {agree} over {self.positions} positions; "
+                f"/{self.texts_tokenized} texts identical; {agree}over {self.positions} positions: "
                 f"perplexity {self.perplexity:.3f}")
 
 
