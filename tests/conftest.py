@@ -64,6 +64,25 @@ def bundled():
     return resolve_base_model("HuggingFaceTB/SmolLM2-135M-Instruct")
 
 
+@pytest.fixture(scope="session")
+def adapter(tmp_path_factory, bundled) -> Path:
+    """A LoRA adapter on every linear layer of the bundled model, with non-zero updates."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(bundled.path, dtype=torch.float32)
+    torch.manual_seed(0)
+    peft = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.01)
+    out = tmp_path_factory.mktemp("adapter")
+    peft.save_pretrained(out)
+    return out
+
+
 @pytest.fixture
 def write_config(tmp_path):
     def write(text: str, name: str = "config.yml") -> Path:

@@ -15,24 +15,6 @@ from tutorforge.export import (Source, export_model, llama3_rope_factors, permut
 
 
 @pytest.fixture(scope="module")
-def adapter(tmp_path_factory, bundled) -> Path:
-    """A LoRA adapter on every linear layer of the bundled model, with non-zero updates."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(bundled.path, dtype=torch.float32)
-    torch.manual_seed(0)
-    peft = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
-    with torch.no_grad():
-        for name, p in peft.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.01)
-    out = tmp_path_factory.mktemp("adapter")
-    peft.save_pretrained(out)
-    return out
-
-
-@pytest.fixture(scope="module")
 def exported(tmp_path_factory, bundled, adapter):
     """f16, q8_0 and q4_k_m written in one streaming pass from base + adapter, and verified."""
     from tutorforge.export import default_verify_rows

@@ -44,10 +44,10 @@ def test_batched_predictions_equal_one_sequence_at_a_time(tmp_path):
 
 def test_the_reference_fits_or_not_by_its_fp32_size(tmp_path):
     model_dir = tiny_llama(tmp_path)
+    from transformers import AutoModelForCausalLM
+
     size = verify.fp32_bytes(model_dir)
-    params = sum(p.numel() for p in __import__("transformers").AutoModelForCausalLM.from_pretrained(
-        str(model_dir)).parameters())
-    assert size == params * 4
+    assert size == sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(str(model_dir)).parameters()) * 4
     assert plan.reference_in_ram(size, (1 << 30) + size * 1.2) and not plan.reference_in_ram(size, 1 << 30)
 
 
@@ -75,23 +75,12 @@ print(json.dumps({"top": [t.tolist() for t in top], "peak_mb": max(peak[0], anon
 
 
 @pytest.mark.slow
-def test_a_reference_too_big_for_ram_is_read_from_disk_and_predicts_the_same(bundled, tmp_path):
+def test_a_reference_too_big_for_ram_is_read_from_disk_and_predicts_the_same(bundled, adapter, tmp_path):
     """The bundled model and a LoRA adapter, as if RAM were 100 MB: the adapter is merged on disk, the
     layers are read one by one, the predictions are those of the model held in RAM, at a lower peak."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(bundled.path, dtype=torch.float32)
-    torch.manual_seed(0)
-    peft = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
-    with torch.no_grad():
-        for name, p in peft.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.01)
-    peft.save_pretrained(tmp_path / "adapter")
     runs = {}
     for mode, ram in (("ram", 0), ("disk", 100 << 20)):
-        out = subprocess.run([sys.executable, "-c", PEAK_PROBE, str(bundled.path), str(tmp_path / "adapter"),
+        out = subprocess.run([sys.executable, "-c", PEAK_PROBE, str(bundled.path), str(adapter),
                               str(tmp_path / f"scratch-{mode}"), str(ram)], capture_output=True, text=True,
                              timeout=900)
         assert out.returncode == 0, out.stderr[-3000:]
