@@ -150,3 +150,43 @@ def test_merge_and_export_explain_what_they_need(tmp_path, capsys):
     assert "merge needs a training output_dir, or all of --base, --adapter and --out" in capsys.readouterr().err
     assert cli.main(["export", "--base", "smollm2"]) == 2
     assert "export needs a training output_dir" in capsys.readouterr().err
+
+
+def test_every_command_that_writes_an_output_dir_waits_for_none_and_names_the_holder(tmp_path, capsys):
+    """While one command works on an output_dir, every other that would write there is refused at
+    once, with the holder named: run, train, data prepare, merge, export, package, compare."""
+    import json
+    import os
+    import signal
+
+    base = tmp_path / "base"  # enough of a model for the commands to reach their lock
+    base.mkdir()
+    (base / "config.json").write_text("{}")
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, base / "model.safetensors")
+    data = tmp_path / "data.jsonl"
+    data.write_text(json.dumps({"instruction": "a", "input": "", "output": "b"}) + "\n")
+    run_dir = tmp_path / "run"
+    config = tmp_path / "c.yml"
+    config.write_text(f"base_model: {base}\nadapter: lora\ndatasets:\n  - path: {data}\noutput_dir: {run_dir}\n"
+                      "tutorforge: {compare: {target_words: 10}}\n")
+    run_dir.mkdir()
+    (run_dir / "run.json").write_text(json.dumps({"config": {"base_model": str(base)}}))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time\nfrom tutorforge import fsutil\nfsutil.HOLDER = 'tutorforge export'\n"
+         f"with fsutil.exclusive({str(run_dir)!r}):\n    print('held', flush=True); time.sleep(120)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        for argv in (["run", str(config)], ["train", str(config)], ["data", "prepare", str(config)],
+                     ["merge", str(run_dir)], ["export", str(run_dir)], ["package", str(run_dir)],
+                     ["compare", str(config)]):
+            assert cli.main(argv) == 2, argv
+            err = capsys.readouterr().err
+            assert f"tutorforge export (pid {holder.pid}, since" in err and "is already working on" in err, (argv, err)
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+    assert sorted(p.name for p in run_dir.iterdir()) == [".lock", "run.json"]  # nothing was written

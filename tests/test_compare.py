@@ -236,6 +236,7 @@ def test_cli_compare_takes_its_defaults_from_the_config(tmp_path, monkeypatch, c
         return gen
 
     monkeypatch.setattr("tutorforge.evaluate.open_generator", fake_open)
+    monkeypatch.setattr("tutorforge.compare.model_inputs", lambda spec, adapter=None: {"spec": str(spec)})
     assert cli.main(["compare", str(config)]) == 0
     out = capsys.readouterr().out
     assert "brevity: at most 16 words (%)" in out  # p90 of the 17 training answers (1..17 words), not held-out
@@ -252,3 +253,41 @@ def test_cli_compare_takes_its_defaults_from_the_config(tmp_path, monkeypatch, c
 
     assert cli.main(["compare", "--base", "smollm2", "--tuned", str(run)]) == 2
     assert "needs --prompts" in capsys.readouterr().err
+
+
+def test_compare_reuses_its_report_only_for_the_same_inputs_and_never_writes_over_other_files(
+        tmp_path, monkeypatch, capsys):
+    from tutorforge import cli
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"instruction": f"q{n}", "output": "an answer"}) + "\n" for n in range(3)))
+    identity = {"tuned": "first"}
+    opened = []
+
+    def fake_open(spec, *, adapter=None, tokenizer_dir=None, chat_template=None, system=None, name=None):
+        opened.append(str(spec))
+        return Fixed(name, f"answer of {identity['tuned'] if spec == 'T' else 'base'}")
+
+    monkeypatch.setattr("tutorforge.evaluate.open_generator", fake_open)
+    monkeypatch.setattr("tutorforge.compare.model_inputs",
+                        lambda spec, adapter=None: {"spec": str(spec), "content": identity["tuned"] if spec == "T" else 0})
+    out = tmp_path / "report"
+    argv = ["compare", "--base", "B", "--tuned", "T", "--prompts", str(prompts), "--out", str(out)]
+    assert cli.main(argv) == 0
+    first = (out / "results.jsonl").read_text()
+    assert opened == ["B", "T"] and "answer of first" in first
+    capsys.readouterr()
+    assert cli.main(argv) == 0  # same models, prompts, settings: the report is kept, nothing is generated
+    assert opened == ["B", "T"] and (out / "results.jsonl").read_text() == first
+    assert "delta = tuned - base" in capsys.readouterr().out  # the kept report's table is printed
+    identity["tuned"] = "second"  # the tuned model changed: its report is stale and made again
+    assert cli.main(argv) == 0
+    assert opened == ["B", "T", "B", "T"] and "answer of second" in (out / "results.jsonl").read_text()
+    assert cli.main([*argv[:-1], str(tmp_path / "other"), "--max-new-tokens", "8"]) == 0
+
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    assert cli.main([*argv[:-1], str(foreign)]) == 2
+    assert "not written by tutorforge" in capsys.readouterr().err
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"] and (foreign / "notes.txt").read_text() == "keep me"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -223,3 +224,90 @@ def test_a_failed_verification_stops_with_what_failed_and_where(tmp_path):
         check_verification({"failures": ["f16: top-1 agreement 91.00% < 99%"]}, tmp_path)
     assert str(err.value).startswith(f"{tmp_path}: export verification failed:\n  f16: top-1 agreement 91.00% < 99%")
     assert "do not deploy them" in str(err.value) and str(tmp_path / "export.json") in str(err.value)
+
+
+def test_a_disk_that_fills_mid_export_says_so_and_leaves_nothing(bundled, tmp_path, monkeypatch):
+    import errno
+
+    import gguf
+
+    real, calls = gguf.GGUFWriter.write_tensor_data, []
+
+    def fills(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensor_data", fills)
+    with pytest.raises(UserError, match=r"the disk filled up while writing the f16 GGUF m.F16.gguf \(\d+ MiB free"):
+        write_gguf(Source(bundled.path), tmp_path / "m.F16.gguf", "f16")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_never_writes_over_what_it_did_not_make(bundled, tmp_path, capsys):
+    from tutorforge import cli
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "model.F16.gguf").write_bytes(b"my own model")
+    before = sorted(p.name for p in bundled.path.iterdir())
+    for out, says in ((mine, "not empty .*model.F16.gguf.* not written by tutorforge"),
+                      (bundled.path, "is .*, which this command reads from"),
+                      (bundled.path / "gguf", "lies inside")):
+        assert cli.main(["export", "--base", str(bundled.path), "--out", str(out), "--quantize", "f16",
+                         "--no-verify"]) == 2
+        assert re.search(says, capsys.readouterr().err)
+    assert (mine / "model.F16.gguf").read_bytes() == b"my own model" and len(list(mine.iterdir())) == 1
+    assert sorted(p.name for p in bundled.path.iterdir()) == before
+
+
+@pytest.mark.slow
+def test_after_training_again_export_makes_new_files_that_verify(bundled, adapter, tmp_path, capsys):
+    """Retrain into the same output_dir (another adapter, same place): export neither reuses the old
+    GGUF nor reads the old merged/; its new file is the new model's, verified; package refuses the
+    stale GGUF until then."""
+    import dataclasses
+    import hashlib
+
+    import safetensors.torch
+
+    from tutorforge import cli
+    from tutorforge.config import load_config
+    from tutorforge.export import default_verify_rows
+
+    def sha(path: Path) -> str:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    run = tmp_path / "run"
+    config = dataclasses.asdict(load_config(Path(__file__).parent.parent / "recipes" / "python-tutor-smollm2-cpu.yml"))
+    config["base_model"], config["output_dir"] = str(bundled.path), str(run)
+    config["tutorforge"]["ollama"]["quantization"] = "f16"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"config": config}, default=list))
+    shutil.copytree(adapter, run / "adapter")
+    (run / "heldout.jsonl").write_text("".join(json.dumps(vars(r)) + "\n" for r in default_verify_rows()[:8]))
+    assert cli.main(["export", str(run), "--quantize", "f16"]) == 0
+    gguf = run / "gguf" / "model.F16.gguf"
+    first = sha(gguf)
+    assert cli.main(["merge", str(run)]) == 0  # merged/ from the first adapter
+
+    weights = safetensors.torch.load_file(run / "adapter" / "adapter_model.safetensors")  # training again
+    safetensors.torch.save_file({k: -3 * v if "lora_B" in k else v for k, v in weights.items()},
+                                run / "adapter" / "adapter_model.safetensors")
+    capsys.readouterr()
+    assert cli.main(["package", str(run)]) == 2
+    assert "exported from another adapter" in capsys.readouterr().err
+    assert cli.main(["export", str(run), "--quantize", "f16"]) == 0
+    second = sha(gguf)
+    report = json.loads((run / "gguf" / "export.json").read_text())
+    assert second != first and report["failures"] == []
+    assert report["verification"]["f16"]["top1_agreement"] >= 0.99
+    fresh = tmp_path / "fresh"  # the same model exported from scratch: byte for byte what export wrote
+    export_model(Source(bundled.path, run / "adapter"), fresh, name="model", quantizations=("f16",))
+    assert sha(fresh / "model.F16.gguf") == second
+    assert (run / "gguf" / "Modelfile").is_file()  # written again, for the new GGUF
+    assert cli.main(["merge", str(run)]) == 0  # merged/ rebuilt for the new adapter...
+    stamp = gguf.stat().st_mtime_ns
+    assert cli.main(["export", str(run), "--quantize", "f16", "--no-verify"]) == 0
+    assert gguf.stat().st_mtime_ns == stamp and sha(gguf) == second  # ...which is the same model: kept

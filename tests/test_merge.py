@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -187,3 +188,64 @@ def test_merged_bundled_model_matches_peft_merge_and_unload(tmp_path, bundled):
     base_logits = AutoModelForCausalLM.from_pretrained(bundled.path, dtype=torch.float32)(ids).logits
     assert (got - base_logits).abs().max() > 0.1  # the adapter changes the model
     assert (got - expected).abs().max() < 1e-4
+
+
+def test_merge_never_writes_over_what_it_did_not_make(tmp_path, capsys):
+    from tutorforge import cli
+
+    base, adapter = synthetic(tmp_path, 2, 32)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    before = {p.name: p.read_bytes() for p in base.iterdir()}
+    for out, says in ((mine, "not written by tutorforge"), (base, "is .*base, which this command reads from"),
+                      (tmp_path, "holds .*base, which this command reads from"),
+                      (base / "merged", "lies inside .*base"), (adapter, "is .*adapter")):
+        assert cli.main(["merge", "--base", str(base), "--adapter", str(adapter), "--out", str(out)]) == 2, out
+        err = capsys.readouterr().err
+        assert re.search(says, err), err
+    assert (mine / "thesis.tex").read_text() == "years of work" and sorted(p.name for p in mine.iterdir()) == ["thesis.tex"]
+    assert {p.name: p.read_bytes() for p in base.iterdir()} == before  # the base is untouched
+    file = tmp_path / "file"
+    file.write_text("x")
+    assert cli.main(["merge", "--base", str(base), "--adapter", str(adapter), "--out", str(file)]) == 2
+    assert "is a file" in capsys.readouterr().err and file.read_text() == "x"
+    merged = tmp_path / "merged"  # a merge of its own is replaced by the next one
+    assert cli.main(["merge", "--base", str(base), "--adapter", str(adapter), "--out", str(merged)]) == 0
+    assert cli.main(["merge", "--base", str(base), "--adapter", str(adapter), "--out", str(merged)]) == 0
+
+
+def test_a_merge_of_another_adapter_is_rebuilt_not_reused(tmp_path):
+    base, adapter = synthetic(tmp_path, 2, 32)
+    out = merge(base, adapter, tmp_path / "merged")
+    first = load_file(out / "model.safetensors")["model.layers.0.proj.weight"]
+    lora = load_file(adapter / "adapter_model.safetensors")  # training again: another adapter, same place
+    lora = {k: v * 2 if "lora_B" in k else v for k, v in lora.items()}
+    save_file(lora, adapter / "adapter_model.safetensors")
+    out = merge(base, adapter, tmp_path / "merged")
+    second = load_file(out / "model.safetensors")["model.layers.0.proj.weight"]
+    original = load_file(base / "model.safetensors")["model.layers.0.proj.weight"]
+    # the update doubled: (second - W) = 2 (first - W), to bf16 rounding
+    assert torch.allclose((second.float() - original.float()), 2 * (first.float() - original.float()), atol=2e-3)
+    assert not torch.equal(first, second)
+
+
+def test_a_disk_that_fills_mid_merge_says_so_and_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+
+    import tutorforge.merge as m
+
+    base, adapter = synthetic(tmp_path, 3, 32)
+    written = []
+    real = m.ShardWriter.write
+
+    def fills(self, name, tensor):
+        written.append(name)
+        if len(written) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, name, tensor)
+
+    monkeypatch.setattr(m.ShardWriter, "write", fills)
+    with pytest.raises(UserError, match=r"the disk filled up while writing the merged model \(\d+ MiB free now\)"):
+        merge(base, adapter, tmp_path / "merged")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "base"]  # no partial output anywhere

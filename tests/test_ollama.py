@@ -239,8 +239,9 @@ def test_deploy_through_the_rest_api(tmp_path, capsys, monkeypatch, bundled):
     assert "ollama create python-tutor -f Modelfile" in out and "no server answers" in out
 
 
-def test_export_writes_the_modelfile_with_the_gguf(tmp_path, capsys, bundled):
+def test_export_writes_the_modelfile_with_the_gguf(tmp_path, capsys, bundled, adapter):
     import dataclasses
+    import shutil
 
     from tutorforge import cli
     from tutorforge.config import load_config
@@ -249,9 +250,48 @@ def test_export_writes_the_modelfile_with_the_gguf(tmp_path, capsys, bundled):
     config["base_model"] = str(bundled.path)
     config["tutorforge"]["ollama"]["quantization"] = "f16"
     (tmp_path / "run.json").write_text(json.dumps({"config": config}, default=list))
-    (tmp_path / "merged").mkdir()  # a merged checkpoint: here the base itself, linked file by file
-    for path in bundled.path.iterdir():
-        (tmp_path / "merged" / path.name).symlink_to(path)
+    shutil.copytree(adapter, tmp_path / "adapter")
     assert cli.main(["export", str(tmp_path), "--quantize", "f16", "--no-verify"]) == 0
     parsed = parse_modelfile((tmp_path / "gguf" / "Modelfile").read_text())
     assert parsed["FROM"] == "./model.F16.gguf" and (tmp_path / "gguf" / "model.F16.gguf").is_file()
+
+
+def test_package_never_overwrites_a_modelfile_it_did_not_write(tmp_path, capsys, bundled):
+    import dataclasses
+
+    from tutorforge import cli
+    from tutorforge.config import load_config
+
+    cfg = load_config(ROOT / "recipes" / "python-tutor-smollm2-cpu.yml")
+    (tmp_path / "run.json").write_text(json.dumps({"config": dataclasses.asdict(cfg)}, default=list))
+    (tmp_path / "gguf").mkdir()
+    (tmp_path / "gguf" / "model.Q4_K_M.gguf").write_bytes(b"GGUF")
+    mine = 'FROM ./model.Q4_K_M.gguf\nTEMPLATE """my own"""\n'
+    (tmp_path / "gguf" / "Modelfile").write_text(mine)
+    assert cli.main(["package", str(tmp_path)]) == 2
+    assert "a Modelfile that tutorforge did not write is in the way" in capsys.readouterr().err
+    assert (tmp_path / "gguf" / "Modelfile").read_text() == mine
+    (tmp_path / "gguf" / "Modelfile").unlink()
+    assert cli.main(["package", str(tmp_path)]) == 0
+    written = (tmp_path / "gguf" / "Modelfile").read_text()
+    assert written.startswith("# Modelfile written by tutorforge")
+    assert cli.main(["package", str(tmp_path)]) == 0  # its own Modelfile it rewrites
+    assert (tmp_path / "gguf" / "Modelfile").read_text() == written
+
+
+def test_package_refuses_a_gguf_that_failed_its_verification(tmp_path, capsys, bundled):
+    import dataclasses
+
+    from tutorforge import cli, outputs
+    from tutorforge.config import load_config
+
+    cfg = load_config(ROOT / "recipes" / "python-tutor-smollm2-cpu.yml")
+    (tmp_path / "run.json").write_text(json.dumps({"config": dataclasses.asdict(cfg)}, default=list))
+    gguf = outputs.claim(tmp_path / "gguf", "gguf")
+    gguf.begin("export", {"model": "m", "name": "model"})
+    (tmp_path / "gguf" / "model.Q4_K_M.gguf").write_bytes(b"GGUF")
+    gguf.add("export", tmp_path / "gguf" / "model.Q4_K_M.gguf")
+    gguf.finish("export", verified=True, failures=["q4_k_m: 7 of 1200 texts tokenize differently"])
+    assert cli.main(["package", str(tmp_path)]) == 2
+    assert "failed its verification (q4_k_m: 7 of 1200 texts" in capsys.readouterr().err
+    assert not (tmp_path / "gguf" / "Modelfile").exists()

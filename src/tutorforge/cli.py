@@ -144,10 +144,13 @@ def data_prepare(config: Path, *, skip_bad_rows: bool = False) -> int:
     """
     from tutorforge.data import prepare, write_rows
 
-    cfg, tokenizer, _, _, _ = _tokenizer_for(config)
-    prepared = prepare(cfg, tokenizer, skip_bad_rows=skip_bad_rows, config_dir=config.parent)
-    held_out = Path(cfg.output_dir) / "heldout.jsonl"
-    write_rows(prepared.val_rows, held_out)
+    from tutorforge.config import load_config
+
+    with _writing(Path(load_config(config).output_dir)):
+        cfg, tokenizer, _, _, _ = _tokenizer_for(config)
+        prepared = prepare(cfg, tokenizer, skip_bad_rows=skip_bad_rows, config_dir=config.parent)
+        held_out = Path(cfg.output_dir) / "heldout.jsonl"
+        write_rows(prepared.val_rows, held_out)
     print(prepared.summary())
     print(f"held-out rows (never trained on): {held_out}")
     return 0
@@ -172,20 +175,17 @@ def train(config: Path, *, skip_bad_rows: bool = False, resume: bool = True, npr
     if nproc > 1 and dist.world_size() == 1:
         argv = ["train", str(config), *(["--skip-bad-rows"] if skip_bad_rows else []),
                 *([] if resume else ["--no-resume"]), *(["--ignore-plan"] if ignore_plan else [])]
-        from tutorforge.fsutil import exclusive
-
-        with exclusive(Path(cfg.output_dir)):
+        with _writing(Path(cfg.output_dir)):
             return dist.launch(nproc, argv)
     if not dist.is_main():
         logging.getLogger().setLevel(logging.WARNING)
-    cfg, decisions = apply_plan(cfg, ignore=ignore_plan)
-    from tutorforge.fsutil import exclusive
-
     # one training per output_dir; the processes of one DDP run share it (the launcher holds the lock)
-    lock = exclusive(Path(cfg.output_dir)) if dist.world_size() == 1 else contextlib.nullcontext()
-    with lock, _progress_bar("training") as progress:
-        adapter = run_training(cfg, config_dir=config.parent, skip_bad_rows=skip_bad_rows, resume=resume,
-                               progress=progress, decisions=decisions)
+    lock = _writing(Path(cfg.output_dir)) if dist.world_size() == 1 else contextlib.nullcontext()
+    with lock:
+        cfg, decisions = apply_plan(cfg, ignore=ignore_plan)
+        with _progress_bar("training") as progress:
+            adapter = run_training(cfg, config_dir=config.parent, skip_bad_rows=skip_bad_rows, resume=resume,
+                                   progress=progress, decisions=decisions)
     if not dist.is_main():
         return 0
     print(f"adapter: {adapter}")
@@ -223,9 +223,9 @@ def merge(run_dir: Path | None = None, *, base: str | None = None, adapter: Path
         out = out or run_dir / "merged"
     if not (base and adapter and out):
         raise UserError("merge needs a training output_dir, or all of --base, --adapter and --out")
-    with _progress_bar("merging", unit="tensors") as progress:
-        merged = run_merge(resolve_base_model(base).path, adapter, out, shard_bytes=int(shard_gb * 2**30),
-                           progress=progress)
+    base_dir = resolve_base_model(base).path
+    with _writing(run_dir, out, protect=[base_dir, adapter]), _progress_bar("merging", unit="tensors") as progress:
+        merged = run_merge(base_dir, adapter, out, shard_bytes=int(shard_gb * 2**30), progress=progress)
     print(f"merged: {merged}")
     return 0
 
@@ -247,7 +247,8 @@ def export(run_dir: Path | None = None, *, base: str | None = None, adapter: Pat
     from tutorforge.models import resolve_base_model
 
     quants = tuple(q.strip() for q in quantize.split(",")) if quantize else None
-    with _progress_bar("exporting", unit="tensors") as progress:
+    readers = [Path(base) if base else None, adapter, run_dir / "adapter" if run_dir else None]
+    with _writing(run_dir, out, protect=readers), _progress_bar("exporting", unit="tensors") as progress:
         if run_dir is not None:
             report = export_run(run_dir, adapter=adapter, out=out, outtype=outtype, quantizations=quants,
                                 verify=verify, progress=progress)
@@ -259,9 +260,9 @@ def export(run_dir: Path | None = None, *, base: str | None = None, adapter: Pat
             raise UserError("export needs a training output_dir, or --base (and --adapter) with --out")
     print(render_export(report))  # warnings: export_model logged them
     check_verification(report, out or run_dir / "gguf")
-    if run_dir is not None:
+    if run_dir is not None and out is None:
         config = _run_info(run_dir, "a run directory")["config"]
-        if gguf_path(out or run_dir / "gguf", config["tutorforge"]["export"].get("name") or "model",
+        if gguf_path(run_dir / "gguf", config["tutorforge"]["export"].get("name") or "model",
                      config["tutorforge"]["ollama"]["quantization"]).is_file():
             return package(run_dir)  # the Modelfile goes with the export
     return 0
@@ -290,7 +291,8 @@ def package(run_dir: Path, *, gguf: Path | None = None) -> int:
     from tutorforge.ollama import package as write_modelfile
 
     config = _run_info(run_dir, "a run directory")["config"]
-    path = write_modelfile(run_dir, config, gguf)
+    with _writing(run_dir, gguf.parent if gguf else None):
+        path = write_modelfile(run_dir, config, gguf)
     name = config["tutorforge"]["ollama"].get("model_name") or run_dir.name
     print(f"Modelfile: {path}\nto deploy: cd {path.parent} && ollama create {name} -f Modelfile")
     return 0
@@ -390,14 +392,38 @@ def compare(config: Path | None = None, *, base: str | None = None, tuned: str |
     from tutorforge.sandbox import require_sandbox
 
     require_sandbox()  # before any model loads: model-written code never runs unsandboxed
-    with _progress_bar("comparing", unit="prompts") as progress:
-        result, out = compare_models(load_config(config) if config else None, config.parent if config else None,
+    cfg = load_config(config) if config else None
+    tuned_run = Path(tuned) if tuned and Path(tuned).is_dir() and (Path(tuned) / "run.json").is_file() else None
+    run_dir = tuned_run or (Path(cfg.output_dir) if cfg and not tuned else None)
+    readers = [Path(s) for s in (base, tuned) if s and Path(s).exists() and Path(s) != tuned_run] + [tuned_adapter]
+    with _writing(run_dir, out, protect=readers), _progress_bar("comparing", unit="prompts") as progress:
+        result, out = compare_models(cfg, config.parent if config else None,
                                      base=base, tuned=tuned, tuned_adapter=tuned_adapter, prompts=prompts,
                                      out=out, max_new_tokens=max_new_tokens, max_prompts=max_prompts,
                                      target_words=target_words, progress=progress)
     print(result.table())
     print(f"report: {out / 'report.html'} (and report.md, results.jsonl)")
     return 0
+
+
+@contextlib.contextmanager
+def _writing(run_dir: Path | None, out: Path | None = None, *, protect: list[Path | None] = ()):
+    """Hold the locks of what a command writes: the training output_dir it works in, and an --out
+    directory of its own (locked beside it, as .NAME.lock, so that nothing is put into a directory
+    before it is known to be the command's to write). An --out that is, holds or lies inside what
+    the command reads (`protect`) is refused before anything is written."""
+    from tutorforge.fsutil import exclusive
+    from tutorforge.outputs import check_not_protected
+
+    if out is not None:
+        check_not_protected(out, protect)
+    with contextlib.ExitStack() as stack:
+        if run_dir is not None:
+            stack.enter_context(exclusive(run_dir))
+        if out is not None and (run_dir is None or not Path(out).resolve().is_relative_to(Path(run_dir).resolve())):
+            real = Path(out).resolve()
+            stack.enter_context(exclusive(Path(out), str(out), lock=real.with_name(f".{real.name}.lock")))
+        yield
 
 
 @contextlib.contextmanager
@@ -553,6 +579,9 @@ def main(argv: list[str] | None = None) -> int:
     # bitsandbytes announces an optional CPU kernel package it does not need
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     kwargs = {k: v for k, v in vars(args).items() if k not in {"_command", "debug"}}
+    from tutorforge import fsutil
+
+    fsutil.HOLDER = f"tutorforge {args._command.__name__.replace('_', ' ')}"
     try:
         return args._command(**kwargs)
     except UserError as exc:

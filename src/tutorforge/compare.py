@@ -328,17 +328,62 @@ def prompts_and_target(cfg, config_dir: Path | None, *, settings: dict, prompts:
     return rows[: max_prompts or settings.get("max_prompts") or None], target
 
 
+REPORT_FILES = ("results.jsonl", "report.md", "report.html", "summary.json")
+
+
+def model_inputs(spec: str | Path, adapter: Path | None = None) -> dict:
+    """What a compared model is, by content: a GGUF file's hash, or the identity of a checkpoint (a
+    training output_dir: its base + adapter/) plus an optional adapter."""
+    from tutorforge import outputs
+    from tutorforge.checkpoints import read_run_info
+    from tutorforge.models import resolve_base_model
+
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf" and path.is_file():
+        return {"gguf": outputs.file_hash(path)}
+    if path.is_dir() and (info := read_run_info(path)) is not None:
+        base = resolve_base_model(info["config"]["base_model"]).path
+        return {"model": outputs.model_identity(base, adapter or path / "adapter")}
+    return {"model": outputs.model_identity(resolve_base_model(str(spec)).path, adapter)}
+
+
+def load_comparison(out_dir: Path) -> Comparison:
+    """The Comparison a finished run_comparison wrote to out_dir (results.jsonl, summary.json)."""
+    summary = json.loads((out_dir / "summary.json").read_text())
+    records = [json.loads(line) for line in (out_dir / "results.jsonl").read_text().splitlines() if line.strip()]
+    return Comparison(summary["names"], records, summary["aggregates"], summary["settings"], out_dir)
+
+
+def compare_once(out: Path, inputs: dict, work, *, protect: list[Path]) -> Comparison:
+    """The comparison in `out` when it was made from these same inputs (models, prompts, settings),
+    else work() writing it anew; refuses an `out` holding anything but a comparison report."""
+    from tutorforge import outputs
+
+    claimed = outputs.claim(out, "compare", protect=protect)
+    if claimed.reusable("compare", inputs):
+        log.info("compare: %s holds the comparison of these same models, prompts and settings; kept", out)
+        return load_comparison(out)
+    claimed.begin("compare", inputs)
+    result = work()
+    for name in REPORT_FILES:
+        claimed.add("compare", out / name)
+    claimed.finish("compare")
+    return result
+
+
 def compare_models(cfg, config_dir: Path | None, *, base: str | None = None, tuned: str | None = None,
                    tuned_adapter: Path | None = None, prompts: Path | None = None, out: Path | None = None,
                    max_new_tokens: int | None = None, max_prompts: int | None = None,
                    target_words: int | None = None, progress=None) -> tuple[Comparison, Path]:
     """`tutorforge compare`: base and tuned (from the arguments, else the config, else the tuned
-    run's run.json) answer the prompts; returns the comparison and the directory of its report."""
+    run's run.json) answer the prompts; returns the comparison and the directory of its report
+    (kept as it is when made from the same models, prompts and settings)."""
     import dataclasses
 
     from tutorforge.checkpoints import read_run_info
     from tutorforge.evaluate import open_generator
     from tutorforge.models import resolve_base_model
+    from tutorforge.outputs import rows_hash
 
     base, tuned = base or (cfg and cfg.base_model), tuned or (cfg and cfg.output_dir)
     if not (base and tuned):
@@ -356,13 +401,24 @@ def compare_models(cfg, config_dir: Path | None, *, base: str | None = None, tun
               "system": source.get("default_system_message")}
     names = [f"{Path(s).parent.name}/{Path(s).name}" if Path(s).suffix == ".gguf" else Path(s).name
              for s in (base, tuned)]
-    base_gen = open_generator(base, name=names[0], **kwargs)
-    tuned_gen = open_generator(tuned, adapter=tuned_adapter, name=names[1], **kwargs)
-    try:
-        result = run_comparison(base_gen, tuned_gen, rows, out_dir=out, target_words=target,
-                                max_new_tokens=max_new_tokens or settings.get("max_new_tokens") or 256,
-                                system=kwargs["system"], progress=progress)
-    finally:
-        for gen in (base_gen, tuned_gen):
-            getattr(gen, "close", lambda: None)()
-    return result, out
+    max_new_tokens = max_new_tokens or settings.get("max_new_tokens") or 256
+    inputs = {"base": model_inputs(base), "tuned": model_inputs(tuned, tuned_adapter), "names": names,
+              "rows": rows_hash(rows), "target_words": target, "max_new_tokens": max_new_tokens,
+              "chat_template": kwargs["chat_template"], "system": kwargs["system"]}
+    # what it reads is never written over: the models and adapters (a training run's own compare/
+    # is the default report directory, so of a run only its adapter is protected)
+    is_run = run is not None or (cfg is not None and Path(tuned) == Path(cfg.output_dir))
+    readers = [Path(base), Path(tuned) / "adapter" if is_run else Path(tuned), tuned_adapter, tokenizer_dir]
+    protect = [p for p in readers if p is not None and Path(p).exists()]
+
+    def work() -> Comparison:
+        base_gen = open_generator(base, name=names[0], **kwargs)
+        tuned_gen = open_generator(tuned, adapter=tuned_adapter, name=names[1], **kwargs)
+        try:
+            return run_comparison(base_gen, tuned_gen, rows, out_dir=out, target_words=target,
+                                  max_new_tokens=max_new_tokens, system=kwargs["system"], progress=progress)
+        finally:
+            for gen in (base_gen, tuned_gen):
+                getattr(gen, "close", lambda: None)()
+
+    return compare_once(out, inputs, work, protect=protect), out

@@ -16,7 +16,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from tutorforge.errors import UserError
-from tutorforge.fsutil import atomic_write
+from tutorforge.fsutil import atomic_write, disk_full, disk_full_says_so
 from tutorforge.merge import Workspace, check_free_space, read_adapter, tensor_refs
 
 log = logging.getLogger(__name__)
@@ -266,36 +266,38 @@ def write_gguf(source: Source, out: Path, outtype: str = "f16", *, name: str = "
     plan = plan_tensors(source.model_dir, config, arch, permute, outtype)
     rope_freqs = llama3_rope_factors(config) if arch == "llama" else None
     check_free_space(out.parent, sum(p.nbytes for p in plan) + (64 << 20), f"the {outtype} GGUF")
-    tmp = out.with_name(f".{out.name}.tmp")
-    writer = gguf.GGUFWriter(str(tmp), arch)
-    try:
-        add_metadata(writer, source.model_dir, config, outtype, name)
-        for p in plan:
-            writer.add_tensor_info(p.gguf_name, p.byte_shape, np.dtype(p.np_dtype), p.nbytes,
-                                   raw_dtype=getattr(gguf.GGMLQuantizationType, p.ggml_type))
-        if rope_freqs is not None:
-            writer.add_tensor_info("rope_freqs.weight", rope_freqs.shape, rope_freqs.dtype, rope_freqs.nbytes,
-                                   raw_dtype=gguf.GGMLQuantizationType.F32)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        workspace = Workspace([p.ref for p in plan], lora)
-        for i, p in enumerate(plan, start=1):
-            tensor = workspace.merged(p.ref, lora.get(p.ref.name), full.get(p.ref.name))
-            if p.heads:
-                tensor = permute_qk(tensor, p.heads)
-            writer.write_tensor_data(_to_ggml(tensor, p.ggml_type))
-            if progress:
-                progress(i, len(plan))
-        if rope_freqs is not None:
-            writer.write_tensor_data(rope_freqs)
-        writer.close()
-        tmp.replace(out)
-    except BaseException:
-        if writer.fout:
+    with disk_full_says_so(out.parent, f"the {outtype} GGUF {out.name}"):
+        tmp = out.with_name(f".{out.name}.tmp")
+        writer = gguf.GGUFWriter(str(tmp), arch)
+        try:
+            add_metadata(writer, source.model_dir, config, outtype, name)
+            for p in plan:
+                writer.add_tensor_info(p.gguf_name, p.byte_shape, np.dtype(p.np_dtype), p.nbytes,
+                                       raw_dtype=getattr(gguf.GGMLQuantizationType, p.ggml_type))
+            if rope_freqs is not None:
+                writer.add_tensor_info("rope_freqs.weight", rope_freqs.shape, rope_freqs.dtype, rope_freqs.nbytes,
+                                       raw_dtype=gguf.GGMLQuantizationType.F32)
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_ti_data_to_file()
+            workspace = Workspace([p.ref for p in plan], lora)
+            for i, p in enumerate(plan, start=1):
+                tensor = workspace.merged(p.ref, lora.get(p.ref.name), full.get(p.ref.name))
+                if p.heads:
+                    tensor = permute_qk(tensor, p.heads)
+                writer.write_tensor_data(_to_ggml(tensor, p.ggml_type))
+                if progress:
+                    progress(i, len(plan))
+            if rope_freqs is not None:
+                writer.write_tensor_data(rope_freqs)
             writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
+            tmp.replace(out)
+        except BaseException:
+            with suppress(OSError):  # closing flushes, which fails again on a full disk
+                if writer.fout:
+                    writer.close()
+            tmp.unlink(missing_ok=True)
+            raise
     log.info("export: %s (%s, %.1f MiB)", out, outtype, out.stat().st_size / 2**20)
     return out
 
@@ -319,6 +321,7 @@ def quantize(f16_path: Path, out: Path, kind: str, *, threads: int = 0, tied_emb
         with llama_log(lines):
             code = llama_cpp.llama_model_quantize(str(f16_path).encode(), str(tmp).encode(), params)
         if code != 0:
+            _disk_full_check(out.parent, f16_path.stat().st_size // 4, f"the {kind} GGUF {out.name}")
             raise UserError(f"{f16_path}: llama.cpp's quantizer failed (code {code}) making {kind}; its "
                             f"last words: {' | '.join(lines[-3:]).strip() or 'none'}")
         tmp.replace(out)
@@ -328,6 +331,14 @@ def quantize(f16_path: Path, out: Path, kind: str, *, threads: int = 0, tied_emb
             fh.write("".join(lines))
     log.info("quantize: %s (%s, %.1f MiB)%s", out, kind, out.stat().st_size / 2**20, fallback_summary(lines))
     return out
+
+
+def _disk_full_check(directory: Path, needed: int, what: str) -> None:
+    """After a writer failed without saying why: a disk with less than `needed` bytes free is the cause."""
+    import shutil
+
+    if shutil.disk_usage(directory).free < needed:
+        raise disk_full(directory, what)
 
 
 FALLBACK = re.compile(r"warning: (\S+)\s+- ncols\s+(\d+) not divisible by (\d+).*falling back to\s+(\w+)")
@@ -390,44 +401,62 @@ def export_model(source: Source, out_dir: Path, *, name: str, outtype: str = "f1
                  quantizations: tuple[str, ...] = ("q4_k_m",), verify_rows: list | None = None,
                  system: str | None = None, progress=None) -> dict:
     """Write the GGUF files (f16 or the asked outtype, q8_0 if asked, then K-quants from the f16),
-    verify each with llama.cpp when rows are given, and record it all in export.json."""
-    from transformers import AutoTokenizer
-
-    from tutorforge import verify
+    verify each with llama.cpp when rows are given, and record it all in export.json. A file is
+    reused only when it was made from this same model (outputs.model_identity); files made from
+    another model, and the Modelfile that pointed at them, are deleted first."""
+    from tutorforge import outputs
     from tutorforge.hardware import bound_heap
 
+    claimed = outputs.claim(out_dir, "gguf", protect=[source.model_dir, source.adapter])
+    inputs = {"model": outputs.model_identity(source.model_dir, source.adapter), "name": name}
+    claimed.begin("export", inputs, invalidates=("package",))
     bound_heap()  # each freed tensor goes back to the OS: RAM is what exporting is short of
-
     files: dict[str, Path] = {}
     direct = [outtype] + [q for q in quantizations if q in PLAIN_TYPES and q != outtype]
     if any(q in K_QUANTS for q in quantizations) and "f16" not in direct:
         direct.insert(0, "f16")  # the quantizer's input
-    for kind in direct:
-        path = gguf_path(out_dir, name, kind)
-        files[kind] = path if path.is_file() else write_gguf(source, path, kind, name=name, progress=progress)
     tied = bool(json.loads((source.model_dir / "config.json").read_text()).get("tie_word_embeddings"))
-    for kind in (q for q in quantizations if q in K_QUANTS):
+    for kind in [*direct, *(q for q in quantizations if q in K_QUANTS)]:
         path = gguf_path(out_dir, name, kind)
-        files[kind] = path if path.is_file() else quantize(files["f16"], path, kind, tied_embeddings=tied)
+        if claimed.reusable("export", inputs, path.name):
+            log.info("export: %s was made from this same model; kept", path.name)
+        elif kind in PLAIN_TYPES:
+            write_gguf(source, path, kind, name=name, progress=progress)
+        else:
+            quantize(files["f16"], path, kind, tied_embeddings=tied)
+        files[kind] = path
+        claimed.add("export", path)
     report = {"files": {k: str(v) for k, v in files.items()},
               "sizes_mib": {k: round(v.stat().st_size / 2**20, 1) for k, v in files.items()}}
     if verify_rows:
-        tokenizer = AutoTokenizer.from_pretrained(str(source.model_dir))
-        lessons = tuple(t for r in default_verify_rows() for t in (r.instruction, r.input, r.output))
-        texts, sequences = verify.probe_texts(tokenizer, verify_rows, system, extra_texts=lessons)
-        with verify.reference_model(source.model_dir, source.adapter, scratch=out_dir / ".reference") as model:
-            reference = verify.reference_predictions(model, sequences)
-        results = {k: verify.verify_gguf(p, tokenizer, texts, sequences,
-                                         reference if k in verify.THRESHOLDS else None) for k, p in files.items()}
-        for result in results.values():
-            log.info("verify: %s", result.line())
-        report["verification"] = {k: vars(v) for k, v in results.items()}
-        report["failures"] = verify.failures(results)
-        report["warnings"] = verify.quality_warnings(results)
-        for note in report["warnings"]:
-            log.warning("verify: %s", note)
+        report.update(_verification(source, files, out_dir, verify_rows, system))
     with atomic_write(out_dir / "export.json") as fh:
         json.dump(report, fh, indent=1)
+    claimed.add("export", out_dir / "export.json")
+    claimed.finish("export", verified=bool(verify_rows), failures=report.get("failures", []))
+    return report
+
+
+def _verification(source: Source, files: dict[str, Path], out_dir: Path, rows: list, system: str | None) -> dict:
+    """Every file checked by llama.cpp against the PyTorch model: the report's verification,
+    failures and warnings (each file's numbers logged)."""
+    from transformers import AutoTokenizer
+
+    from tutorforge import verify
+
+    tokenizer = AutoTokenizer.from_pretrained(str(source.model_dir))
+    lessons = tuple(t for r in default_verify_rows() for t in (r.instruction, r.input, r.output))
+    texts, sequences = verify.probe_texts(tokenizer, rows, system, extra_texts=lessons)
+    with verify.reference_model(source.model_dir, source.adapter, scratch=out_dir / ".reference") as model:
+        reference = verify.reference_predictions(model, sequences)
+    results = {k: verify.verify_gguf(p, tokenizer, texts, sequences,
+                                     reference if k in verify.THRESHOLDS else None) for k, p in files.items()}
+    for result in results.values():
+        log.info("verify: %s", result.line())
+    report = {"verification": {k: vars(v) for k, v in results.items()}, "failures": verify.failures(results),
+              "warnings": verify.quality_warnings(results)}
+    for note in report["warnings"]:
+        log.warning("verify: %s", note)
     return report
 
 
@@ -448,13 +477,32 @@ def verify_rows(rows: list | None, minimum: int = 40) -> list:
     return rows + default_verify_rows()[: max(0, minimum - len(rows))]
 
 
+def run_source(run_dir: Path, config: dict, adapter: Path | None = None) -> Source:
+    """What a training output_dir's export reads: its merged/ checkpoint when that was merged from
+    the run's current base and adapter, else base + adapter/ in one streaming pass (a merged/ left
+    from an earlier training is stale and is not used)."""
+    from tutorforge import outputs
+    from tutorforge.models import resolve_base_model
+
+    base = resolve_base_model(config["base_model"]).path
+    adapter = adapter or run_dir / "adapter"
+    if not (adapter / "adapter_config.json").is_file():
+        raise UserError(f"{adapter}: no trained adapter here; run `tutorforge train` first")
+    merged = run_dir / "merged"
+    if merged.is_dir():
+        if outputs.model_identity(merged) == outputs.model_identity(base, adapter):
+            return Source(merged)
+        log.info("export: %s was merged from another adapter or base (stale); exporting from the base "
+                 "and %s in one pass", merged, adapter)
+    return Source(base, adapter)
+
+
 def export_run(run_dir: Path, *, adapter: Path | None = None, out: Path | None = None, outtype: str | None = None,
                quantizations: tuple[str, ...] | None = None, verify: bool = True, progress=None) -> dict:
-    """Export a training output_dir: its merged/ checkpoint when complete, else base + adapter/ in
-    one streaming pass; settings from its config unless given; verified on its held-out rows."""
+    """Export a training output_dir (see run_source); settings from its config unless given;
+    verified on its held-out rows."""
     from tutorforge.checkpoints import read_run_info
     from tutorforge.data import load_files
-    from tutorforge.models import resolve_base_model
 
     info = read_run_info(run_dir)
     if info is None or "config" not in info:
@@ -462,13 +510,10 @@ def export_run(run_dir: Path, *, adapter: Path | None = None, out: Path | None =
                         "give --base (and --adapter) with --out")
     config = info["config"]
     settings = config["tutorforge"]["export"]
-    merged = run_dir / "merged"
-    source = Source(merged) if (merged / "config.json").is_file() else Source(  # merge renames a complete dir
-        resolve_base_model(config["base_model"]).path, adapter or run_dir / "adapter")
+    source = run_source(run_dir, config, adapter)
     heldout = run_dir / "heldout.jsonl"
     rows = verify_rows(load_files([heldout]).rows if heldout.is_file() else None) if verify else None
     return export_model(source, out or run_dir / "gguf", name=settings.get("name") or "model",
                         outtype=outtype or settings.get("outtype", "f16"),
                         quantizations=quantizations or tuple(settings.get("quantizations", ("q4_k_m",))),
                         verify_rows=rows, system=config.get("default_system_message"), progress=progress)
-

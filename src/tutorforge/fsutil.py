@@ -29,6 +29,35 @@ def atomic_write(path: Path, mode: str = "w") -> Iterator[IO]:
         raise
 
 
+def disk_full(directory: Path, what: str):
+    """The UserError for a disk that filled up while `what` was written into `directory`."""
+    import shutil
+
+    from tutorforge.errors import UserError
+
+    try:
+        free = f"{shutil.disk_usage(directory).free / 2**20:.0f} MiB free now"
+    except OSError:
+        free = "free space unknown"
+    return UserError(f"{directory}: the disk filled up while writing {what} ({free}); nothing was left under "
+                     "its final name. Free some space (or choose an output directory on another disk) and "
+                     "run the command again")
+
+
+@contextmanager
+def disk_full_says_so(directory: Path, what: str) -> Iterator[None]:
+    """A disk that fills up inside the block becomes disk_full's message (the writers remove their
+    partial files: nothing is left under a final name); other errors pass through."""
+    import errno
+
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise disk_full(directory, what) from None
+
+
 def sha256_file(path: Path) -> str:
     """The SHA-256 of a file, read in 4 MiB blocks."""
     import hashlib
@@ -40,30 +69,47 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+HOLDER = "tutorforge"  # how a lock names its holder; the CLI sets "tutorforge <command>"
+_held: dict[str, int] = {}  # lock files this process holds, with how many blocks hold each
+
+
 @contextmanager
-def exclusive(directory: Path, what: str = "this output_dir") -> Iterator[None]:
-    """Hold an exclusive lock on `directory` (its .lock file) for the block, or refuse at once when
-    another process holds it: two runs writing one output_dir would corrupt each other's outputs.
-    The kernel drops the lock when the holder dies, so a killed run never leaves it stuck."""
+def exclusive(directory: Path, what: str = "this output_dir", *, lock: Path | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on `directory` (its .lock file, or `lock`) for the block, or refuse at
+    once when another process holds it: two commands writing one output_dir would corrupt each
+    other's outputs. Re-entrant within a process (a command that runs another holds one lock). The
+    kernel drops the lock when the holder dies, so a killed run never leaves it stuck."""
     import fcntl
+    import time
 
     from tutorforge.errors import UserError
 
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / ".lock", "a+") as fh:
+    lock_path = Path(lock) if lock else directory / ".lock"
+    key = os.path.realpath(lock_path)
+    if _held.get(key):
+        _held[key] += 1
+        try:
+            yield
+        finally:
+            _held[key] -= 1
+        return
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             fh.seek(0)
             holder = fh.read().strip() or "another process"
             raise UserError(f"{directory}: {holder} is already working on {what}; wait for it to finish "
-                            "(or stop it), or give this run another output_dir") from None
+                            "(or stop it), or give this command another output directory") from None
         fh.seek(0)
         fh.truncate()
-        fh.write(f"tutorforge (pid {os.getpid()})")
+        fh.write(f"{HOLDER} (pid {os.getpid()}, since {time.strftime('%H:%M:%S')})")
         fh.flush()
+        _held[key] = 1
         try:
             yield
         finally:
+            del _held[key]
             fh.truncate(0)

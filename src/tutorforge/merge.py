@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from tutorforge.errors import UserError
+from tutorforge.fsutil import disk_full_says_so
 
 log = logging.getLogger(__name__)
 
@@ -231,17 +232,6 @@ def _shards(refs: list[TensorRef], shard_bytes: int) -> Iterator[list[TensorRef]
         yield shard
 
 
-def _fingerprint(base_dir: Path, adapter_dir: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    for path in sorted(base_dir.glob("*.safetensors")):
-        digest.update(f"{path.name}:{path.stat().st_size}:{path.stat().st_mtime_ns}".encode())
-    for path in sorted(adapter_dir.glob("adapter_*")):
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
 def check_free_space(directory: Path, needed: int, what: str) -> None:
     """Refuse before writing when the disk holding `directory` has less than `needed` bytes free."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -253,15 +243,18 @@ def check_free_space(directory: Path, needed: int, what: str) -> None:
 
 def merge(base_dir: Path, adapter_dir: Path, out_dir: Path, *, shard_bytes: int = 2 << 30,
           progress: Callable[[int, int], None] | None = None) -> Path:
-    """Write base + adapter as a merged checkpoint in `out_dir` (skipped when already complete)."""
+    """Write base + adapter as a merged checkpoint in `out_dir`: skipped when it already holds this
+    very merge, rebuilt when it holds a merge of other inputs; refused when it holds anything else
+    (see outputs.claim) or is the base or adapter directory."""
+    from tutorforge import outputs
     from tutorforge.hardware import bound_heap
 
-    bound_heap()  # each freed tensor goes back to the OS: RAM is what merging is short of
-    fingerprint = _fingerprint(base_dir, adapter_dir)
-    marker = out_dir / "tutorforge-merge.json"
-    if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == fingerprint:
+    claimed = outputs.claim(out_dir, "merged", protect=[base_dir, adapter_dir], create=False)
+    inputs = {"model": outputs.model_identity(base_dir, adapter_dir)}
+    if claimed.reusable("merge", inputs):
         log.info("merge: %s is complete for this base and adapter; skipped", out_dir)
         return out_dir
+    bound_heap()  # each freed tensor goes back to the OS: RAM is what merging is short of
     refs = tensor_refs(base_dir)
     lora, full = read_adapter(adapter_dir)
     names = {r.name for r in refs}
@@ -272,12 +265,37 @@ def merge(base_dir: Path, adapter_dir: Path, out_dir: Path, *, shard_bytes: int 
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    try:
+        with disk_full_says_so(out_dir.parent, "the merged model"):
+            _write_shards(tmp, refs, lora, full, shard_bytes, progress)
+            for path in base_dir.iterdir():  # config, generation config, tokenizer, chat template, license
+                if path.is_file() and not WEIGHT_FILES.fullmatch(path.name) and path.name != outputs.RECORD:
+                    shutil.copy2(path, tmp / path.name)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a merge starts over: a partial one only takes space
+        raise
+    record = outputs.OutputDir(tmp, "merged", {"kind": "merged", "stages": {}})
+    record.begin("merge", inputs)
+    for path in sorted(tmp.iterdir()):
+        if path.name != outputs.RECORD:
+            record.add("merge", path)
+    record.finish("merge", base=str(base_dir), adapter=str(adapter_dir), lora_tensors=len(lora),
+                  replaced_tensors=len(full))
+    outputs.replace_dir(tmp, out_dir)
+    log.info("merge: %d LoRA updates and %d replaced tensors merged into %d tensors -> %s",
+             len(lora), len(full), len(refs), out_dir)
+    return out_dir
+
+
+def _write_shards(directory: Path, refs: list[TensorRef], lora: dict[str, LoraPair],
+                  full: dict[str, torch.Tensor], shard_bytes: int, progress) -> None:
+    """The merged tensors as safetensors shards (with an index when there are several)."""
     shards = list(_shards(refs, shard_bytes))
     workspace = Workspace(refs, lora)
     weight_map, done = {}, 0
     for i, shard in enumerate(shards, start=1):
         name = "model.safetensors" if len(shards) == 1 else f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-        writer = ShardWriter(tmp / name, [(r.name, r.dtype, r.shape) for r in shard])
+        writer = ShardWriter(directory / name, [(r.name, r.dtype, r.shape) for r in shard])
         for ref in shard:
             writer.write(ref.name, workspace.merged(ref, lora.get(ref.name), full.get(ref.name)))
             weight_map[ref.name] = name
@@ -287,16 +305,5 @@ def merge(base_dir: Path, adapter_dir: Path, out_dir: Path, *, shard_bytes: int 
         writer.close()
     if len(shards) > 1:
         total = sum(r.end - r.start for r in refs)
-        (tmp / "model.safetensors.index.json").write_text(
+        (directory / "model.safetensors.index.json").write_text(
             json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
-    for path in base_dir.iterdir():  # config, generation config, tokenizer, chat template, license
-        if path.is_file() and not WEIGHT_FILES.fullmatch(path.name):
-            shutil.copy2(path, tmp / path.name)
-    (tmp / "tutorforge-merge.json").write_text(json.dumps(
-        {"fingerprint": fingerprint, "base": str(base_dir), "adapter": str(adapter_dir),
-         "lora_tensors": len(lora), "replaced_tensors": len(full)}, indent=1))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
-    log.info("merge: %d LoRA updates and %d replaced tensors merged into %d tensors -> %s",
-             len(lora), len(full), len(refs), out_dir)
-    return out_dir

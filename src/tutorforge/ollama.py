@@ -41,6 +41,11 @@ GO_TEMPLATES: dict[str, str] = {
 }
 
 
+# The Modelfile's first line: it says who wrote the file, so that package rewrites only its own
+# Modelfile and never one a user wrote (Ollama reads lines starting with # as comments).
+MODELFILE_HEADER = "# Modelfile written by tutorforge package (rewritten on each export: edit a copy)"
+
+
 @dataclass(frozen=True)
 class Family:
     name: str
@@ -136,7 +141,7 @@ def modelfile(gguf_name: str, template: str, *, system: str | None, stops: list[
     for name, text in (("TEMPLATE", template), ("SYSTEM", system or ""), ("LICENSE", license or "")):
         if '"""' in text:
             raise UserError(f'the {name} text contains """, which a Modelfile cannot hold')
-    lines = [f"FROM ./{gguf_name}", f'TEMPLATE """{template}"""']
+    lines = [MODELFILE_HEADER, f"FROM ./{gguf_name}", f'TEMPLATE """{template}"""']
     if system:
         lines.append(f'SYSTEM """{system}"""')
     lines += [f'PARAMETER stop "{s}"' for s in stops]
@@ -153,6 +158,9 @@ def parse_modelfile(text: str) -> dict[str, object]:
     rest = text
     while rest.strip():
         rest = rest.lstrip("\n")
+        if rest.startswith("#"):  # a comment line
+            rest = rest.partition("\n")[2]
+            continue
         word, _, after = rest.partition(" ")
         if after.startswith('"""'):
             value, _, rest = after[3:].partition('"""')
@@ -191,7 +199,9 @@ def decoding(ollama_settings: dict) -> tuple[float, int]:
 
 def package(run_dir: Path, config: dict, gguf_path: Path | None = None) -> Path:
     """Write the Modelfile of a finished run (config: run.json's) beside its GGUF (default: the
-    config's tutorforge.ollama.quantization); returns its path."""
+    config's tutorforge.ollama.quantization); returns its path. Refused for a GGUF that failed its
+    verification or was exported from another adapter than the run's, and where a Modelfile that
+    tutorforge did not write is in the way."""
     from transformers import AutoTokenizer
 
     from tutorforge.export import run_gguf
@@ -201,6 +211,11 @@ def package(run_dir: Path, config: dict, gguf_path: Path | None = None) -> Path:
     if not gguf_path.is_file():
         raise UserError(f"{gguf_path}: no such GGUF; run `tutorforge export {run_dir}` first")
     model_dir = resolve_base_model(config["base_model"]).path
+    _check_exported(gguf_path, run_dir, model_dir)
+    path = gguf_path.parent / "Modelfile"
+    if path.exists() and not _ours(path):
+        raise UserError(f"{path}: a Modelfile that tutorforge did not write is in the way; tutorforge never "
+                        "overwrites it. Move it away (or rename it) and run `tutorforge package` again")
     settings = config["tutorforge"]["ollama"]
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     fmt, family, stops = prompt_template(tokenizer, config.get("chat_template"), config.get("default_system_message"))
@@ -213,9 +228,9 @@ def package(run_dir: Path, config: dict, gguf_path: Path | None = None) -> Path:
     from tutorforge.fsutil import atomic_write
 
     checked = verify_template(tokenizer, fmt, family)
-    path = gguf_path.parent / "Modelfile"
     with atomic_write(path) as fh:
         fh.write(text)
+    _record(path, gguf_path)
     log.info("package: %s (%s template, %s)", path, family.name, gguf_path.name)
     if checked:
         log.info("package: TEMPLATE rendered by Go's text/template equals the training prompt on %d "
@@ -224,6 +239,49 @@ def package(run_dir: Path, config: dict, gguf_path: Path | None = None) -> Path:
         log.warning("package: TEMPLATE not verified: Go is not installed (apt-get install golang-go); "
                     "Ollama renders it with Go's text/template")
     return path
+
+
+def _ours(modelfile_path: Path) -> bool:
+    with modelfile_path.open(encoding="utf-8", errors="replace") as fh:
+        return fh.readline().rstrip("\n") == MODELFILE_HEADER
+
+
+def _check_exported(gguf_path: Path, run_dir: Path, model_dir: Path) -> None:
+    """A GGUF that tutorforge exported must have passed its verification and come from the run's
+    current adapter (a GGUF from elsewhere, with no export record, is the user's to vouch for)."""
+    from tutorforge import outputs
+
+    stage = ((outputs.read_record(gguf_path.parent) or {}).get("stages") or {}).get("export")
+    if not stage or gguf_path.name not in stage.get("files", {}):
+        return
+    if stage.get("status") != "complete":
+        raise UserError(f"{gguf_path}: its export did not finish; run `tutorforge export {run_dir}` again")
+    kind = gguf_path.name.rsplit(".", 2)[-2].lower()
+    if failed := [f for f in stage.get("failures", []) if f.startswith(f"{kind}:")]:
+        raise UserError(f"{gguf_path}: failed its verification ({failed[0]}); it does not behave like the "
+                        "trained model, so no Modelfile is written for it. See export.json beside it")
+    adapter = run_dir / "adapter"
+    if (adapter / "adapter_config.json").is_file() and \
+            stage["inputs"]["model"] != outputs.model_identity(model_dir, adapter):
+        raise UserError(f"{gguf_path}: exported from another adapter than {adapter} (the run was trained "
+                        f"again since); run `tutorforge export {run_dir}`, which writes the Modelfile too")
+
+
+def _record(modelfile_path: Path, gguf_path: Path) -> None:
+    """The Modelfile as the package stage's output in the GGUF directory's record, when it has one
+    (so that an export of another model removes it with the GGUFs it named)."""
+    from tutorforge import outputs
+
+    directory = modelfile_path.parent
+    record = outputs.read_record(directory)
+    if record is None or record.get("kind") != "gguf":
+        return
+    claimed = outputs.OutputDir(directory, "gguf", record)
+    st = gguf_path.stat()
+    claimed.record["stages"]["package"] = {  # replaces the entry: the file was just rewritten
+        "inputs": {"gguf": gguf_path.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}, "status": "running"}
+    claimed.add("package", modelfile_path)
+    claimed.finish("package")
 
 
 # --- verification with Go's own text/template (Ollama's template language) ---------------------

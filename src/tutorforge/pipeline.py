@@ -130,6 +130,16 @@ def _stage(p: Pipeline, name: str, inputs: dict, work: Callable[[bool], Path],
     return Outcome(name, "done", 0.0, output, sum(f.stat().st_size for f in files))
 
 
+def _forget(p: Pipeline, stage: str, out: Path, kind: str, *also: str) -> None:
+    """--from STAGE redoes it: what it (and `also`) recorded as written in `out` is deleted first."""
+    from tutorforge import outputs
+
+    if stage in p.redo and out.exists():
+        claimed = outputs.claim(out, kind, option=f"--from {stage}:")
+        for name in (stage, *also):
+            claimed.remove(name)
+
+
 # --- the stages ---------------------------------------------------------------------------------
 
 def _validate(p: Pipeline) -> Outcome:
@@ -189,9 +199,8 @@ def _merge(p: Pipeline) -> Outcome:
 
     out = p.run_dir / "merged"
 
-    def work(resume: bool) -> Path:
-        if not resume:
-            shutil.rmtree(out, ignore_errors=True)
+    def work(resume: bool) -> Path:  # merge itself rebuilds a merged/ of other inputs
+        _forget(p, "merge", out, "merged")
         with p.progress("merging", "tensors") as progress:
             return merge(resolve_base_model(p.cfg.base_model).path, p.run_dir / "adapter", out, progress=progress)
 
@@ -205,9 +214,8 @@ def _export(p: Pipeline) -> Outcome:
     settings = dataclasses.asdict(p.cfg.tutorforge.export)
     out = p.run_dir / "gguf"
 
-    def work(resume: bool) -> Path:
-        if not resume:
-            shutil.rmtree(out, ignore_errors=True)
+    def work(resume: bool) -> Path:  # export keeps only the files made from this same model
+        _forget(p, "export", out, "gguf", "package")
         with p.progress("exporting", "tensors") as progress:
             report = export_run(p.run_dir, verify=p.cfg.tutorforge.export.verify, progress=progress)
         check_verification(report, out)
@@ -248,11 +256,15 @@ def _compare(p: Pipeline) -> Outcome:
               "settings": settings, "system": p.cfg.default_system_message}
 
     def work(resume: bool) -> Path:
-        base, tuned = generators(p)
-        with p.progress("comparing", "prompts") as progress:
-            result = ab.run_comparison(base, tuned, rows, out_dir=out, target_words=target,
-                                       max_new_tokens=p.cfg.tutorforge.compare.max_new_tokens,
-                                       system=p.cfg.default_system_message, progress=progress)
+        def compare():
+            base, tuned = generators(p)
+            with p.progress("comparing", "prompts") as progress:
+                return ab.run_comparison(base, tuned, rows, out_dir=out, target_words=target,
+                                         max_new_tokens=p.cfg.tutorforge.compare.max_new_tokens,
+                                         system=p.cfg.default_system_message, progress=progress)
+
+        _forget(p, "compare", out, "compare")
+        result = ab.compare_once(out, inputs, compare, protect=[p.run_dir / "adapter"])
         (out / "table.txt").write_text(result.table() + "\n")
         return out / "report.html"
 
