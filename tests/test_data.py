@@ -31,11 +31,11 @@ def kinds(report) -> list[tuple[str, str]]:
     ({"output": "b"}, "missing_field", "missing 'instruction'"),
     ({"instruction": "a", "output": "   "}, "empty_field", "'output' is empty"),
     ({"instruction": "", "output": "b"}, "empty_field", "'instruction' is empty"),
-    ({"instruction": 5, "output": "b"}, "wrong_type", "'instruction' is a int"),
-    ({"instruction": "a", "input": 3, "output": "b"}, "wrong_type", "'input' is a int"),
-    ({"instruction": "a", "output": ["b"]}, "wrong_type", "'output' is a list"),
-    (["a", "b"], "not_an_object", "a JSON list, not an object"),
-    ('"just a string"', "not_an_object", "a JSON str"),
+    ({"instruction": 5, "output": "b"}, "wrong_type", "'instruction' is a JSON number"),
+    ({"instruction": "a", "input": 3, "output": "b"}, "wrong_type", "'input' is a JSON number"),
+    ({"instruction": "a", "output": ["b"]}, "wrong_type", "'output' is a JSON array"),
+    (["a", "b"], "not_an_object", "a JSON array, not an object"),
+    ('"just a string"', "not_an_object", "a JSON string"),
     (b'{"instruction": "caf\xe9", "output": "b"}', "invalid_utf8", "not UTF-8"),
 ])
 def test_each_bad_row_is_rejected_with_line_and_reason(tmp_path, line, kind, reason):
@@ -101,10 +101,19 @@ def test_json_array_files_with_line_numbers(tmp_path):
     report = load_files([path])
     assert [r.source for r in report.rows] == [f"{path}:2", f"{path}:4"]
     assert kinds(report) == [("3", "missing_field")]
-    broken = tmp_path / "broken.json"
-    broken.write_text('[\n {"instruction": "a", "output": "b"},\n {"instruction": "c",,}\n]')
-    with pytest.raises(UserError, match=r"broken.json:3: malformed JSON array"):
-        load_files([broken])
+    bad_row = tmp_path / "bad_row.json"  # one malformed element is a reject; the rest are read
+    bad_row.write_text('[\n {"instruction": "a", "output": "b"},\n {"instruction": "c",,},\n'
+                       ' {"instruction": "d", "output": "e"}\n]')
+    report = load_files([bad_row])
+    assert kinds(report) == [("3", "malformed_json")] and [r.output for r in report.rows] == ["b", "e"]
+    assert report.rejects[0].raw == '{"instruction": "c",,}'
+    for name, broken in [("unterminated", '[\n {"instruction": "a", "output": "b"},\n {"instruction": "c\n]'),
+                         ("no_comma", '[\n {"instruction": "a", "output": "b"}\n {"instruction": "c"}\n]'),
+                         ("unclosed", '[\n {"instruction": "a", "output": "b"},\n {"instruction": "c"\n]')]:
+        path = tmp_path / f"{name}.json"
+        path.write_text(broken)
+        with pytest.raises(UserError, match=rf"{name}.json:3: malformed JSON array"):
+            load_files([path])
 
 
 def test_default_stops_with_first_20_problems_and_counts(tmp_path):
@@ -233,3 +242,147 @@ def test_shipped_dataset_meets_its_brief(shared_data):
                   "classes", "dunder methods", "exceptions", "files", "context managers", "modules",
                   "standard library", "typing", "testing", "debugging common errors", "idioms"):
         assert topic in readme.lower(), topic
+
+
+def array_file(tmp_path: Path, elements: list, name: str = "a.json") -> Path:
+    """A JSON array file with element i (a value, or raw JSON text) on line i + 2."""
+    path = tmp_path / name
+    text = [e if isinstance(e, str) else json.dumps(e) for e in elements]
+    path.write_text("[\n" + ",\n".join(text) + "\n]\n")
+    return path
+
+
+def test_an_array_line_in_jsonl_is_a_reject_and_every_later_line_is_read(tmp_path):
+    rows = [{**GOOD, "output": f"answer {i}"} for i in range(9)]
+    path = jsonl(tmp_path, [rows[:2]] + rows[2:])
+    report = load_files([path])
+    assert report.rows_read == 8 and len(report.rows) == 7
+    assert kinds(report) == [("1", "not_an_object")]
+    assert "a JSON array, not an object" in report.rejects[0].reason
+    assert any(n.startswith(f"{path}:1: a JSON array on the first line") for n in report.notes)
+    as_json = jsonl(tmp_path, [rows[:2]] + rows[2:], "lines.json")  # .json, but not one array
+    assert load_files([as_json]).rows_read == 8
+    trailing = tmp_path / "trailing.json"
+    trailing.write_text(json.dumps([GOOD]) + ' {"instruction": "x", "output": "y"}\n')
+    report = load_files([trailing])
+    assert report.rows_read == 1 and kinds(report) == [("1", "malformed_json")]
+
+
+def test_json_array_loads_in_linear_time(tmp_path):
+    import time
+
+    rows = [{"instruction": f"Explain item {i} of the list in plain words.", "input": "",
+             "output": f"Item {i} is a number; doubled it is {2 * i}. " * 4} for i in range(20_000)]
+    array = tmp_path / "rows.json"
+    array.write_text(json.dumps(rows, indent=2))
+    lines = jsonl(tmp_path, rows, "rows.jsonl")
+    started = time.perf_counter()
+    assert len(load_files([lines]).rows) == 20_000
+    jsonl_s = time.perf_counter() - started
+    started = time.perf_counter()
+    report = load_files([array])
+    array_s = time.perf_counter() - started
+    assert len(report.rows) == 20_000 and report.rows[-1].source == f"{array}:{2 + 5 * 19_999}"
+    assert array_s < 4 * jsonl_s + 1.0, (array_s, jsonl_s)  # the quadratic reader took 15 s here
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+PATHOLOGICAL = {  # raw JSON of one row -> (kind, words of its reason)
+    "deep": ('{"instruction": "a", "output": "b", "meta": ' + DEEP + "}", "too_deep",
+             "nested 100,001 levels deep"),
+    "deep_row": (DEEP, "too_deep", "nested 100,000 levels deep"),
+    "surrogate": ('{"instruction": "a", "output": "b \\ud800"}', "lone_surrogate", "'output'"),
+    "surrogate_input": ('{"instruction": "a", "input": "\\udfff", "output": "b"}', "lone_surrogate",
+                        "'input'"),
+    "inf": ('{"instruction": "a", "output": "b", "score": 1e999999}', "bad_number", "infinity"),
+    "digits": ('{"instruction": "a", "output": "b", "id": ' + "7" * 1_000_000 + "}", "bad_number",
+               "1,000,000 digits"),
+    "nan": ('{"instruction": "a", "output": "b", "score": NaN}', "bad_number", "NaN"),
+}
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "json"])
+@pytest.mark.parametrize("case", list(PATHOLOGICAL))
+def test_no_single_row_aborts_loading(tmp_path, case, fmt):
+    raw, kind, words = PATHOLOGICAL[case]
+    elements = [GOOD, raw, {**GOOD, "output": "after"}]
+    path = jsonl(tmp_path, elements) if fmt == "jsonl" else array_file(tmp_path, elements)
+    line = 2 if fmt == "jsonl" else 3
+    report = load_files([path])
+    assert report.rows_read == 3 and [r.output for r in report.rows] == ["hi", "after"]
+    assert kinds(report) == [(str(line), kind)] and words in report.rejects[0].reason
+    accept(report, skip_bad_rows=True, rejects_path=tmp_path / "rejected.jsonl")
+    written = [json.loads(x) for x in (tmp_path / "rejected.jsonl").read_text().splitlines()]
+    assert [(w["source"], w["kind"]) for w in written] == [(f"{path}:{line}", kind)]
+    assert written[0]["raw"] == raw and words in written[0]["reason"]
+
+
+def summary_counts(summary: str) -> tuple[int, int, int, dict[str, int]]:
+    import re
+
+    head, kinds_line = summary.splitlines()[:2]
+    match = re.fullmatch(r"(\d+) rows read from \d+ file\(s\): (\d+) accepted, (\d+) rejected", head)
+    assert match and kinds_line.startswith("rejected by kind: "), summary
+    by_kind = {k: int(n) for k, n in (part.rsplit(" ", 1) for part in kinds_line[18:].split(", "))}
+    return int(match[1]), int(match[2]), int(match[3]), by_kind
+
+
+def test_summary_counts_add_up(tmp_path):
+    a = jsonl(tmp_path, [GOOD, "{bad", {"instruction": "a"}, GOOD, {**GOOD, "output": "two"}], "a.jsonl")
+    b = array_file(tmp_path, [{**GOOD, "output": "three"}, "[1]", {**GOOD, "output": "two"}], "b.json")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    report = load_files([a, empty, b])
+    read, accepted, rejected, by_kind = summary_counts(report.summary())
+    assert (read, accepted, rejected) == (8, 3, 5)
+    assert read == accepted + rejected == report.rows_read and sum(by_kind.values()) == rejected
+    assert by_kind == {"duplicate": 2, "malformed_json": 1, "missing_field": 1, "not_an_object": 1}
+    assert f"1 file(s) rejected whole: {empty}:1: empty file" in report.summary()
+    with pytest.raises(DataError, match=r"5 unusable of 8 rows read \(.*\) and 1 file\(s\) rejected whole"):
+        accept(report, skip_bad_rows=False, rejects_path=None)
+
+
+def test_odd_files_give_named_rejects(tmp_path):
+    utf16 = tmp_path / "utf16.jsonl"
+    utf16.write_bytes((json.dumps(GOOD) + "\n").encode("utf-16"))
+    utf16_bare = tmp_path / "utf16be.json"
+    utf16_bare.write_bytes(json.dumps([GOOD]).encode("utf-16-be"))
+    latin1 = jsonl(tmp_path, [GOOD, '{"instruction": "café", "output": "b"}'.encode("latin-1")],
+                   "latin1.jsonl")
+    empty_array = tmp_path / "empty.json"
+    empty_array.write_text(" [ ] \n")
+    scalars = array_file(tmp_path, [1, '"text"', None, [GOOD]], "scalars.json")
+    bom = tmp_path / "bom.json"
+    bom.write_bytes(b"\xef\xbb\xbf" + json.dumps([{**GOOD, "output": "bom"}]).encode())
+    report = load_files([utf16, utf16_bare, latin1, empty_array, scalars, bom])
+    assert [(r.source, r.kind) for r in report.rejects] == [
+        (f"{utf16}:1", "not_utf8"), (f"{utf16_bare}:1", "not_utf8"), (f"{latin1}:2", "invalid_utf8"),
+        (f"{empty_array}:1", "empty_file"), *((f"{scalars}:{n}", "not_an_object") for n in (2, 3, 4, 5))]
+    assert "UTF-16" in report.rejects[0].reason and "save the file as UTF-8" in report.rejects[0].reason
+    assert "UTF-16-BE" in report.rejects[1].reason
+    assert "empty JSON array" in report.rejects[3].reason
+    assert [r.reason.split(",")[0] for r in report.rejects[4:8]] == [
+        "a JSON number", "a JSON string", "a JSON null", "a JSON array"]
+    assert report.rows_read == 7 and [r.source for r in report.rows] == [f"{latin1}:1", f"{bom}:1"]
+    assert any("byte-order mark removed" in n for n in report.notes)
+
+
+@pytest.mark.slow
+def test_cli_prepare_skip_bad_rows_survives_every_pathological_row(write_config, tmp_path, capsys, bundled):
+    from tutorforge import cli
+
+    bad = [raw for raw, _, _ in PATHOLOGICAL.values()]
+    lines = jsonl(tmp_path, [GOOD, {**GOOD, "output": "two"}, *bad])
+    array = array_file(tmp_path, [{**GOOD, "output": "three"}, *bad, {**GOOD, "output": "four"}])
+    config = write_config(f"base_model: smollm2\nadapter: lora\nsequence_len: 128\nval_set_size: 0\n"
+                          f"datasets:\n  - path: {lines}\n  - path: {array}\n"
+                          f"output_dir: {tmp_path / 'out'}\n")
+    assert cli.main(["data", "prepare", str(config), "--skip-bad-rows"]) == 0
+    out = capsys.readouterr().out
+    assert "18 rows read from 2 file(s): 4 accepted, 14 rejected" in out
+    assert "rejected by kind: bad_number 6, too_deep 4, lone_surrogate 4" in out
+    written = [json.loads(x) for x in (tmp_path / "out" / "rejected.jsonl").read_text().splitlines()]
+    expected = [kind for _, kind, _ in PATHOLOGICAL.values()]
+    assert [w["kind"] for w in written] == expected * 2
+    assert [w["source"] for w in written] == ([f"{lines}:{n}" for n in range(3, 10)]
+                                              + [f"{array}:{n}" for n in range(3, 10)])

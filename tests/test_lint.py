@@ -68,3 +68,61 @@ def test_code_alpaca_runs_and_reports_unfenced_code(shared_data, capsys, bundled
     unfenced = int(out.split(" rows of unfenced Python")[0].rsplit(", ", 1)[1])
     assert unfenced > 500  # most of its code is unfenced: detected and reported as not checked
     assert code == 1  # two rows have an empty output
+
+
+class ByteTokenizer:
+    """One token per UTF-8 byte; like a real tokenizer it cannot encode a lone surrogate."""
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return list(text.encode("utf-8"))
+
+
+def lint_rows(tmp_path, lines: list, **kwargs):
+    from tutorforge.formatting import PromptFormat
+    from tutorforge.lint import lint
+
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in lines))
+    report = lint([path], tokenizer=ByteTokenizer(), fmt=PromptFormat("alpaca", None, 0),
+                  sequence_len=4096, model="bytes", **kwargs)
+    return report, path
+
+
+def test_no_run_code_says_the_blocks_were_not_run(tmp_path):
+    from tutorforge.lint import render
+
+    rows = [{"instruction": "a", "input": "", "output": "```python\nprint(1)  # 1\n```"},
+            {"instruction": "b", "input": "", "output": "```python\nprint(1 / 0)\n```\n```py\nx = 1\n```"}]
+    report, _ = lint_rows(tmp_path, rows, run_code=False)
+    out = render(report)
+    assert "python blocks: 3 found, not run (--no-run-code)" in out
+    assert " run, " not in out and "runs as stated" not in out
+    assert out.splitlines()[-1] == "OK: every row usable; Python blocks not run (--no-run-code)"
+
+
+def test_one_pathological_row_does_not_abort_lint(tmp_path):
+    from tutorforge.lint import render
+
+    good = {"instruction": "a", "input": "", "output": "fine"}
+    lines = [good, '{"instruction": "b", "output": "x", "meta": ' + "[" * 100_000 + "]" * 100_000 + "}",
+             '{"instruction": "c", "output": "half \\ud800"}',
+             '{"instruction": "d", "output": "x", "n": 1e999999}',
+             '{"instruction": "e", "output": "x", "n": ' + "1" * 1_000_000 + "}", {**good, "instruction": "f"}]
+    report, path = lint_rows(tmp_path, lines, run_code=False)
+    assert [(f.source, f.kind) for f in report.findings] == [
+        (f"{path}:2", "too_deep"), (f"{path}:3", "lone_surrogate"), (f"{path}:4", "bad_number"),
+        (f"{path}:5", "bad_number")]
+    assert report.failed and len(report.token_lengths) == 2
+    assert render(report).splitlines()[:2] == ["6 rows read from 1 file(s): 2 accepted, 4 rejected",
+                                               "rejected by kind: bad_number 2, too_deep 1, lone_surrogate 1"]
+
+
+@pytest.mark.slow
+def test_cli_lint_reports_pathological_rows_and_that_code_was_not_run(tmp_path, capsys, bundled):
+    rows = [{"instruction": "a", "input": "", "output": "```python\nprint(2)  # 2\n```"},
+            '{"instruction": "b", "output": "\\udfff"}', "[" * 50_000 + "]" * 50_000]
+    code, out, path = lint_file(tmp_path, rows, capsys, "--no-run-code")
+    assert code == 1
+    assert f"{path}:2: lone_surrogate" in out and f"{path}:3: too_deep" in out
+    assert "3 rows read from 1 file(s): 1 accepted, 2 rejected" in out
+    assert "python blocks: 1 found, not run (--no-run-code)" in out and "runs as stated" not in out

@@ -4,16 +4,21 @@
     rows = accept(report, skip_bad_rows=False, rejects_path=None)   # DataError lists the problems
 
 Every row read is either accepted or rejected with its file:line and reason: a malformed JSON line,
-a row that is not an object, a missing, empty or wrongly typed field, invalid UTF-8, a huge line,
-or a duplicate of an earlier row. A BOM, CRLF line ends, blank lines and an empty file are noted.
-By default any problem stops loading with the first 20 problems and the counts per kind; with
-skip_bad_rows the rejected rows go, verbatim and with their reason, to rejected.jsonl, and
-accepted + rejected always equals the rows read.
+a row that is not an object, a missing, empty or wrongly typed field, invalid UTF-8, a lone UTF-16
+surrogate (a "\\ud800" escape), a number no reader can hold (1e999999, a 10^6-digit integer, NaN),
+nesting too deep to parse, a huge line, or a duplicate of an earlier row: rows read = accepted +
+rejected, always. A file is rejected whole when it is empty (or an empty array) or not UTF-8
+(UTF-16/32); a BOM, CRLF line ends and blank lines are noted. A .jsonl file is read line by line,
+always; another file is one JSON array when it starts with [ and that array ends the file, else it
+too is read by lines. By default any problem stops loading with the first 20 problems and the
+counts per kind; with skip_bad_rows the rejects go, verbatim and with their reason, to
+rejected.jsonl.
 """
 from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -26,6 +31,8 @@ from tutorforge.fsutil import atomic_write
 log = logging.getLogger(__name__)
 
 MAX_LINE_BYTES = 1 << 20  # a JSONL line over 1 MiB is a broken export, not a lesson
+MAX_INT_DIGITS = 4300  # Python's default int <-> str limit (sys.get_int_max_str_digits)
+LINE_SUFFIXES = {".jsonl", ".ndjson"}  # read line by line whatever the first line holds
 FIELDS = ("instruction", "input", "output")
 KINDS = {  # problem kind -> what to do about it
     "malformed_json": "fix the JSON syntax",
@@ -34,12 +41,22 @@ KINDS = {  # problem kind -> what to do about it
     "empty_field": "instruction and output must have text",
     "wrong_type": "instruction, input and output must be strings",
     "invalid_utf8": "save the file as UTF-8",
-    "huge_line": f"a line over {MAX_LINE_BYTES >> 20} MiB; split or drop that row",
+    "lone_surrogate": "half of a UTF-16 surrogate pair is no character; fix the escape or drop the row",
+    "bad_number": "write the number as a string, or drop it",
+    "too_deep": "nested deeper than JSON readers go; flatten or drop the row",
+    "huge_line": f"a row over {MAX_LINE_BYTES >> 20} MiB; split or drop that row",
     "duplicate": "remove the repeated row",
     "too_long": "longer than sequence_len; shorten the row or raise sequence_len",
     "empty_file": "the file holds no rows",
+    "not_utf8": "save the file as UTF-8",
 }
+FILE_KINDS = frozenset({"empty_file", "not_utf8"})  # a whole file rejected: no rows read from it
+JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number",
+              bool: "boolean", type(None): "null"}
 SURROGATE = re.compile("[\udc80-\udcff]")  # undecodable bytes, kept by surrogateescape
+ANY_SURROGATE = re.compile("[\ud800-\udfff]")  # also lone \ud800-style escapes, which encode nothing
+SPACE = re.compile(r"[ \t\r\n]*")  # JSON's whitespace
+TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[][{},]|"')  # a string, a bracket, a comma, a lone quote
 
 
 @dataclass(frozen=True)
@@ -67,18 +84,30 @@ class LoadReport:
     files: list[str] = field(default_factory=list)
     rows_read: int = 0
     rows: list[Row] = field(default_factory=list)
-    rejects: list[Reject] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)  # rows, and files rejected whole (FILE_KINDS)
     notes: list[str] = field(default_factory=list)
     extra_keys: Counter = field(default_factory=Counter)
 
+    @property
+    def row_rejects(self) -> list[Reject]:
+        return [r for r in self.rejects if r.kind not in FILE_KINDS]
+
+    @property
+    def file_rejects(self) -> list[Reject]:
+        return [r for r in self.rejects if r.kind in FILE_KINDS]
+
     def counts(self) -> Counter:
-        return Counter(r.kind for r in self.rejects)
+        """Rejected rows per kind (files rejected whole are not rows)."""
+        return Counter(r.kind for r in self.row_rejects)
 
     def summary(self) -> str:
+        rejected = self.row_rejects  # rows read = accepted + rejected, always
         parts = [f"{self.rows_read} rows read from {len(self.files)} file(s): {len(self.rows)} accepted, "
-                 f"{len(self.rejects)} rejected"]
-        if self.rejects:
+                 f"{len(rejected)} rejected"]
+        if rejected:
             parts.append("rejected by kind: " + ", ".join(f"{k} {n}" for k, n in self.counts().most_common()))
+        if files := self.file_rejects:
+            parts.append(f"{len(files)} file(s) rejected whole: " + "; ".join(r.render() for r in files))
         if self.extra_keys:
             parts.append("extra keys ignored: " + ", ".join(f"{k} ({n} rows)" for k, n in
                                                              self.extra_keys.most_common()))
@@ -93,17 +122,31 @@ class DataError(UserError):
         lines = [r.render() for r in report.rejects[:limit]]
         if len(report.rejects) > limit:
             lines.append(f"... and {len(report.rejects) - limit} more")
+        rows, files = report.row_rejects, report.file_rejects
         counts = ", ".join(f"{kind}: {n}" for kind, n in report.counts().most_common())
-        super().__init__("\n".join(lines) + f"\n{len(report.rejects)} unusable of {report.rows_read} rows "
-                         f"read ({counts}). Fix them, or set `skip_bad_rows: true` under tutorforge: "
-                         "(or pass --skip-bad-rows) to train without them; they are then written to "
-                         "rejected.jsonl with their reasons.")
+        found = [f"{len(rows)} unusable of {report.rows_read} rows read ({counts})"] if rows else []
+        found += [f"{len(files)} file(s) rejected whole"] if files else []
+        super().__init__("\n".join(lines) + f"\n{' and '.join(found)}. Fix them, or set `skip_bad_rows: "
+                         "true` under tutorforge: (or pass --skip-bad-rows) to train without them; they "
+                         "are then written to rejected.jsonl with their reasons.")
 
 
-def _check_row(value: object) -> tuple[str, str] | tuple[tuple[str, str, str], Counter]:
+@dataclass(frozen=True)
+class Unreadable:
+    """Why a row's text gives no value (malformed, too deep, a bad number, a huge line)."""
+
+    kind: str
+    reason: str
+
+
+def _json_type(value: object) -> str:
+    return JSON_TYPES.get(type(value), type(value).__name__)
+
+
+def _check_row(value: object, raw: str) -> tuple[str, str] | tuple[tuple[str, str, str], Counter]:
     """Either (kind, reason) for an unusable row, or ((instruction, input, output), extra keys)."""
     if not isinstance(value, dict):
-        return "not_an_object", f"a JSON {type(value).__name__}, not an object"
+        return "not_an_object", f"a JSON {_json_type(value)}, not an object; {KINDS['not_an_object']}"
     missing = [k for k in ("instruction", "output") if k not in value]
     if missing:
         return "missing_field", f"missing {', '.join(repr(k) for k in missing)}; {KINDS['missing_field']}"
@@ -112,9 +155,12 @@ def _check_row(value: object) -> tuple[str, str] | tuple[tuple[str, str, str], C
         if item is None and key == "input":
             continue
         if not isinstance(item, str):
-            return "wrong_type", f"{key!r} is a {type(item).__name__}; {KINDS['wrong_type']}"
-        if SURROGATE.search(item):
-            return "invalid_utf8", f"{key!r} holds bytes that are not UTF-8; {KINDS['invalid_utf8']}"
+            return "wrong_type", f"{key!r} is a JSON {_json_type(item)}; {KINDS['wrong_type']}"
+        if found := ANY_SURROGATE.search(item):
+            if SURROGATE.search(raw):  # the file's bytes, not a \u escape
+                return "invalid_utf8", f"{key!r} holds bytes that are not UTF-8; {KINDS['invalid_utf8']}"
+            return "lone_surrogate", (f"{key!r} holds \\u{ord(found.group()):04x} without its pair; "
+                                      f"{KINDS['lone_surrogate']}")
     for key in ("instruction", "output"):
         if not value[key].strip():
             return "empty_field", f"{key!r} is empty; {KINDS['empty_field']}"
@@ -122,12 +168,96 @@ def _check_row(value: object) -> tuple[str, str] | tuple[tuple[str, str, str], C
     return (value["instruction"], value.get("input") or "", value["output"]), extra
 
 
-class HugeLine(Exception):
-    """A JSONL line over MAX_LINE_BYTES: rejected unparsed."""
+def _scan(text: str, pos: int) -> tuple[int, int] | None:
+    """(end, deepest nesting) of the JSON value at `pos`, found from its brackets alone, without
+    recursion: how a row too deep for json (or malformed) is measured and stepped over. The end of a
+    value that is not an array or object is the next top-level , or ]. None where brackets do not
+    pair or a string is not closed."""
+    stack: list[str] = []
+    deepest = 0
+    for match in TOKEN.finditer(text, pos):
+        token = match.group()
+        if token == '"':
+            return None
+        if token[0] == '"' or (token == "," and stack):
+            continue
+        if token in "[{":
+            stack.append(token)
+            deepest = max(deepest, len(stack))
+        elif not stack:  # a , or the ] that closes the enclosing array
+            return match.start(), deepest
+        elif stack.pop() != "[{"["]}".index(token)]:
+            return None
+        elif not stack:
+            return match.end(), deepest
+    return (len(text), deepest) if not stack else None
 
-    def __init__(self, size: int):
-        super().__init__(f"line of {size} bytes")
-        self.size = size
+
+class _Reader:
+    """json's decoder, with numbers and constants no reader can hold noted (a reject), not raised."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+        self.decoder = json.JSONDecoder(parse_float=self._float, parse_int=self._int,
+                                        parse_constant=self._constant)
+
+    def _float(self, text: str) -> float:
+        value = float(text)
+        if math.isinf(value):
+            self.problems.append(f"{text[:20]}{'...' if len(text) > 20 else ''} is out of range "
+                                 "(it reads as infinity)")
+        return value
+
+    def _int(self, text: str) -> int:
+        if len(text) > MAX_INT_DIGITS:  # int() would refuse it (or take seconds with the limit off)
+            self.problems.append(f"an integer of {len(text.lstrip('-')):,} digits (at most "
+                                 f"{MAX_INT_DIGITS} are read)")
+            return 0
+        return int(text)
+
+    def _constant(self, text: str) -> None:
+        self.problems.append(f"{text} is not JSON")
+
+    def _checked(self, value: object) -> object:
+        if not self.problems:
+            return value
+        return Unreadable("bad_number", f"{'; '.join(self.problems[:3])}; {KINDS['bad_number']}")
+
+    def line(self, text: str) -> object:
+        """The value of one JSONL line, or why it has none (Unreadable)."""
+        self.problems.clear()
+        try:
+            return self._checked(self.decoder.decode(text))
+        except json.JSONDecodeError as exc:
+            return _malformed(text, f"{exc.msg} at column {exc.colno}")
+        except RecursionError:
+            return _too_deep(_scan(text, 0))
+
+    def element(self, text: str, pos: int) -> tuple[object, int] | None:
+        """(value or Unreadable, end) of the array element at `pos`; None where its end is lost."""
+        self.problems.clear()
+        try:
+            value, end = self.decoder.raw_decode(text, pos)
+            return self._checked(value), end
+        except (json.JSONDecodeError, RecursionError) as exc:
+            scanned = _scan(text, pos)
+            if scanned is None or not text[pos:scanned[0]].strip():
+                return None
+            end = pos + len(text[pos:scanned[0]].rstrip())
+            if isinstance(exc, RecursionError):
+                return _too_deep(scanned), end
+            return _malformed(text[pos:end], f"{exc.msg} at line {exc.lineno} column {exc.colno}"), end
+
+
+def _malformed(raw: str, where: str) -> Unreadable:
+    if SURROGATE.search(raw):
+        return Unreadable("invalid_utf8", f"bytes that are not UTF-8; {KINDS['invalid_utf8']}")
+    return Unreadable("malformed_json", f"malformed JSON: {where}")
+
+
+def _too_deep(scanned: tuple[int, int] | None) -> Unreadable:
+    depth = f"{scanned[1]:,} levels" if scanned else "too many levels"
+    return Unreadable("too_deep", f"nested {depth} deep; {KINDS['too_deep']}")
 
 
 def _decode(raw: bytes) -> str:
@@ -135,76 +265,97 @@ def _decode(raw: bytes) -> str:
 
 
 def _jsonl_items(path: Path, data: bytes, report: LoadReport) -> Iterator[tuple[int, str, object]]:
-    """(line, raw text, parsed value or an Exception) per non-blank line of a JSONL file."""
+    """(line, raw text, parsed value or Unreadable) per non-blank line of a JSONL file."""
     if b"\r\n" in data:
         report.notes.append(f"{path}: CRLF line ends (read as LF)")
     lines = data.split(b"\n")
     if lines[-1] == b"":
         lines.pop()  # the newline that ends the last line
-    blank = 0
+    blank, reader = 0, _Reader()
     for number, raw in enumerate(lines, start=1):
         if not raw.strip():
             blank += 1
             continue
         text = _decode(raw.rstrip(b"\r"))
         if len(raw) > MAX_LINE_BYTES:
-            yield number, text, HugeLine(len(raw))
+            yield number, text, Unreadable("huge_line", f"line of {len(raw):,} bytes; {KINDS['huge_line']}")
             continue
-        try:
-            yield number, text, json.loads(text)
-        except json.JSONDecodeError as exc:
-            yield number, text, exc
+        value = reader.line(text)
+        if number == 1 and isinstance(value, list):
+            report.notes.append(f"{path}:1: a JSON array on the first line: each line of a JSON lines "
+                                "file is one row (a file that is one JSON array is read as such when "
+                                "not named .jsonl)")
+        yield number, text, value
     if blank:
         report.notes.append(f"{path}: {blank} blank line(s) skipped")
 
 
-def _array_items(path: Path, text: str) -> Iterator[tuple[int, str, object]]:
-    """(line, raw text, parsed value) per element of a JSON array file."""
-    decoder = json.JSONDecoder()
-    pos = text.index("[") + 1
-    while True:
-        while pos < len(text) and text[pos] in " \t\r\n,":
-            pos += 1
-        if pos >= len(text) or text[pos] == "]":
-            return
-        try:
-            value, end = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as exc:
-            line = text.count("\n", 0, exc.pos) + 1
-            raise UserError(f"{path}:{line}: malformed JSON array ({exc.msg}, column {exc.colno}); rows "
-                            "after this point cannot be told apart, so the file must be fixed") from None
-        yield text.count("\n", 0, pos) + 1, text[pos:end], value
-        pos = end
+def _array_items(path: Path, text: str) -> list[tuple[int, str, object]] | None:
+    """(line, raw text, parsed value or Unreadable) per element of a JSON array file, in time linear
+    in its size; None when text follows the array's closing ] (the file is then read as lines)."""
+    reader, items = _Reader(), []
+    line, counted = 1, 0
+    pos = SPACE.match(text, text.index("[") + 1).end()
+    while not text.startswith("]", pos):
+        line += text.count("\n", counted, pos)
+        counted = pos
+        element = None if text.startswith(",", pos) else reader.element(text, pos)
+        if element is None:
+            what = ("a comma with no row before it" if text.startswith(",", pos) else "the file ends "
+                    "inside it" if pos == len(text) else "a row whose end cannot be found: a string "
+                    "or bracket is not closed")
+            raise UserError(f"{path}:{line}: malformed JSON array ({what}); the rows after it "
+                            "cannot be told apart, so the file must be fixed")
+        value, end = element
+        raw = text[pos:end]
+        size = len(raw.encode("utf-8", "surrogateescape")) if len(raw) > MAX_LINE_BYTES // 4 else 0
+        if size > MAX_LINE_BYTES:
+            value = Unreadable("huge_line", f"a row of {size:,} bytes; {KINDS['huge_line']}")
+        items.append((line, raw, value))
+        pos = SPACE.match(text, end).end()
+        if text.startswith(",", pos):
+            pos = SPACE.match(text, pos + 1).end()
+        elif not text.startswith("]", pos):
+            line += text.count("\n", counted, pos)
+            raise UserError(f"{path}:{line}: malformed JSON array (expected , or ] after the row at "
+                            f"line {items[-1][0]}); the rows after it cannot be told apart, so the "
+                            "file must be fixed")
+    return None if text[pos + 1:].strip() else items
 
 
 def read_file(path: Path, report: LoadReport, seen: dict) -> None:
     """Read one .jsonl or .json file into `report` (accepted rows and rejects)."""
     data = path.read_bytes()
     report.files.append(str(path))
+    encoding = json.detect_encoding(data)  # json's own check of the first bytes (RFC 4627)
+    if encoding not in ("utf-8", "utf-8-sig"):
+        report.rejects.append(Reject(f"{path}:1", "not_utf8", f"{encoding.upper()} text, not UTF-8; "
+                                     f"{KINDS['not_utf8']}", ""))
+        return
     if data.startswith(b"\xef\xbb\xbf"):
         report.notes.append(f"{path}:1: UTF-8 byte-order mark removed")
         data = data[3:]
     if not data.strip():
         report.rejects.append(Reject(f"{path}:1", "empty_file", f"empty file: {KINDS['empty_file']}", ""))
         return
-    first = data.lstrip()[:1]
-    items: Iterable = (_array_items(path, _decode(data)) if first == b"[" else _jsonl_items(path, data, report))
-    for line, raw, value in items:
+    items: Iterable | None = None
+    if path.suffix not in LINE_SUFFIXES and data.lstrip()[:1] == b"[":
+        items = _array_items(path, _decode(data))
+        if items is None:
+            report.notes.append(f"{path}: text follows the JSON array that opens it; read as JSON lines")
+        elif not items:
+            report.rejects.append(Reject(f"{path}:1", "empty_file", f"an empty JSON array: "
+                                         f"{KINDS['empty_file']}", ""))
+    for line, raw, value in items if items is not None else _jsonl_items(path, data, report):
         report.rows_read += 1
         _add(report, f"{path}:{line}", raw, value, seen)
 
 
 def _add(report: LoadReport, source: str, raw: str, value: object, seen: dict) -> None:
-    if isinstance(value, Exception):
-        if isinstance(value, HugeLine):
-            kind, reason = "huge_line", f"line of {value.size:,} bytes; {KINDS['huge_line']}"
-        elif SURROGATE.search(raw):
-            kind, reason = "invalid_utf8", f"bytes that are not UTF-8; {KINDS['invalid_utf8']}"
-        else:
-            kind, reason = "malformed_json", f"malformed JSON: {value.msg} at column {value.colno}"
-        report.rejects.append(Reject(source, kind, reason, raw))
+    if isinstance(value, Unreadable):
+        report.rejects.append(Reject(source, value.kind, value.reason, raw))
         return
-    checked = _check_row(value)
+    checked = _check_row(value, raw)
     if isinstance(checked[0], str):
         report.rejects.append(Reject(source, checked[0], checked[1], raw))
         return
@@ -248,11 +399,12 @@ def accept(report: LoadReport, *, skip_bad_rows: bool, rejects_path: Path | None
     if rejects_path is not None:
         write_rejects(report.rejects, rejects_path)
     if report.rejects:
-        log.warning("%d of %d rows rejected (%s); see %s", len(report.rejects), report.rows_read,
-                    ", ".join(f"{k} {n}" for k, n in report.counts().most_common()), rejects_path)
+        files = f", {len(report.file_rejects)} file(s) rejected whole" if report.file_rejects else ""
+        log.warning("%d of %d rows rejected (%s)%s; see %s", len(report.row_rejects), report.rows_read,
+                    ", ".join(f"{k} {n}" for k, n in report.counts().most_common()), files, rejects_path)
     if not report.rows:
         raise UserError(f"no usable rows in {', '.join(report.files) or 'the datasets'}")
-    assert len(report.rows) + len(report.rejects) - report.counts()["empty_file"] == report.rows_read
+    assert len(report.rows) + len(report.row_rejects) == report.rows_read
     return report.rows
 
 

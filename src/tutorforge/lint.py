@@ -4,8 +4,9 @@
 
 Rows and rejects (data.py), token lengths under the model's tokenizer and prompt format against
 sequence_len, answer lengths in words, and the code check: every ```python block of an answer runs
-in the sandbox (sandbox.py) and what it states it prints is compared with what it printed. Blocks in
-other languages and unfenced code are counted as not checked. Any failure makes the exit code 1.
+in the sandbox (sandbox.py) and what it states it prints is compared with what it printed (with
+--no-run-code the blocks are counted and the output says they were not run). Blocks in other
+languages and unfenced code are counted as not checked. Any failure makes the exit code 1.
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ class LintReport:
     token_lengths: list[int] = field(default_factory=list)
     output_words: list[int] = field(default_factory=list)
     code: Counter = field(default_factory=Counter)  # ok / syntax / ... / other-language / unfenced / none
+    run_code: bool = True  # False: Python blocks counted under "not run"
     languages: Counter = field(default_factory=Counter)
     findings: list[Finding] = field(default_factory=list)
 
@@ -77,7 +79,7 @@ def _code_jobs(report: LintReport) -> list[tuple[str, str]]:
 
 def lint(paths: list[Path], *, tokenizer, fmt: PromptFormat, sequence_len: int, model: str,
          run_code: bool = True, workers: int = 2) -> LintReport:
-    report = LintReport(load_files(paths), sequence_len, model)
+    report = LintReport(load_files(paths), sequence_len, model, run_code=run_code)
     for reject in report.load.rejects:
         report.findings.append(Finding(reject.source, reject.kind, reject.reason))
     for row in report.load.rows:
@@ -88,7 +90,9 @@ def lint(paths: list[Path], *, tokenizer, fmt: PromptFormat, sequence_len: int, 
             report.findings.append(Finding(row.source, "too_long", f"{length} tokens > sequence_len "
                                            f"{sequence_len}: training would drop this row"))
     jobs = _code_jobs(report)
-    if run_code:
+    if not run_code:
+        report.code["not run"] = len(jobs)
+    else:
         for (source, _), result in zip(jobs, sandbox.check_blocks([c for _, c in jobs], workers=workers)):
             report.code[result.kind] += 1
             if not result.ok:
@@ -99,16 +103,20 @@ def lint(paths: list[Path], *, tokenizer, fmt: PromptFormat, sequence_len: int, 
 def render(report: LintReport, *, max_findings: int = 50) -> str:
     load, code = report.load, report.code
     checked = sum(code[k] for k in ("ok", *FAILING_CODE))
+    if report.run_code:
+        blocks = (f"python blocks: {checked} run, {code['ok']} ok"
+                  + "".join(f", {code[k]} {k}" for k in FAILING_CODE if code[k])
+                  + f" (sandbox network isolation: {'on' if sandbox.network_isolated() else 'unavailable'})")
+    else:
+        blocks = f"python blocks: {code['not run']} found, not run (--no-run-code)"
     lines = [
         load.summary(),
-        f"duplicates: {load.counts()['duplicate']}",
+        f"duplicates: {load.counts()['duplicate']} (counted among the rejected)",
         f"tokens ({report.model}, prompt + answer): {_percentiles(report.token_lengths)}; "
         f"{report.too_long} of {len(report.token_lengths)} over sequence_len {report.sequence_len} "
         "(training drops them, never truncates)",
         f"answer words: {_percentiles(report.output_words, (50, 90))}",
-        f"python blocks: {checked} run, {code['ok']} ok"
-        + "".join(f", {code[k]} {k}" for k in FAILING_CODE if code[k])
-        + f" (sandbox network isolation: {'on' if sandbox.network_isolated() else 'unavailable'})",
+        blocks,
         f"not checked: {code['other-language']} blocks in other languages"
         + (f" ({', '.join(f'{k} {n}' for k, n in report.languages.most_common(6))})" if report.languages else "")
         + f", {code['unfenced']} rows of unfenced Python, {code['none']} rows without code",
@@ -118,5 +126,10 @@ def render(report: LintReport, *, max_findings: int = 50) -> str:
         lines += ["  " + f.render() for f in report.findings[:max_findings]]
         if len(report.findings) > max_findings:
             lines.append(f"  ... and {len(report.findings) - max_findings} more")
-    lines.append("FAIL" if report.failed else "OK: every row usable, every Python block runs as stated")
+    if report.failed:
+        lines.append("FAIL")
+    elif report.run_code:
+        lines.append("OK: every row usable, every Python block runs as stated")
+    else:
+        lines.append("OK: every row usable; Python blocks not run (--no-run-code)")
     return "\n".join(lines)
