@@ -1,5 +1,6 @@
 # make demo: create .venv, install, run the whole pipeline (tutorforge run) on the bundled recipe.
 # make test: create .venv, install, run every test (slow ones included).
+# make test-fast: the tests not marked slow (no end-to-end run), for the edit loop.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -7,7 +8,7 @@ STAMP := $(VENV)/.setup-done
 export OMP_WAIT_POLICY ?= PASSIVE
 RECIPE ?= recipes/python-tutor-smollm2-cpu.yml
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test test-fast clean
 
 setup: $(STAMP)
 
@@ -23,6 +24,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	bash scripts/system_deps.sh --test
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	bash scripts/system_deps.sh --test
+	$(VENV)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info
