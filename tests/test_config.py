@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import time
 
 import pytest
 import yaml
@@ -315,3 +316,130 @@ def test_fuzz_text_never_crashes(text):
 def test_problem_render_format():
     line = errors("base_model: x/y\nadapter: lora\nlora_r: -1\n")[0]
     assert re.fullmatch(r"c\.yml:3: lora_r: -1: must be >= 1 and <= 4096 \(LoRA rank\)", line)
+
+
+# --- limits: a config is a few kB; what is not is refused at once, with the file named -------------
+
+def _alias_bomb(levels: int = 9) -> str:
+    """The "billion laughs": each anchor is a list of nine aliases of the one before (9**9 leaves)."""
+    lines = ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels)]
+    lines.append(f"lora_target_modules: *a{levels - 1}")  # a key whose rule looks at every value
+    return "base_model: smollm2\nadapter: lora\n" + "\n".join(lines) + "\n"
+
+
+def _merge_bomb(levels: int = 9) -> str:
+    """The same through merge keys: each mapping merges nine copies of the one before."""
+    lines = ["m0: &m0 {k: v}"]
+    lines += [f"m{i}: &m{i} {{<<: [{', '.join([f'*m{i - 1}'] * 9)}]}}" for i in range(1, levels)]
+    return "base_model: smollm2\nadapter: lora\n" + "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("text", [_alias_bomb(), _merge_bomb()], ids=["aliases", "merge-keys"])
+def test_alias_bombs_are_refused_at_once(write_config, text, capsys):
+    from tutorforge import cli
+
+    path = write_config(text)
+    start = time.perf_counter()
+    report = validate_file(path)
+    assert time.perf_counter() - start < 1.0
+    assert report.config is None and len(report.errors) == 1
+    assert re.fullmatch(rf"{re.escape(str(path))}:\d+: the YAML expands to more than 10,000 values .*",
+                        report.render())
+    assert cli.main(["validate", str(path)]) == 2
+    assert f"{path}:" in capsys.readouterr().out
+
+
+def test_an_oversized_config_is_refused_by_its_size(write_config, capsys):
+    from tutorforge import cli
+
+    path = write_config("base_model: smollm2\nadapter: lora\n" + "# padding to 3 MB\n" * 170_000)
+    size = path.stat().st_size
+    start = time.perf_counter()
+    report = validate_file(path)
+    assert time.perf_counter() - start < 1.0
+    assert report.config is None
+    assert report.render() == (f"{path}: {size:,} bytes: too large for a config (at most 1,048,576 bytes, "
+                               "1 MB; a config is a few kB); is this the right file?")
+    with pytest.raises(ConfigError, match=re.escape(f"{path}: {size:,} bytes: too large")):
+        load_config(path)
+    assert cli.main(["validate", str(path)]) == 2
+    assert f"{path}: {size:,} bytes: too large" in capsys.readouterr().out
+    start = time.perf_counter()
+    assert "too large for a config" in "\n".join(errors("# " + "x" * 3_000_000 + "\nbase_model: smollm2\n"))
+    assert time.perf_counter() - start < 1.0
+
+
+def test_too_many_values_are_refused_quickly(write_config):
+    path = write_config("base_model: smollm2\nadapter: lora\nlora_target_modules:\n" + "  - q_proj\n" * 60_000)
+    assert path.stat().st_size < 1 << 20  # under the size limit: the node limit refuses it
+    start = time.perf_counter()
+    report = validate_file(path)
+    assert time.perf_counter() - start < 1.0
+    assert report.config is None
+    assert "the YAML expands to more than 10,000 values" in report.render()
+    assert re.search(rf"^{re.escape(str(path))}:99\d\d: ", report.render())  # where the limit is passed
+
+
+def test_a_config_with_a_few_thousand_values_is_fine():
+    modules = "".join(f"  - m{i}\n" for i in range(5000))
+    assert errors(f"base_model: smollm2\nadapter: lora\nlora_target_modules:\n{modules}") == []
+
+
+def _output_dir_errors(value: str) -> list[str]:
+    return [e for e in errors(f"base_model: smollm2\nadapter: lora\noutput_dir: {value}\n")
+            if "output_dir" in e]
+
+
+@pytest.mark.parametrize("value", ["/", "/etc", "/etc/tutorforge", "/usr/local/share/run", "/bin", "/boot",
+                                   "/dev", "/proc/self", "/sys/kernel", "/lib", "/sbin", "/var", "/home",
+                                   "/tmp", "/..", "/tmp/../etc"])
+def test_output_dir_in_a_system_place_is_refused(value):
+    [found] = _output_dir_errors(value)
+    assert found.startswith(f"c.yml:3: output_dir: {value!r}: ")
+    assert ("filesystem root" in found or "system directory" in found or "shared by every" in found), found
+    assert "use a directory of the run's own, e.g. ./outputs/my-run" in found
+
+
+def test_home_itself_is_refused_as_output_dir(monkeypatch, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(home)
+    for value in ("~/", str(home), ".", "./"):
+        [found] = _output_dir_errors(value)
+        assert found.startswith("c.yml:3: output_dir: ")
+        assert f": {home}: your home directory itself; use a directory of the run's own" in found, found
+    assert _output_dir_errors("~/runs/tutor") == [] and _output_dir_errors("./outputs") == []
+
+
+def test_output_dir_that_is_a_file_is_refused(tmp_path, capsys):
+    from tutorforge import cli
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a directory")
+    [found] = _output_dir_errors(str(notes))
+    assert found.startswith("c.yml:3: output_dir: ")
+    assert found.endswith(f": {notes} is a file, not a directory; give a directory (it is made when missing) "
+                          "(where the run writes everything)")
+    [found] = _output_dir_errors(str(notes / "run"))
+    assert f": {notes} is a file, so no directory can be made inside it" in found
+    assert _output_dir_errors(str(tmp_path / "run")) == [] and _output_dir_errors(str(tmp_path)) == []
+    config = tmp_path / "c.yml"
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"instruction": "q", "input": "", "output": "a"}\n')
+    config.write_text(f"base_model: smollm2\nadapter: lora\ndatasets:\n  - path: {data}\n"
+                      f"output_dir: {notes}\n")
+    assert cli.main(["data", "prepare", str(config)]) == 2  # refused before anything is read or written
+    assert re.search(rf"{re.escape(str(config))}:5: output_dir: .*: {re.escape(str(notes))} is a file",
+                     capsys.readouterr().err)
+    assert notes.read_text() == "not a directory"
+
+
+def test_validate_refuses_the_filesystem_root_as_output_dir(write_config, capsys):
+    from tutorforge import cli
+
+    path = write_config("base_model: smollm2\nadapter: lora\noutput_dir: /\n")
+    assert cli.main(["validate", str(path)]) == 2
+    out = capsys.readouterr().out
+    assert f"{path}:3: output_dir: '/': /: the filesystem root" in out

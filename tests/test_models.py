@@ -220,3 +220,151 @@ def test_converted_model_predicts_like_llama_cpp(bundled, shared_data):
         llm.close()
     assert total >= 1000
     assert agree / total >= 0.95, f"top-1 agreement {agree / total:.3f} over {total} positions"
+
+
+# --- damaged base models: the file and what is wrong with it, before anything loads it ------------
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path):
+    """A 2-layer Llama (hidden 64) with random weights: config.json + model.safetensors."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    torch.manual_seed(0)
+    out = tmp_path / "tiny"
+    LlamaForCausalLM(config).save_pretrained(out)
+    return out
+
+
+def tiny_gguf(path):
+    """A small GGUF file (Llama metadata, three f32 tensors) written by gguf-py; its size."""
+    import numpy as np
+    from gguf import GGUFWriter
+
+    writer = GGUFWriter(str(path), arch="llama")
+    writer.add_block_count(1)
+    writer.add_token_list(["<s>", "</s>", "a", "b"])
+    for i, shape in enumerate([(4, 64), (64, 64), (64,)]):
+        writer.add_tensor(f"t{i}", np.full(shape, i, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path.stat().st_size
+
+
+def _validate_exits_2_naming(tmp_path, base_model, expected, capsys):
+    from tutorforge import cli
+
+    config = tmp_path / "c.yml"
+    config.write_text(f"base_model: {base_model}\nadapter: lora\noutput_dir: {tmp_path / 'out'}\n")
+    assert cli.main(["validate", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "internal error" not in err
+
+
+def test_a_sound_tiny_checkpoint_and_gguf_pass(tiny_checkpoint, tmp_path):
+    from tutorforge.models import check_model_files
+
+    assert resolve_base_model(str(tiny_checkpoint)).path == tiny_checkpoint
+    assert check_base_model(str(tiny_checkpoint))[0] is True
+    gguf = tmp_path / "tiny.gguf"
+    tiny_gguf(gguf)
+    check_model_files(gguf)
+    check_model_files(tiny_checkpoint)
+
+
+def _damage_config(model):
+    text = (model / "config.json").read_text()
+    (model / "config.json").write_text(text[: len(text) // 2])
+    return model / "config.json", "not valid JSON (line "
+
+
+def _config_not_an_object(model):
+    (model / "config.json").write_text("[1, 2]\n")
+    return model / "config.json", "not a JSON object"
+
+
+def _truncate_weights(model):
+    weights = model / "model.safetensors"
+    size = weights.stat().st_size
+    weights.write_bytes(weights.read_bytes()[: size // 2])
+    return weights, f"truncated: its tensors need {size:,} bytes, the file has {size // 2:,}"
+
+
+def _truncate_header(model):
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    return weights, "truncated: its header says "
+
+
+def _garbage_weights(model):
+    (model / "model.safetensors").write_text("<html>404 Not Found</html>\n")
+    return model / "model.safetensors", "not a safetensors file"
+
+
+def _missing_shard(model):
+    index = {"metadata": {}, "weight_map": {"lm_head.weight": "model-00002-of-00002.safetensors",
+                                            "model.norm.weight": "model.safetensors"}}
+    (model / "model.safetensors.index.json").write_text(json.dumps(index))
+    return model / "model.safetensors.index.json", "names model-00002-of-00002.safetensors, which is missing"
+
+
+def _no_weights(model):
+    (model / "model.safetensors").unlink()
+    return model, "no weights (*.safetensors or pytorch_model*.bin)"
+
+
+@pytest.mark.parametrize("damage", [_damage_config, _config_not_an_object, _truncate_weights, _truncate_header,
+                                    _garbage_weights, _missing_shard, _no_weights],
+                         ids=lambda f: f.__name__[1:])
+def test_a_damaged_checkpoint_is_named_with_what_is_wrong(tiny_checkpoint, tmp_path, capsys, damage):
+    bad, expected = damage(tiny_checkpoint)
+    for check in (resolve_base_model, check_base_model):  # what the stages and what validate call
+        with pytest.raises(UserError) as caught:
+            check(str(tiny_checkpoint))
+        where = f"base_model: {tiny_checkpoint}: " + ("" if bad == tiny_checkpoint else f"{bad}: ")
+        assert str(caught.value).startswith(where), str(caught.value)
+        assert expected in str(caught.value)
+    _validate_exits_2_naming(tmp_path, tiny_checkpoint, f"{bad}: ", capsys)
+
+
+def _cut(path, keep: int) -> None:
+    path.write_bytes(path.read_bytes()[:keep])
+
+
+@pytest.mark.parametrize("damage, expected", [
+    (lambda p, n: _cut(p, n - 1000), "truncated: its 3 tensors end at byte {n:,}, the file has {m:,}"),
+    (lambda p, n: _cut(p, 60), "truncated: the file ends (at byte 60) inside its metadata"),
+    (lambda p, n: _cut(p, 10), "truncated: the file ends (at byte 10) inside its metadata"),
+    (lambda p, n: p.write_text("<html>404 Not Found</html>\n"), "not a GGUF file (it starts with b'<htm'"),
+    (lambda p, n: p.write_bytes(b"GGUF" + (9).to_bytes(4, "little") + bytes(64)), "GGUF version 9"),
+], ids=["tensor-data", "metadata", "header", "not-gguf", "version"])
+def test_a_damaged_gguf_is_named_with_what_is_wrong(tmp_path, monkeypatch, capsys, damage, expected):
+    monkeypatch.setenv("TUTORFORGE_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "base.gguf"
+    size = tiny_gguf(gguf)
+    damage(gguf, size)
+    expected = expected.format(n=size, m=gguf.stat().st_size)
+    for check in (resolve_base_model, check_base_model):
+        with pytest.raises(UserError) as caught:
+            check(str(gguf))
+        assert str(caught.value).startswith(f"base_model: {gguf}: {expected}"), str(caught.value)
+    assert not (tmp_path / "cache" / "models").exists() or not any((tmp_path / "cache" / "models").iterdir())
+    _validate_exits_2_naming(tmp_path, gguf, f"{gguf}: {expected}", capsys)
+
+
+def test_plan_names_a_cut_short_gguf_base(tmp_path, capsys):
+    from tutorforge import cli
+
+    gguf = tmp_path / "base.gguf"
+    size = tiny_gguf(gguf)
+    with gguf.open("r+b") as fh:
+        fh.truncate(size - 100)
+    config = tmp_path / "c.yml"
+    config.write_text(f"base_model: {gguf}\nadapter: lora\ndatasets:\n  - path: d.jsonl\n")
+    assert cli.main(["plan", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: base_model: {gguf}: ") and "internal error" not in err, err

@@ -344,3 +344,86 @@ def test_evaluations_and_saves_are_spread_evenly_and_end_the_run():
     assert steps(evals_per_epoch=2, num_epochs=2)[0] == [22, 43, 65, 86]
     assert steps()[0] == [43]  # once per epoch by default
     assert steps()[1] == [5, 10, 15, 20, 25, 30, 35, 40, 43]  # a tenth of the run
+
+
+def test_train_refuses_up_front_when_the_disk_cannot_hold_its_checkpoints(tmp_path, tiny_model, monkeypatch,
+                                                                          capsys):
+    """LoRA r 4 on the 7 linears of 2 layers (hidden 64): 8,192 fp32 weights, 32,768 bytes. A checkpoint
+    is the adapter, the trainable copy and Adam's two moments (131,072) and 1 MiB of other files:
+    1,179,648 bytes; with evaluation the latest and the best are kept while the next is written (3),
+    and the final adapter (32,768 + 1 MiB) comes last: 4,620,288 bytes."""
+    import shutil
+
+    from tutorforge import cli
+    from tutorforge.errors import UserError
+    from tutorforge.train import train
+
+    config = tiny_config(tmp_path, tiny_model, max_steps=2, val_set_size=5)
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=50_000))
+    with pytest.raises(UserError) as caught:
+        train(load_config(config), config_dir=tmp_path)
+    text = str(caught.value)
+    out = tmp_path / "out"
+    assert text.startswith(f"{out}: training needs about 4.6 MB of free disk for its checkpoints "
+                           "(3 checkpoints of 1.2 MB: adapter, trainable weights and optimizer state; "
+                           "and the final adapter, 1.1 MB), but its disk has 50.0 kB free"), text
+    assert "free some space" in text and "output_dir" in text
+    assert not (out / "checkpoints").exists() and not (out / "metrics.jsonl").exists()
+    assert cli.main(["train", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "training needs about 4.6 MB of free disk" in err and "50.0 kB free" in err
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=4_620_288 - 1))
+    with pytest.raises(UserError, match="needs about 4.6 MB"):  # a byte short
+        train(load_config(config), config_dir=tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=4_620_288))
+    assert train(load_config(config), config_dir=tmp_path) == out / "adapter"  # enough: it trains
+
+
+def test_train_names_a_truncated_base_model(tmp_path, tiny_model, capsys):
+    import shutil
+
+    from tutorforge import cli
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    weights = model / "model.safetensors"
+    size = weights.stat().st_size
+    weights.write_bytes(weights.read_bytes()[: size - 4096])
+    config = tiny_config(tmp_path, model, max_steps=2)
+    assert cli.main(["train", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert f"{weights}: truncated: its tensors need {size:,} bytes, the file has {size - 4096:,}" in err
+
+
+def test_a_disk_that_fills_mid_run_stops_with_a_message_and_the_run_resumes(tmp_path, tiny_model, monkeypatch):
+    """torch.save on a full disk raises an obscure RuntimeError (seen on /dev/full): the run stops with
+    a message, leaves no half checkpoint, and the next train resumes from the last complete one."""
+    import shutil
+
+    from tutorforge.errors import UserError
+    from tutorforge.train import train
+
+    config = tiny_config(tmp_path, tiny_model, max_steps=4)
+    real_save, real_usage, full = torch.save, shutil.disk_usage, []
+
+    def save(obj, f, *args, **kwargs):
+        if "step-000003" in str(f):
+            full.append(f)
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real_usage(path)._replace(free=0) if full
+                        else real_usage(path))
+    with pytest.raises(UserError) as caught:
+        train(load_config(config), config_dir=tmp_path)
+    checkpoints = tmp_path / "out" / "checkpoints"
+    assert str(caught.value).startswith(f"{checkpoints}: the disk filled while writing the checkpoint of "
+                                        "step 3 (0 bytes free); free some space and run train again: it "
+                                        "resumes from the last complete checkpoint"), str(caught.value)
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step-000002"]
+    monkeypatch.undo()
+    assert train(load_config(config), config_dir=tmp_path) == tmp_path / "out" / "adapter"
+    steps = [json.loads(x)["step"] for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]

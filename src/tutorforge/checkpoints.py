@@ -3,15 +3,22 @@
 A checkpoint (output_dir/checkpoints/step-N) holds the adapter in PEFT format, the trainable
 weights, optimizer, scheduler and RNG state, and the loop's state (step, best eval loss, ...). It is
 written under a temporary name and renamed when complete, so a kill -9 never leaves a half
-checkpoint that a resume would trust.
+checkpoint that a resume would trust. Before the first step, `check_free_space` makes sure the disk
+can hold them.
 """
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import shutil
 from pathlib import Path
 
 import torch
+
+from tutorforge.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 # --- checkpoints: everything a resumed run needs to end where an uninterrupted one ends ------------
@@ -27,12 +34,21 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, state
     tmp = root / f".step-{step:06d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp / "adapter")
-    torch.save({"trainable": trainable_state(model), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-               tmp / "state.pt")
-    (tmp / "trainer_state.json").write_text(json.dumps({**state, "step": step}, indent=1))
+    try:
+        model.save_pretrained(tmp / "adapter")
+        torch.save({"trainable": trainable_state(model), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+                   tmp / "state.pt")
+        (tmp / "trainer_state.json").write_text(json.dumps({**state, "step": step}, indent=1))
+    except (OSError, RuntimeError) as exc:  # torch.save says only "unexpected pos" on a full disk
+        free = shutil.disk_usage(root).free
+        shutil.rmtree(tmp, ignore_errors=True)
+        if getattr(exc, "errno", None) not in (errno.ENOSPC, errno.EDQUOT) and free >= FILES_BYTES:
+            raise
+        raise UserError(f"{root}: the disk filled while writing the checkpoint of step {step} ({_size(free)} "
+                        "free); free some space and run train again: it resumes from the last complete "
+                        f"checkpoint ({str(exc).strip()[:120]})") from None
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     for old in root.glob("step-*"):
@@ -40,6 +56,42 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, state
         if n not in keep and n != step:
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+FILES_BYTES = 1 << 20  # what a checkpoint or adapter holds besides the weights: adapter_config.json,
+# README.md, RNG and scheduler state, safetensors and zip headers (measured: 52 kB on 2 layers)
+
+
+def _size(n: float) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.{2 if unit == 'GB' else 1}f} {unit}"
+    return f"{n:.0f} bytes"
+
+
+def check_free_space(run_dir: Path, model, *, keep_best: bool) -> None:
+    """Refuse to start a run whose checkpoints its disk cannot hold (UserError with both numbers).
+    Sizes come from the model's trainable weights: a checkpoint holds the adapter, the same weights
+    again (state.pt) and the optimizer state, at most Adam's two moments in the weights' dtype
+    (8-bit and factored optimizers write less), and FILES_BYTES of other files. The latest and,
+    with evaluation (`keep_best`), the best are kept while the next is written; the final adapter
+    comes last. Checkpoints already in run_dir (a resumed run) are space the run holds already."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    checkpoint = 4 * weights + FILES_BYTES  # adapter/ + state.pt's copy + two optimizer moments
+    kept = 2 if keep_best else 1
+    adapter = weights + FILES_BYTES
+    need = (kept + 1) * checkpoint + adapter
+    held = sum(f.stat().st_size for f in (run_dir / "checkpoints").rglob("*") if f.is_file())
+    disk = next(d for d in (run_dir, *run_dir.absolute().parents) if d.is_dir())
+    free = shutil.disk_usage(disk).free
+    log.info("disk: checkpoints need about %s (%s held already), %s free on the disk of %s",
+             _size(need), _size(held), _size(free), disk)
+    if need - held > free:
+        raise UserError(f"{run_dir}: training needs about {_size(need - held)} of free disk for its "
+                        f"checkpoints ({kept + 1} checkpoints of {_size(checkpoint)}: adapter, trainable "
+                        f"weights and optimizer state; and the final adapter, {_size(adapter)}), but its disk "
+                        f"has {_size(free)} free; free some space there, or set output_dir to a disk with "
+                        "more room")
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

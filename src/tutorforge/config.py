@@ -8,6 +8,9 @@ without raising. Keys follow Axolotl's names so an Axolotl user's YAML works as 
 Axolotl knows and tutorforge does not implement are named (an error when they change training, a
 warning when they only concern integrations, see `axolotl_keys.py`); other keys are errors with a
 "did you mean". tutorforge's own settings live under the `tutorforge:` section.
+
+A config is a few kB: a file over MAX_CONFIG_BYTES, or YAML that expands (aliases counted in full)
+to more than MAX_NODES values, is refused before it is built, so an alias bomb costs milliseconds.
 """
 from __future__ import annotations
 
@@ -21,8 +24,8 @@ import yaml
 from tutorforge import axolotl_keys as ax
 from tutorforge.errors import UserError
 from tutorforge.hardware import PROFILES as HARDWARE_PROFILES
-from tutorforge.schema import (Bool, BoolOr, Choice, Float, Int, IntList, Invalid, Rule, Str, StrList,
-                               StrMap, did_you_mean)
+from tutorforge.schema import (Bool, BoolOr, Choice, Float, Int, IntList, Invalid, OutputDir, Rule, Str,
+                               StrList, StrMap, did_you_mean)
 
 
 def key(default: Any, rule: Rule, doc: str, *, required: bool = False) -> Any:
@@ -169,7 +172,7 @@ class Config:
     flash_attention: bool = key(False, Bool(), "flash-attention 2 on CUDA (SDPA elsewhere)")
     sdp_attention: bool = key(False, Bool(), "PyTorch scaled-dot-product attention")
     # logging, evaluation, checkpoints
-    output_dir: str = key("./outputs", Str(), "where the run writes everything")
+    output_dir: str = key("./outputs", OutputDir(), "where the run writes everything")
     logging_steps: int = key(1, Int(1), "log every N optimizer steps")
     evals_per_epoch: int | None = key(None, Int(1), "evaluations per epoch")
     eval_steps: float | None = key(None, Float(0, lo_open=True), "evaluate every N steps (< 1: fraction)")
@@ -228,6 +231,49 @@ class ConfigError(UserError):
         n = len(report.errors)
         super().__init__(f"{report.render()}\n{report.source}: {n} problem{'s' * (n != 1)}; "
                          "fix them and run `tutorforge validate` again")
+
+
+MAX_CONFIG_BYTES = 1 << 20  # 1 MB; the largest config seen in the wild is about 10 kB, and PyYAML
+# reads about 4 MB a second: the limit bounds the time a wrong file can take
+MAX_NODES = 10_000  # values of the document written out in full; a large config has a few hundred
+
+
+class _TooLarge(Exception):
+    def __init__(self, mark: yaml.Mark):
+        self.mark = mark
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, counting the values of the document as if every alias were written out
+    (an alias counts as all it points to, and so does a merge key's `<<: *name`). Past MAX_NODES it
+    stops: an alias bomb ("billion laughs") is refused after reading a few lines of it, in time and
+    memory linear in what was read. PyYAML itself has no such limit."""
+
+    def __init__(self, text: str):
+        super().__init__(text)
+        self._sizes: dict[int, int] = {}  # id(node) -> values in it, written out in full
+        self._expanded = 0
+
+    def compose_node(self, parent, index):
+        alias = self.check_event(yaml.AliasEvent)
+        mark = self.peek_event().start_mark
+        node = super().compose_node(parent, index)
+        if alias:  # an alias of a node still being read (recursive) counts 1; it is refused later
+            self._expanded += self._sizes.get(id(node), 1)
+        else:
+            children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else (
+                node.value if isinstance(node, yaml.SequenceNode) else [])
+            self._sizes[id(node)] = 1 + sum(self._sizes.get(id(child), 1) for child in children)
+            self._expanded += 1
+        if self._expanded > MAX_NODES:
+            raise _TooLarge(mark)
+        return node
+
+
+def _too_large(report: Report, size: int) -> Report:
+    report.add("error", "", None, f"{size:,} bytes: too large for a config (at most {MAX_CONFIG_BYTES:,} "
+               f"bytes, {MAX_CONFIG_BYTES >> 20} MB; a config is a few kB); is this the right file?")
+    return report
 
 
 def _show(value: Any) -> str:
@@ -395,8 +441,10 @@ def _top_lines(loader, root: yaml.Node) -> dict[str, yaml.Node]:
 def parse(text: str, source: str) -> Report:
     """Validate YAML text; the report holds the Config when there is no error."""
     report = Report(source)
+    if len(text) > MAX_CONFIG_BYTES // 4 and (size := len(text.encode("utf-8", "replace"))) > MAX_CONFIG_BYTES:
+        return _too_large(report, size)
     try:
-        loader = yaml.SafeLoader(text)
+        loader = _Loader(text)
     except yaml.YAMLError as exc:  # a control character: PyYAML refuses the text at once
         report.add("error", "", None, f"not readable as YAML: {exc}")
         return report
@@ -411,6 +459,11 @@ def parse(text: str, source: str) -> Report:
         line = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
         report.problems.append(Problem("error", "", None, f"YAML{line}: {exc.problem or exc.context}; "
                                        "check indentation, colons and quotes"))
+        return report
+    except _TooLarge as exc:
+        report.problems.append(Problem("error", "", exc.mark.line + 1, (
+            f"the YAML expands to more than {MAX_NODES:,} values (an alias `*name` counts as all it "
+            "repeats); a config has a few hundred: is this the right file?")))
         return report
     except RecursionError:
         report.add("error", "", None, "nested too deeply to be a config; check the brackets")
@@ -430,7 +483,10 @@ def parse(text: str, source: str) -> Report:
 def validate_file(path: str | Path) -> Report:
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as fh:  # never more than the limit: the path may be a huge file or a device
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            return _too_large(Report(str(path)), max(path.stat().st_size, len(raw)))
     except FileNotFoundError:
         raise UserError(f"{path}: no such file; give the path of a YAML config "
                         "(recipes/ has examples)") from None

@@ -277,6 +277,12 @@ def model_shape(base_model: str, model_config: str | None = None) -> Shape:
                             "reads the model's shape from it")
         return shape_from_config(local / "config.json", name)
     if local.is_file() and local.suffix == ".gguf":
+        from tutorforge.models import DamagedModel, check_model_files
+
+        try:  # a cut-short file is named with what is wrong, before gguf-py reads it
+            check_model_files(local)
+        except DamagedModel as exc:
+            raise exc.named(name) from None
         return shape_of_gguf(local, name)
     if local.is_file() and local.name == "config.json":
         return shape_from_config(local, name)

@@ -153,6 +153,9 @@ def _validate(p: Pipeline) -> Outcome:
 
         raise ConfigError(report)
     p.cfg = report.config
+    from tutorforge.models import check_base_model
+
+    check_base_model(p.cfg.base_model)  # a damaged base model stops the run here, named
     p.run_dir = Path(p.cfg.output_dir)
     from tutorforge.checkpoints import read_run_info
 

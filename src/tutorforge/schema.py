@@ -3,14 +3,17 @@
 A rule is a callable `rule(value) -> converted` that raises `Invalid(reason)` with a message a
 user can act on. `config.py` attaches one rule to every config field and collects the failures.
 Axolotl's configs are written by hand, so numbers may arrive as strings (`learning_rate: 2e-4` is
-a string to YAML 1.1): numeric strings are accepted, anything else is an error.
+a string to YAML 1.1): numeric strings are accepted, anything else is an error. `OutputDir` also
+looks at this machine's filesystem: a path where a run must not (or cannot) write is refused.
 """
 from __future__ import annotations
 
 import difflib
 import math
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 
@@ -197,6 +200,79 @@ class StrMap:
                 raise Invalid(f"`{key}` must be a non-empty text value")
             out.append((key, item))
         return tuple(out)
+
+
+# Where a run's files must not go. Each is resolved before comparing (/bin -> /usr/bin, /etc ->
+# /private/etc on macOS). Mount points other than the root are allowed: a data disk's root
+# (/workspace, /data) is a common and sound place for outputs.
+SYSTEM_TREES = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/run",
+                "/sbin", "/sys", "/usr", "/System", "/Library")  # the system's: nothing of a run below them
+SHARED_DIRS = ("/home", "/media", "/mnt", "/opt", "/root", "/srv", "/tmp", "/var", "/var/tmp", "/Users",
+               "/Volumes")  # shared by every user and program: a run belongs in a directory below them
+OWN_DIRECTORY = "use a directory of the run's own, e.g. ./outputs/my-run"
+
+
+def _within(path: Path, top: Path) -> bool:
+    return path == top or top in path.parents
+
+
+def _placement(path: Path) -> str | None:
+    """Why a run must not write into `path` (absolute, normalised), or None."""
+    real = Path(os.path.realpath(path))
+    if real == Path(real.anchor) or path == Path(path.anchor):
+        return (f"{real}: the filesystem root: a run writes heldout.jsonl, checkpoints/ and adapter/ "
+                f"straight into it; {OWN_DIRECTORY}")
+    try:
+        home = Path(os.path.realpath(Path.home()))
+    except RuntimeError:  # no HOME and no password entry: nothing to compare with
+        home = Path(real.anchor)
+    if real == home:
+        return f"{real}: your home directory itself; {OWN_DIRECTORY}"
+    shared = next((d for d in SHARED_DIRS if real == Path(os.path.realpath(d))), None)
+    if shared is not None:
+        return f"{real}: {shared} itself, a directory shared by every user and program; {OWN_DIRECTORY}"
+    if home != Path(home.anchor) and home in real.parents:
+        return None  # below the user's home (which may itself lie below /usr, as /usr/home on BSD)
+    for tree in SYSTEM_TREES:
+        top = Path(os.path.realpath(tree))
+        if _within(real, top) or _within(path, Path(tree)):
+            where = "a system directory" if real == top else f"inside {tree}, a system directory"
+            return f"{real}: {where}; {OWN_DIRECTORY}"
+    return None
+
+
+def _file_in_the_way(path: Path) -> str | None:
+    """Why no directory can be at `path` because a file is there or above it, or None."""
+    for here in (path, *path.parents):
+        if here.is_dir():
+            return None
+        if here.exists():
+            if here == path:
+                return f"{here} is a file, not a directory; give a directory (it is made when missing)"
+            return f"{here} is a file, so no directory can be made inside it; give another directory"
+    return None
+
+
+@dataclass(frozen=True)
+class OutputDir:
+    """A directory a run may write into (it need not exist yet): not the filesystem root, not inside a
+    system directory, not a shared directory or the home directory itself, and not a file. Relative
+    paths are from the current directory, as every path in a config."""
+
+    def __call__(self, value: Any) -> str:
+        text = Str()(value)
+        if "\0" in text:
+            raise Invalid("contains a NUL character; give a directory path")
+        try:
+            path = Path(os.path.abspath(Path(text).expanduser()))
+            problem = _placement(path) or _file_in_the_way(path)
+        except RuntimeError:  # `~user` of no such user, or no home directory at all
+            raise Invalid("`~` cannot be expanded here; give the directory's full path") from None
+        except OSError as exc:
+            raise Invalid(f"cannot be checked: {exc.strerror or exc}; give another directory") from None
+        if problem:
+            raise Invalid(problem)
+        return text
 
 
 def describe(rule: Rule) -> str:

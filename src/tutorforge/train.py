@@ -10,7 +10,8 @@ and accelerate (devices, mixed precision, several processes). What it adds:
 - a checkpoint holds the adapter, optimizer, scheduler and RNG state, and the data order is a
   function of (seed, epoch), so a killed run resumes to the same final adapter;
 - on CPU, a no-grad forward in eval mode makes bitsandbytes repack 4-bit weights for an inference
-  kernel, after which LoRA gradients are wrong: `guard_cpu_4bit` turns that repacking off.
+  kernel, after which LoRA gradients are wrong: `guard_cpu_4bit` turns that repacking off;
+- before the first step, the disk of output_dir must hold the checkpoints (`check_free_space`).
 Outputs in output_dir: adapter/ (PEFT format), metrics.jsonl, loss.png, run.json, checkpoints/.
 """
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 import torch
 
 from tutorforge import distributed as dist
-from tutorforge.checkpoints import append_metrics, read_run_info, save_checkpoint
+from tutorforge.checkpoints import append_metrics, check_free_space, read_run_info, save_checkpoint
 from tutorforge.errors import UserError
 from tutorforge.lora import (add_lora, attention_implementation, build_optimizer, compute_dtype,
                              load_base)
@@ -411,6 +412,7 @@ def train(cfg, *, config_dir: Path | None = None, skip_bad_rows: bool = False, r
         log.info("training: %s is complete for this config and data; skipped", done)
         return done
     run = build_run(cfg, config_dir=config_dir, skip_bad_rows=skip_bad_rows, decisions=decisions)
+    check_free_space(run.run_dir, run.core, keep_best=bool(run.val))
     state = {"step": 0, "fingerprint": fingerprint}
     checkpoint = Path(cfg.resume_from_checkpoint) if cfg.resume_from_checkpoint else (
         latest_checkpoint(run_dir) if resume and cfg.auto_resume_from_checkpoints else None)
