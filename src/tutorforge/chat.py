@@ -3,24 +3,42 @@ stop tokens, so what you see here is what Ollama will say.
 
     tutorforge chat outputs/python-tutor-smollm2              # interactive: /reset, /system TEXT, /quit
     tutorforge chat model.Q4_K_M.gguf --prompt "What is a tuple?"
-    tutorforge serve outputs/python-tutor-smollm2             # OpenAI-compatible HTTP on 127.0.0.1
 
-Temperature 0 by default. `serve` answers POST /v1/chat/completions and GET /v1/models (standard
-library HTTP server, one request at a time, loopback only).
+Temperature 0 by default. The conversation is rendered with the template and tokenized so that only
+the template's own markers are control tokens: `<|im_start|>system` typed in a message is text and
+starts no turn. `tutorforge serve` (serve.py) answers over HTTP with the same ChatModel.
 """
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from functools import cached_property
 from pathlib import Path
 
 from tutorforge.errors import UserError
 
 log = logging.getLogger(__name__)
+
+
+class PromptTooLong(UserError):
+    """The conversation does not fit in the model's context."""
+
+    def __init__(self, tokens: int, n_ctx: int):
+        super().__init__(f"the conversation is {tokens} tokens; the model's context holds {n_ctx} "
+                         "(n_ctx), with room for the answer; shorten it or start a new one")
+        self.tokens, self.n_ctx = tokens, n_ctx
+
+
+@dataclass
+class Outcome:
+    """How a generation ended: the prompt's tokens, the tokens sampled (an end-of-turn token
+    included), and llama.cpp's finish_reason ("stop": an end-of-turn token or stop string;
+    "length": max_tokens or the context ran out; None: cut short by the caller)."""
+    prompt_tokens: int
+    completion_tokens: int = 0
+    finish_reason: str | None = None
 
 
 @dataclass
@@ -31,6 +49,21 @@ class ChatModel:
     system: str | None
     name: str
     repeat_penalty: float = 1.1  # Ollama's default, or the Modelfile's PARAMETER
+    seed: int = 0  # llama.cpp's sampler seed, the same for every answer
+
+    @property
+    def n_ctx(self) -> int:
+        return self.llm.n_ctx()
+
+    @cached_property
+    def markers(self) -> list[str]:
+        """The vocabulary's control tokens (what llama.cpp's special parsing would read)."""
+        import llama_cpp
+
+        vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
+        return [self.llm.detokenize([i], special=True).decode("utf-8", errors="replace")
+                for i in range(self.llm.n_vocab())
+                if llama_cpp.llama_vocab_get_attr(vocab, i) & llama_cpp.LLAMA_TOKEN_ATTR_CONTROL]
 
     def messages_for(self, history: list[dict], system: str | None) -> list[dict]:
         """Ollama's rule: the Modelfile's SYSTEM goes first when the conversation has none."""
@@ -38,12 +71,58 @@ class ChatModel:
         system = system if system is not None else self.system
         return ([{"role": "system", "content": system}] if system and not has_system else []) + history
 
+    def prompt_ids(self, messages: list[dict]) -> list[int]:
+        """The template's rendering of `messages` as token ids: its markers as control tokens, the
+        messages' content as text (llama.cpp's tokenizer, special parsing off). For content without
+        markers these are exactly the ids of the rendered text tokenized whole."""
+        import llama_cpp
+
+        from tutorforge.formatting import encode_segments, render_segments
+
+        def encode(text: str, special: bool) -> list[int]:
+            return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)
+
+        vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
+        bos = [self.llm.token_bos()] if llama_cpp.llama_vocab_get_add_bos(vocab) else []
+        return bos + encode_segments(render_segments(self.family.render, messages), self.markers, encode)
+
+    def pieces(self, ids: list[int], outcome: Outcome, *, max_tokens: int = 512, temperature: float = 0.0,
+               cancelled: Callable[[], bool] = lambda: False) -> Iterator[str]:
+        """The answer to prompt `ids`, a piece of text at a time; `outcome` is filled in as it goes.
+        `cancelled` is asked after every token: True stops the generation there (finish_reason None).
+        llama.cpp cuts max_tokens to the room left in the context (finish_reason "length")."""
+        from llama_cpp import StoppingCriteriaList
+
+        if len(ids) >= self.n_ctx:
+            raise PromptTooLong(len(ids), self.n_ctx)
+        calls = 0
+
+        def stop_now(input_ids, logits) -> bool:  # once per sampled token, and once after the last
+            nonlocal calls
+            calls += 1
+            return cancelled()
+
+        chunks = self.llm.create_completion(ids, max_tokens=max_tokens, temperature=temperature,
+                                            repeat_penalty=self.repeat_penalty, stop=self.stops, stream=True,
+                                            seed=self.seed, stopping_criteria=StoppingCriteriaList([stop_now]))
+        try:
+            for chunk in chunks:
+                if cancelled():
+                    return
+                choice = chunk["choices"][0]
+                if choice["text"]:
+                    yield choice["text"]
+                if choice["finish_reason"]:
+                    outcome.completion_tokens = max(calls - 1, 0)
+                    outcome.finish_reason = choice["finish_reason"]
+        finally:
+            chunks.close()
+            if outcome.finish_reason is None:  # cut short: every call was a sampled token
+                outcome.completion_tokens = calls
+
     def stream(self, messages: list[dict], *, max_tokens: int = 512, temperature: float = 0.0) -> Iterator[str]:
-        prompt = self.family.render(messages)
-        for chunk in self.llm.create_completion(prompt, max_tokens=max_tokens, temperature=temperature,
-                                                repeat_penalty=self.repeat_penalty, stop=self.stops,
-                                                stream=True, seed=0):
-            yield chunk["choices"][0]["text"]
+        ids = self.prompt_ids(messages)
+        yield from self.pieces(ids, Outcome(len(ids)), max_tokens=max_tokens, temperature=temperature)
 
     def reply(self, messages: list[dict], **kwargs) -> str:
         return "".join(self.stream(messages, **kwargs))
@@ -111,57 +190,16 @@ def repl(model: ChatModel, *, read: Callable[[str], str] = input, write=sys.stdo
             continue
         history.append({"role": "user", "content": line})
         parts = []
-        for piece in model.stream(model.messages_for(history, system), max_tokens=max_tokens,
-                                  temperature=temperature):
-            parts.append(piece)
-            write(piece)
-            if hasattr(sys.stdout, "flush"):
-                sys.stdout.flush()
+        try:
+            for piece in model.stream(model.messages_for(history, system), max_tokens=max_tokens,
+                                      temperature=temperature):
+                parts.append(piece)
+                write(piece)
+                if hasattr(sys.stdout, "flush"):
+                    sys.stdout.flush()
+        except PromptTooLong as exc:
+            history.pop()
+            write(f"({exc}: /reset starts a new one)\n")
+            continue
         write("\n")
         history.append({"role": "assistant", "content": "".join(parts).strip()})
-
-
-def serve(model: ChatModel, *, port: int = 8000, ready: Callable[[int], None] | None = None) -> None:
-    """An OpenAI-compatible endpoint on 127.0.0.1 (chat completions, non-streaming)."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def _send(self, code: int, body: dict) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-            if self.path.rstrip("/") == "/v1/models":
-                self._send(200, {"object": "list", "data": [{"id": model.name, "object": "model"}]})
-            else:
-                self._send(404, {"error": {"message": f"no route {self.path}"}})
-
-        def do_POST(self) -> None:  # noqa: N802
-            if self.path.rstrip("/") != "/v1/chat/completions":
-                return self._send(404, {"error": {"message": f"no route {self.path}"}})
-            try:
-                request = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-                messages = [{"role": m["role"], "content": m["content"]} for m in request["messages"]]
-            except (ValueError, KeyError, TypeError) as exc:
-                return self._send(400, {"error": {"message": f"expected {{messages: [{{role, content}}]}}: {exc}"}})
-            text = model.reply(model.messages_for(messages, None), max_tokens=int(request.get("max_tokens", 512)),
-                               temperature=float(request.get("temperature", 0.0)))
-            self._send(200, {"object": "chat.completion", "model": model.name, "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": text.strip()}, "finish_reason": "stop"}]})
-
-        def log_message(self, fmt: str, *args) -> None:
-            log.info("serve: %s", fmt % args)
-
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    server.daemon_threads = True
-    log.info("serving %s on http://127.0.0.1:%d/v1 (OpenAI-compatible); Ctrl-C stops", model.name,
-             server.server_address[1])
-    if ready:
-        ready(server.server_address[1])
-    try:
-        server.serve_forever()
-    finally:
-        server.server_close()

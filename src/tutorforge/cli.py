@@ -359,7 +359,8 @@ def serve(model: Path, *, port: int = 8000) -> int:
     model: a training output_dir (its exported GGUF) or a .gguf file
     port: TCP port on 127.0.0.1 (0: any free port)
     """
-    from tutorforge.chat import open_model, serve as run_server
+    from tutorforge.chat import open_model
+    from tutorforge.serve import serve as run_server
 
     def ready(port: int) -> None:
         print(f"serving on http://127.0.0.1:{port}/v1", flush=True)

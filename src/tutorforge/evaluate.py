@@ -6,10 +6,11 @@
 
 `TorchGenerator` runs a Hugging Face checkpoint (optionally with a PEFT adapter) with PyTorch;
 `GGUFGenerator` runs a GGUF file with llama.cpp. Both render the prompt with the training-time
-formatter (`formatting.render_prompt`) and tokenize it with the Hugging Face tokenizer exactly as
-training did, decode greedily, stop on the format's end token, and measure the teacher-forced
-perplexity of reference answers (answer tokens and the end token only). The A/B comparison holds
-two Generators and does not care which kind each one is.
+formatter and tokenize it with the Hugging Face tokenizer as training did (`formatting.encode_prompt`:
+the same ids, except that a special token typed in a prompt is text, not a turn marker), decode
+greedily, stop on the format's end token, and measure the teacher-forced perplexity of reference
+answers (answer tokens and the end token only). The A/B comparison holds two Generators and does
+not care which kind each one is.
 """
 from __future__ import annotations
 
@@ -82,10 +83,12 @@ class TorchGenerator:
         self.model = model.to(device).eval()
 
     def _prompt_ids(self, fmt, instruction: str, input: str):
-        from tutorforge.formatting import render_prompt
+        import torch
 
-        prompt = render_prompt(self.tokenizer, fmt, instruction, input)
-        return self.tokenizer(prompt, return_tensors="pt", add_special_tokens=fmt.kind == "alpaca").to(self.device)
+        from tutorforge.formatting import encode_prompt
+
+        ids = torch.tensor([encode_prompt(self.tokenizer, fmt, instruction, input)], device=self.device)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
     def generate(self, instruction: str, input: str = "", *, system: str | None = None,
                  max_new_tokens: int = 256) -> Answer:
@@ -152,11 +155,10 @@ class GGUFGenerator:
                  max_new_tokens: int = 256) -> Answer:
         import numpy as np
 
-        from tutorforge.formatting import render_prompt
+        from tutorforge.formatting import encode_prompt
 
         fmt = _format(self, system)
-        prompt = render_prompt(self.tokenizer, fmt, instruction, input)
-        ids = self.tokenizer.encode(prompt, add_special_tokens=fmt.kind == "alpaca")
+        ids = encode_prompt(self.tokenizer, fmt, instruction, input)
         if len(ids) >= self.n_ctx:
             raise UserError(f"{self.name}: the prompt is {len(ids)} tokens, n_ctx is {self.n_ctx}; "
                             "shorten the prompt or raise n_ctx")

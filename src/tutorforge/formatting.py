@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import random
+import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from tutorforge.errors import UserError
@@ -150,3 +152,84 @@ def split_rows(rows: list, val_set_size: float, seed: int) -> tuple[list, list]:
     random.Random(seed).shuffle(order)
     held = set(order[:n_val])
     return ([r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held])
+
+
+# --- tokenizing a rendered prompt: the template's markers are control tokens, content is text ---
+
+_HOLE = re.compile("\ue000(\\d+)\ue001")  # a placeholder for message i (private-use characters)
+
+
+def render_segments(render: Callable[[list[dict]], str], messages: list[dict]) -> list[tuple[str, bool]]:
+    """`render(messages)` cut into (text, is_content) pieces: the template's own text, and each
+    message's content as the template placed it (trimmed or not). Found by rendering with a
+    placeholder for every content, then with one real content at a time, so it works for any
+    template that places content without looking inside it; the pieces always join to
+    `render(messages)` (checked)."""
+    holes = [dict(m, content=f"\ue000{i}\ue001") for i, m in enumerate(messages)]
+    skeleton = render(holes)
+    pieces: list[tuple[str, bool]] = []
+    at = 0
+    for match in _HOLE.finditer(skeleton):
+        i = int(match.group(1))
+        if skeleton.count(match.group(0)) != 1:
+            raise UserError("the chat template writes a message's content twice; tutorforge cannot tell "
+                            "its content from its control tokens (please report this template)")
+        one = render([messages[j] if j == i else h for j, h in enumerate(holes)])
+        tail = len(skeleton) - match.end()
+        pieces += [(skeleton[at:match.start()], False), (one[match.start():len(one) - tail], True)]
+        at = match.end()
+    pieces.append((skeleton[at:], False))
+    pieces = [(text, is_content) for text, is_content in pieces if text]
+    if "".join(text for text, _ in pieces) != render(messages):
+        raise UserError("the chat template renders a message differently depending on its content; "
+                        "tutorforge cannot tell its content from its control tokens (please report it)")
+    return pieces
+
+
+def encode_segments(pieces: list[tuple[str, bool]], markers: Iterable[str],
+                    encode: Callable[[str, bool], list[int]]) -> list[int]:
+    """Token ids of rendered (text, is_content) pieces. `markers` (the tokenizer's control-token
+    strings) are control tokens only where the template's own text has them, `encode(marker, True)`;
+    everything between two markers (template text and content, joined) is `encode(text, False)`,
+    plain text. Tokenizers cut the text at control tokens before anything else, so for content
+    without markers the ids equal those of the whole text tokenized with special parsing."""
+    markers = sorted(set(markers), key=len, reverse=True)  # the longest match first, as tokenizers do
+    split = re.compile("(" + "|".join(map(re.escape, markers)) + ")") if markers else None
+    ids: list[int] = []
+    text = ""
+    for piece, is_content in pieces:
+        parts = [piece] if is_content or split is None else split.split(piece)
+        for k, part in enumerate(parts):
+            if k % 2 == 0:
+                text += part
+                continue
+            if text:
+                ids += encode(text, False)
+            ids += encode(part, True)
+            text = ""
+    if text:
+        ids += encode(text, False)
+    return ids
+
+
+def control_tokens(tokenizer) -> list[str]:
+    """The strings a Hugging Face tokenizer reads as special tokens."""
+    return [t.content for t in tokenizer.added_tokens_decoder.values() if t.special]
+
+
+def encode_prompt(tokenizer, fmt: PromptFormat, instruction: str, input: str = "") -> list[int]:
+    """The token ids of `render_prompt(...)`, with the system prompt, instruction and input
+    tokenized as text: a special token typed in them is ordinary text, not a turn marker. For
+    ordinary text the ids equal `tokenizer.encode(render_prompt(...))` as training tokenizes it."""
+    if fmt.kind == "alpaca":  # no control tokens in the Alpaca prompt: all of it is text
+        prompt = render_prompt(tokenizer, fmt, instruction, input)
+        return tokenizer(prompt, add_special_tokens=True, split_special_tokens=True)["input_ids"]
+
+    def render(messages: list[dict]) -> str:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def encode(text: str, special: bool) -> list[int]:
+        return tokenizer(text, add_special_tokens=False, split_special_tokens=not special)["input_ids"]
+
+    pieces = render_segments(render, _messages(fmt.system, instruction, input))
+    return encode_segments(pieces, control_tokens(tokenizer), encode)
