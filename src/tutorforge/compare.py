@@ -222,7 +222,7 @@ def run_comparison(base, tuned, rows: list, *, out_dir: Path, max_new_tokens: in
                   for side, _ in sides}
     settings = {"target_words": target_words, "max_new_tokens": max_new_tokens, "system": system,
                 "prompts": len(rows), "seconds": round(time.time() - started, 1), "decoding": "greedy, seed 0",
-                "sandbox_limits": f"{sandbox.MEMORY_MB} MB, {sandbox.PROCESSES} processes, 5 s CPU, no network"}
+                "sandbox_limits": sandbox.describe_limits()}
     comparison = Comparison({"base": base.name, "tuned": tuned.name}, records, aggregates, settings, Path(out_dir))
     write_outputs(comparison, Path(out_dir))
     return comparison
