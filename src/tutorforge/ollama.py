@@ -277,9 +277,9 @@ def _record(modelfile_path: Path, gguf_path: Path) -> None:
     if record is None or record.get("kind") != "gguf":
         return
     claimed = outputs.OutputDir(directory, "gguf", record)
-    st = gguf_path.stat()
+    made_from = (record["stages"].get("export") or {}).get("inputs", {}).get("model")
     claimed.record["stages"]["package"] = {  # replaces the entry: the file was just rewritten
-        "inputs": {"gguf": gguf_path.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}, "status": "running"}
+        "inputs": {"gguf": gguf_path.name, "model": made_from}, "status": "running"}
     claimed.add("package", modelfile_path)
     claimed.finish("package")
 
