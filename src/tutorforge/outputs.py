@@ -185,14 +185,14 @@ class OutputDir:
         self.record["stages"][stage] = {"inputs": inputs, "status": "running", "files": entry.get("files", {})}
         self.save()
 
-    def remove(self, stage: str) -> None:
+    def remove(self, stage: str, why: str = "made from other inputs") -> None:
         """Delete what `stage` wrote here (files tutorforge recorded as its own) and its record."""
         entry = self.record["stages"].pop(stage, None) or {}
         for name in entry.get("files", {}):
             target = self.path / name
             if target.is_file() or target.is_symlink():
                 target.unlink()
-                log.info("%s: removed %s (made from other inputs)", stage, target)
+                log.info("%s: removed %s (%s)", stage, target, why)
         self.save()
 
     def add(self, stage: str, path: Path) -> None:

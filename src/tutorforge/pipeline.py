@@ -137,7 +137,7 @@ def _forget(p: Pipeline, stage: str, out: Path, kind: str, *also: str) -> None:
     if stage in p.redo and out.exists():
         claimed = outputs.claim(out, kind, option=f"--from {stage}:")
         for name in (stage, *also):
-            claimed.remove(name)
+            claimed.remove(name, f"--from {stage}: redone")
 
 
 # --- the stages ---------------------------------------------------------------------------------
