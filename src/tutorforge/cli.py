@@ -102,22 +102,21 @@ def generate(model: str, *, prompt: str, input: str = "", system: str | None = N
     return 0
 
 
-def _tokenizer_for(config: Path | None):
-    """(config or None, tokenizer, prompt format, sequence_len, model name) for data commands."""
+def _tokenizer_for(cfg):
+    """(tokenizer, prompt format, sequence_len, model name) of a loaded config, or of the bundled
+    model without one, for data commands."""
     from transformers import AutoTokenizer
 
-    from tutorforge.config import load_config
     from tutorforge.formatting import prompt_format
     from tutorforge.models import resolve_base_model
 
-    cfg = load_config(config) if config else None
     name = cfg.base_model if cfg else "HuggingFaceTB/SmolLM2-135M-Instruct"
     tokenizer = AutoTokenizer.from_pretrained(str(resolve_base_model(name).path))
     fmt = prompt_format(tokenizer, cfg.chat_template if cfg else None,
                         cfg.default_system_message if cfg else None)
     if cfg is None:
         log.info("no --config: tokens counted for the bundled SmolLM2-135M-Instruct, sequence_len 2048")
-    return cfg, tokenizer, fmt, cfg.sequence_len if cfg else 2048, name
+    return tokenizer, fmt, cfg.sequence_len if cfg else 2048, name
 
 
 def data_lint(paths: list[Path], *, config: Path | None = None, run_code: bool = True) -> int:
@@ -127,9 +126,10 @@ def data_lint(paths: list[Path], *, config: Path | None = None, run_code: bool =
     config: a config whose base_model, chat template and sequence_len to count tokens with
     run_code: execute every ```python block in the sandbox and check its stated output
     """
+    from tutorforge.config import load_config
     from tutorforge.lint import lint, render
 
-    _, tokenizer, fmt, sequence_len, name = _tokenizer_for(config)
+    tokenizer, fmt, sequence_len, name = _tokenizer_for(load_config(config) if config else None)
     report = lint(list(paths), tokenizer=tokenizer, fmt=fmt, sequence_len=sequence_len, model=name,
                   run_code=run_code)
     print(render(report))
@@ -142,12 +142,12 @@ def data_prepare(config: Path, *, skip_bad_rows: bool = False) -> int:
     config: Axolotl-style YAML file
     skip_bad_rows: go on past unusable rows; they go to <output_dir>/rejected.jsonl with reasons
     """
+    from tutorforge.config import load_config
     from tutorforge.data import prepare, write_rows
 
-    from tutorforge.config import load_config
-
-    with _writing(Path(load_config(config).output_dir)):
-        cfg, tokenizer, _, _, _ = _tokenizer_for(config)
+    cfg = load_config(config)
+    with _writing(Path(cfg.output_dir)):
+        tokenizer = _tokenizer_for(cfg)[0]
         prepared = prepare(cfg, tokenizer, skip_bad_rows=skip_bad_rows, config_dir=config.parent)
         held_out = Path(cfg.output_dir) / "heldout.jsonl"
         write_rows(prepared.val_rows, held_out)
@@ -223,9 +223,9 @@ def merge(run_dir: Path | None = None, *, base: str | None = None, adapter: Path
         out = out or run_dir / "merged"
     if not (base and adapter and out):
         raise UserError("merge needs a training output_dir, or all of --base, --adapter and --out")
-    base_dir = resolve_base_model(base).path
-    with _writing(run_dir, out, protect=[base_dir, adapter]), _progress_bar("merging", unit="tensors") as progress:
-        merged = run_merge(base_dir, adapter, out, shard_bytes=int(shard_gb * 2**30), progress=progress)
+    with _writing(run_dir, out), _progress_bar("merging", unit="tensors") as progress:
+        merged = run_merge(resolve_base_model(base).path, adapter, out, shard_bytes=int(shard_gb * 2**30),
+                           progress=progress)
     print(f"merged: {merged}")
     return 0
 
@@ -247,8 +247,7 @@ def export(run_dir: Path | None = None, *, base: str | None = None, adapter: Pat
     from tutorforge.models import resolve_base_model
 
     quants = tuple(q.strip() for q in quantize.split(",")) if quantize else None
-    readers = [Path(base) if base else None, adapter, run_dir / "adapter" if run_dir else None]
-    with _writing(run_dir, out, protect=readers), _progress_bar("exporting", unit="tensors") as progress:
+    with _writing(run_dir, out), _progress_bar("exporting", unit="tensors") as progress:
         if run_dir is not None:
             report = export_run(run_dir, adapter=adapter, out=out, outtype=outtype, quantizations=quants,
                                 verify=verify, progress=progress)
@@ -396,8 +395,7 @@ def compare(config: Path | None = None, *, base: str | None = None, tuned: str |
     cfg = load_config(config) if config else None
     tuned_run = Path(tuned) if tuned and Path(tuned).is_dir() and (Path(tuned) / "run.json").is_file() else None
     run_dir = tuned_run or (Path(cfg.output_dir) if cfg and not tuned else None)
-    readers = [Path(s) for s in (base, tuned) if s and Path(s).exists() and Path(s) != tuned_run] + [tuned_adapter]
-    with _writing(run_dir, out, protect=readers), _progress_bar("comparing", unit="prompts") as progress:
+    with _writing(run_dir, out), _progress_bar("comparing", unit="prompts") as progress:
         result, out = compare_models(cfg, config.parent if config else None,
                                      base=base, tuned=tuned, tuned_adapter=tuned_adapter, prompts=prompts,
                                      out=out, max_new_tokens=max_new_tokens, max_prompts=max_prompts,
@@ -408,22 +406,18 @@ def compare(config: Path | None = None, *, base: str | None = None, tuned: str |
 
 
 @contextlib.contextmanager
-def _writing(run_dir: Path | None, out: Path | None = None, *, protect: list[Path | None] = ()):
+def _writing(run_dir: Path | None, out: Path | None = None):
     """Hold the locks of what a command writes: the training output_dir it works in, and an --out
-    directory of its own (locked beside it, as .NAME.lock, so that nothing is put into a directory
-    before it is known to be the command's to write). An --out that is, holds or lies inside what
-    the command reads (`protect`) is refused before anything is written."""
+    directory of its own (locked in tutorforge's cache, see outputs.lock_file: the command itself
+    decides whether that directory is its to write before it puts anything there)."""
     from tutorforge.fsutil import exclusive
-    from tutorforge.outputs import check_not_protected
+    from tutorforge.outputs import lock_file
 
-    if out is not None:
-        check_not_protected(out, protect)
     with contextlib.ExitStack() as stack:
         if run_dir is not None:
             stack.enter_context(exclusive(run_dir))
         if out is not None and (run_dir is None or not Path(out).resolve().is_relative_to(Path(run_dir).resolve())):
-            real = Path(out).resolve()
-            stack.enter_context(exclusive(Path(out), str(out), lock=real.with_name(f".{real.name}.lock")))
+            stack.enter_context(exclusive(Path(out), str(out), lock=lock_file(out)))
         yield
 
 

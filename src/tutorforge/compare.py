@@ -365,8 +365,7 @@ def compare_once(out: Path, inputs: dict, work, *, protect: list[Path]) -> Compa
         return load_comparison(out)
     claimed.begin("compare", inputs)
     result = work()
-    for name in REPORT_FILES:
-        claimed.add("compare", out / name)
+    claimed.add("compare", *(out / name for name in REPORT_FILES))
     claimed.finish("compare")
     return result
 

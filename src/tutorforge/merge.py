@@ -276,9 +276,7 @@ def merge(base_dir: Path, adapter_dir: Path, out_dir: Path, *, shard_bytes: int 
         raise
     record = outputs.OutputDir(tmp, "merged", {"kind": "merged", "stages": {}})
     record.begin("merge", inputs)
-    for path in sorted(tmp.iterdir()):
-        if path.name != outputs.RECORD:
-            record.add("merge", path)
+    record.add("merge", *(path for path in sorted(tmp.iterdir()) if path.name != outputs.RECORD))
     record.finish("merge", base=str(base_dir), adapter=str(adapter_dir), lora_tensors=len(lora),
                   replaced_tensors=len(full))
     outputs.replace_dir(tmp, out_dir)

@@ -3,7 +3,7 @@
     out = claim(Path("outputs/run/gguf"), "gguf", protect=[base_dir, adapter_dir])
     if out.reusable("export", inputs, "model.F16.gguf"): ...   # made from these same inputs, untouched
     out.begin("export", inputs)   # other inputs: what the stage wrote before is stale and removed
-    out.add("export", path)       # a finished file (written atomically under its final name)
+    out.add("export", path)       # finished files (written atomically under their final names)
     out.finish("export")
 
 Each output directory (a merged checkpoint, a directory of GGUF files, a comparison report) holds
@@ -14,8 +14,10 @@ status and the size and modification time of every file it wrote. With it a comm
   reads from, or any directory that holds them or lies inside them;
 - reuses a file only when it was made from the same inputs and is still as written, and deletes
   what it made from other inputs before making it anew (nothing stale survives a re-run).
-Inputs are named by content (SHA-256), hashed once per file: `file_hash` keeps the hashes of files
-it has read, keyed by device, inode, size and modification time, in tutorforge's cache.
+Inputs are named by content (SHA-256), hashed once per file: `file_hash` keeps the hash of each file
+it has read, found again by the file's device, inode, size and modification time, in tutorforge's
+cache. An output directory that is not a training output_dir is locked there too (`lock_file`), so
+that nothing is put into a directory before it is known to be tutorforge's to write.
 """
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ KINDS = {  # kind of output directory -> what it holds
     "compare": "an A/B comparison report (tutorforge compare)",
 }
 LEGACY = {"tutorforge-merge.json": "merged", "export.json": "gguf"}  # records of earlier tutorforge versions
-_hashes: dict[str, str] | None = None  # file_hash's cache, loaded once per process
+_hashes: dict[str, list] | None = None  # file_hash's cache: real path -> [file identity, SHA-256]
 
 
 # --- content hashes -----------------------------------------------------------------------------
@@ -51,39 +53,64 @@ def _hash_cache_path() -> Path:
     return cache_root() / "file-hashes.json"
 
 
-def file_hash(path: Path) -> str:
-    """The SHA-256 of a file's content, read once: later calls find it by the file's identity
-    (device, inode, size, modification time), which any change to the file alters."""
+def _hash(path: Path) -> tuple[str, bool]:
+    """(the SHA-256 of a file's content, whether it had to be read now). A file is read once: its
+    identity (device, inode, size, modification time) finds the hash later, and any change to the
+    file alters it. One entry per file: a changed file's new hash replaces its old one."""
     global _hashes
-    st = Path(path).stat()
-    key = f"{os.path.realpath(path)}|{st.st_dev}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}"
     if _hashes is None:
         try:
             _hashes = json.loads(_hash_cache_path().read_text())
         except (OSError, ValueError):
             _hashes = {}
-    if key not in _hashes:
-        if st.st_size > 1 << 30:
-            log.info("hashing %s (%.1f GiB, once)", path, st.st_size / 2**30)
-        _hashes[key] = sha256_file(path)
-        try:
-            with atomic_write(_hash_cache_path()) as fh:
-                json.dump(_hashes, fh)
-        except OSError:  # a read-only cache only costs hashing again next time
-            pass
-    return _hashes[key]
+    st = Path(path).stat()
+    real, identity = os.path.realpath(path), f"{st.st_dev}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}"
+    known = _hashes.get(real)
+    if isinstance(known, list) and known[0] == identity:
+        return known[1], False
+    if st.st_size > 1 << 30:
+        log.info("hashing %s (%.1f GiB, once)", path, st.st_size / 2**30)
+    _hashes[real] = [identity, sha256_file(path)]
+    return _hashes[real][1], True
+
+
+def _save_hashes() -> None:
+    try:
+        with atomic_write(_hash_cache_path()) as fh:
+            json.dump(_hashes, fh)
+    except OSError:  # a read-only cache only costs hashing again next time
+        pass
+
+
+def file_hash(path: Path) -> str:
+    """The SHA-256 of a file's content, read once (see _hash)."""
+    digest, new = _hash(path)
+    if new:
+        _save_hashes()
+    return digest
+
+
+def lock_file(out: Path) -> Path:
+    """Where the lock of an output directory outside a training output_dir lives: in tutorforge's
+    cache, named by the directory's real path (fsutil.exclusive takes it)."""
+    from tutorforge.models import cache_root
+
+    key = hashlib.sha256(os.path.realpath(out).encode()).hexdigest()[:16]
+    return cache_root() / "locks" / f"{key}.lock"
 
 
 def _is_own(name: str) -> bool:
     """tutorforge's own bookkeeping files: records, locks and temporary files of atomic writes."""
-    return name in (RECORD, *LEGACY) or (name.startswith(".") and name.endswith((".tmp", ".lock")))
+    return name in (RECORD, ".lock", *LEGACY) or (name.startswith(".") and name.endswith(".tmp"))
 
 
 def directory_hashes(directory: Path, pattern: str = "*") -> dict[str, str]:
     """{file name: SHA-256} of the files of a model or adapter directory (links followed), without
     tutorforge's own bookkeeping files."""
-    return {p.name: file_hash(p) for p in sorted(Path(directory).glob(pattern))
-            if p.is_file() and not _is_own(p.name)}
+    found = {p.name: _hash(p) for p in sorted(Path(directory).glob(pattern)) if p.is_file() and not _is_own(p.name)}
+    if any(new for _, new in found.values()):
+        _save_hashes()  # once for the directory, not once a file
+    return {name: digest for name, (digest, _) in found.items()}
 
 
 def model_identity(model_dir: Path, adapter: Path | None = None) -> str:
@@ -139,7 +166,7 @@ def _inside(path: Path, parent: Path) -> bool:
     return path == parent or parent in path.parents
 
 
-def check_not_protected(out: Path, protect: Iterable[Path], option: str = "--out") -> None:
+def _check_not_protected(out: Path, protect: Iterable[Path], option: str = "--out") -> None:
     """Refuse an output that is, holds or lies inside a protected directory (the inputs)."""
     target = Path(os.path.realpath(out))
     for guarded in protect:
@@ -195,11 +222,12 @@ class OutputDir:
                 log.info("%s: removed %s (%s)", stage, target, why)
         self.save()
 
-    def add(self, stage: str, path: Path) -> None:
-        """Record a finished file of `stage` (its name, size and modification time)."""
-        st = Path(path).stat()
-        self.record["stages"][stage].setdefault("files", {})[Path(path).name] = {
-            "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    def add(self, stage: str, *paths: Path) -> None:
+        """Record finished files of `stage` (name, size and modification time of each)."""
+        files = self.record["stages"][stage].setdefault("files", {})
+        for path in paths:
+            st = Path(path).stat()
+            files[Path(path).name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
         self.save()
 
     def finish(self, stage: str, **extra) -> None:
@@ -228,7 +256,7 @@ def claim(out: Path, kind: str, *, protect: Iterable[Path] = (), option: str = "
     but tutorforge's own `kind` output; and (never allowed) one that is, holds or lies inside a
     protected directory."""
     out = Path(out)
-    check_not_protected(out, protect, option)
+    _check_not_protected(out, protect, option)
     if out.exists() and not out.is_dir():
         raise UserError(f"{option} {out}: is a file, not a directory; give a directory for the outputs")
     record = read_record(out) if out.is_dir() else None
