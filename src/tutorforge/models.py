@@ -153,9 +153,13 @@ def check_model_files(path: Path, *, require_weights: bool = False) -> None:
     from_pretrained() reads (its *.json files must be JSON, config.json an object, every
     .safetensors file complete, every shard a sharded index names present). Headers only."""
     path = Path(path)
+    signature = _files_signature(path, require_weights)
+    if signature in _checked:  # every stage resolves the base model: its files are read once
+        return
     if path.is_file():
         if problem := _gguf_problem(path):
             raise DamagedModel(path, problem)
+        _checked.add(signature)
         return
     for file in sorted(path.glob("*.json")):
         try:
@@ -179,6 +183,18 @@ def check_model_files(path: Path, *, require_weights: bool = False) -> None:
     for file in weights:
         if problem := _safetensors_problem(file):
             raise DamagedModel(file, problem)
+    _checked.add(signature)
+
+
+_checked: set[tuple] = set()  # check_model_files' passes, by the files' names, sizes and times
+
+
+def _files_signature(path: Path, require_weights: bool) -> tuple:
+    """What a check's result depends on: the path, and the name, size and modification time of
+    the file (or of every file in the directory)."""
+    files = [path] if path.is_file() else sorted(f for f in path.iterdir() if f.is_file())
+    return (os.path.realpath(path), require_weights,
+            tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files))
 
 
 def _safetensors_problem(file: Path) -> str | None:
