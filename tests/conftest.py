@@ -12,7 +12,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 pytest_plugins = ["pytester"]
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED_DATA = ROOT.parent / "shared" / "data"
 MISSION_CONFIG = """\
 base_model: NousResearch/Meta-Llama-3-8B
 adapter: qlora
@@ -49,11 +48,36 @@ def pytest_terminal_summary(terminalreporter) -> None:
             red=True)
 
 
-@pytest.fixture(scope="session")
-def shared_data() -> Path:
-    path = SHARED_DATA / "code_alpaca_2k.json"
-    assert path.is_file(), f"{path} is missing: tests read the shared Alpaca datasets from there"
-    return SHARED_DATA
+def tutor_rows() -> list[dict]:
+    """The shipped Python-tutor dataset's rows (instruction, input, output), as text for tests."""
+    import json
+
+    return [json.loads(line) for line in (ROOT / "data" / "python_tutor.jsonl").read_text().splitlines()]
+
+
+def parity_texts(tokenizer) -> list[str]:
+    """Over 1,000 texts to compare two tokenizers on: the shipped dataset's answers, inputs and
+    instructions, digits, unicode, tabs and runs of spaces, and chat-template renderings of 300
+    conversations (half with a system turn, training and generation forms)."""
+    rows = tutor_rows()
+    texts = [r["output"] for r in rows] + [r["input"] for r in rows if r["input"]]
+    texts += [r["instruction"] for r in rows[:300]]
+    texts += [  # digits, unicode, tabs and runs of spaces
+        "0", "42", "3.14159", "1,000,000", "2024-11-28T04:34:13Z", "+44 20 7946 0958", "x = 10**18 + 7",
+        "0x1F 0o17 0b1010 1e-9 6.02e23", "version 3.11.7", "١٢٣ ٤٥٦", "Ⅻ ½ ² ³",
+        "naïve café résumé coöperate", "日本語のテキスト", "中文字符测试", "한국어 텍스트", "Ελληνικά", "русский",
+        "emoji 🤖🐍✨ flags 🇫🇷 family 👨‍👩‍👧", "zero\u200bwidth", "combining e\u0301", "שלום עולם", "مرحبا",
+        "\t", "\t\tdouble tab", "a\tb\tc", "if x:\n\tpass", " ", "  ", "   x", "a" + " " * 7 + "b",
+        " " * 12 + "indented", "line\n\n\n\nbreaks", "trailing   \n", "\r\nwindows\r\n", "",
+    ]
+    systems = [None, "You are a concise Python tutor."]
+    for i, row in enumerate(rows[:300]):
+        system = systems[i % 2]
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": row["instruction"]}, {"role": "assistant", "content": row["output"]}]
+        texts.append(tokenizer.apply_chat_template(messages, tokenize=False))
+        texts.append(tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True))
+    return texts
 
 
 @pytest.fixture(scope="session")

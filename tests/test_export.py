@@ -82,15 +82,16 @@ def test_our_q8_0_is_as_good_as_llama_cpp_quantizer(exported, bundled, adapter, 
 
 
 @pytest.mark.slow
-def test_tokenizer_parity_on_1000_texts(exported, bundled, shared_data):
+def test_tokenizer_parity_on_1000_texts(exported, bundled):
     from llama_cpp import Llama
     from transformers import AutoTokenizer
 
+    from conftest import parity_texts
     from tutorforge.verify import tokenization_mismatches
 
-    rows = json.loads((shared_data / "code_alpaca_2k.json").read_text())
-    texts = [r["output"] for r in rows[:1100]]
     tokenizer = AutoTokenizer.from_pretrained(bundled.path)
+    texts = parity_texts(tokenizer)
+    assert len(texts) >= 1000
     llm = Llama(model_path=exported[1]["files"]["f16"], vocab_only=True, verbose=False)
     try:
         assert tokenization_mismatches(llm, tokenizer, texts) == 0

@@ -61,12 +61,23 @@ def test_shipped_dataset_lints_clean(capsys, bundled):
 
 
 @pytest.mark.slow
-def test_code_alpaca_runs_and_reports_unfenced_code(shared_data, capsys, bundled):
-    code = cli.main(["data", "lint", str(shared_data / "code_alpaca_2k.json")])
+def test_a_code_alpaca_style_array_runs_and_reports_unfenced_code(tmp_path, capsys, bundled):
+    """Rows as Code Alpaca writes them (a JSON array, code without fences, some outputs empty)."""
+    import json
+
+    rows = [{"instruction": f"Write a function that adds {n} to a number.", "input": "",
+             "output": f"def add_{n}(x):\n    return x + {n}"} for n in range(12)]  # unfenced code
+    rows += [{"instruction": f"What is {n} squared?", "input": "", "output": f"{n} squared is {n * n}."}
+             for n in range(6)]  # prose
+    rows += [{"instruction": "Print a greeting.", "input": "", "output": "```python\nprint('hi')  # hi\n```"}]
+    rows += [{"instruction": f"Empty answer {n}", "input": "", "output": ""} for n in range(2)]
+    path = tmp_path / "code_alpaca_like.json"
+    path.write_text(json.dumps(rows, indent=1))
+    code = cli.main(["data", "lint", str(path)])
     out = capsys.readouterr().out
-    assert "2017 rows read" in out and "empty_field 2" in out
+    assert "21 rows read" in out and "empty_field 2" in out
     unfenced = int(out.split(" rows of unfenced Python")[0].rsplit(", ", 1)[1])
-    assert unfenced > 500  # most of its code is unfenced: detected and reported as not checked
+    assert unfenced == 12  # every unfenced function is detected and reported as not checked
     assert code == 1  # two rows have an empty output
 
 

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from conftest import parity_texts, tutor_rows
 from tutorforge.errors import UserError
 from tutorforge.models import (bundled_gguf, check_base_model, gguf_to_checkpoint,
                                resolve_base_model)
@@ -139,37 +140,15 @@ def test_conversion_is_atomic(monkeypatch, tmp_path):
     assert list((tmp_path / "models").iterdir()) == []
 
 
-def _parity_texts(shared_data, tokenizer) -> list[str]:
-    rows = json.loads((shared_data / "code_alpaca_2k.json").read_text())
-    texts = [r["output"] for r in rows] + [r["input"] for r in rows if r["input"]]
-    texts += [r["instruction"] for r in rows[:300]]
-    texts += [  # digits, unicode, tabs and runs of spaces
-        "0", "42", "3.14159", "1,000,000", "2024-11-28T04:34:13Z", "+44 20 7946 0958", "x = 10**18 + 7",
-        "0x1F 0o17 0b1010 1e-9 6.02e23", "version 3.11.7", "١٢٣ ٤٥٦", "Ⅻ ½ ² ³",
-        "naïve café résumé coöperate", "日本語のテキスト", "中文字符测试", "한국어 텍스트", "Ελληνικά", "русский",
-        "emoji 🤖🐍✨ flags 🇫🇷 family 👨‍👩‍👧", "zero\u200bwidth", "combining e\u0301", "שלום עולם", "مرحبا",
-        "\t", "\t\tdouble tab", "a\tb\tc", "if x:\n\tpass", " ", "  ", "   x", "a" + " " * 7 + "b",
-        " " * 12 + "indented", "line\n\n\n\nbreaks", "trailing   \n", "\r\nwindows\r\n", "",
-    ]
-    systems = [None, "You are a concise Python tutor."]
-    for i, row in enumerate(rows[:300]):
-        system = systems[i % 2]
-        messages = ([{"role": "system", "content": system}] if system else []) + [
-            {"role": "user", "content": row["instruction"]}, {"role": "assistant", "content": row["output"]}]
-        texts.append(tokenizer.apply_chat_template(messages, tokenize=False))
-        texts.append(tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True))
-    return texts
-
-
 @pytest.mark.slow
-def test_tokenizer_matches_llama_cpp_exactly(bundled, shared_data):
+def test_tokenizer_matches_llama_cpp_exactly(bundled):
     """Training-time (PyTorch) and inference-time (llama.cpp) tokenization must agree token for token."""
     from transformers import AutoTokenizer
 
     from tutorforge.models import tokenizer_mismatches
 
     tokenizer = AutoTokenizer.from_pretrained(bundled.path)
-    texts = _parity_texts(shared_data, tokenizer)
+    texts = parity_texts(tokenizer)
     assert len(texts) >= 1000
     assert sum("<|im_start|>" in t for t in texts) >= 600
     bad = tokenizer_mismatches(tokenizer, bundled.gguf, texts)
@@ -177,7 +156,7 @@ def test_tokenizer_matches_llama_cpp_exactly(bundled, shared_data):
 
 
 @pytest.mark.slow
-def test_parity_check_detects_the_unfixed_tokenizer(bundled, shared_data):
+def test_parity_check_detects_the_unfixed_tokenizer(bundled):
     """Control: the tokenizer transformers rebuilds from GGUF metadata alone splits digits
     differently from llama.cpp, and the parity check catches it."""
     from transformers import AutoTokenizer
@@ -185,12 +164,12 @@ def test_parity_check_detects_the_unfixed_tokenizer(bundled, shared_data):
     from tutorforge.models import tokenizer_mismatches
 
     raw = AutoTokenizer.from_pretrained(str(bundled.gguf.parent), gguf_file=bundled.gguf.name)
-    bad = tokenizer_mismatches(raw, bundled.gguf, _parity_texts(shared_data, raw))
+    bad = tokenizer_mismatches(raw, bundled.gguf, parity_texts(raw))
     assert len(bad) >= 10
 
 
 @pytest.mark.slow
-def test_converted_model_predicts_like_llama_cpp(bundled, shared_data):
+def test_converted_model_predicts_like_llama_cpp(bundled):
     """The safetensors checkpoint computes what the GGUF computes: teacher-forced top-1 next tokens
     agree with llama.cpp (which runs the Q4_1 weights with quantised activations) at >= 95%."""
     import numpy as np
@@ -201,7 +180,7 @@ def test_converted_model_predicts_like_llama_cpp(bundled, shared_data):
     tokenizer = AutoTokenizer.from_pretrained(bundled.path)
     model = AutoModelForCausalLM.from_pretrained(bundled.path, dtype=torch.float32).eval()
     llm = Llama(model_path=str(bundled.gguf), n_ctx=512, logits_all=True, n_threads=1, verbose=False)
-    rows = json.loads((shared_data / "alpaca_5000.json").read_text())[:40]
+    rows = tutor_rows()[:40]
     agree = total = 0
     try:
         for row in rows:
