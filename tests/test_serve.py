@@ -197,8 +197,13 @@ def _start_and_drop(port: int, body: dict, *, read_first: bool) -> None:
     data = json.dumps(body).encode()
     sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                  b"Content-Length: %d\r\n\r\n" % len(data) + data)
-    if read_first:
-        assert b"data: " in sock.recv(4096)
+    if read_first:  # the headers and the first event may come in separate reads
+        sock.settimeout(30)
+        received = b""
+        while b"data: " not in received:
+            chunk = sock.recv(4096)
+            assert chunk, received
+            received += chunk
     time.sleep(0.5)
     sock.close()
 
