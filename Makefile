@@ -1,6 +1,7 @@
 # make demo: create .venv, install, run the whole pipeline (tutorforge run) on the bundled recipe.
 # make test: create .venv, install, run every test (slow ones included).
 # make test-fast: the tests not marked slow (no end-to-end run), for the edit loop.
+# make lint: ruff (rules in pyproject.toml) and pyright (basic) on the code; make test runs it first.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -8,7 +9,7 @@ STAMP := $(VENV)/.setup-done
 export OMP_WAIT_POLICY ?= PASSIVE
 RECIPE ?= recipes/python-tutor-smollm2-cpu.yml
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup demo lint test test-fast clean
 
 setup: $(STAMP)
 
@@ -21,7 +22,11 @@ demo: $(STAMP)
 	bash scripts/system_deps.sh
 	$(VENV)/bin/tutorforge run $(RECIPE)
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench scripts
+	$(VENV)/bin/pyright
+
+test: $(STAMP) lint
 	bash scripts/system_deps.sh --test
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 

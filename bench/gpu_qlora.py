@@ -130,7 +130,7 @@ def predict(path: Path, args) -> dict:
     import yaml
 
     from tutorforge.config import parse
-    from tutorforge.plan import CUDA_CONTEXT_GB, plan_training
+    from tutorforge.plan import plan_training
 
     settings = {"base_model": str(path), "adapter": "qlora", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4",
                 "bnb_4bit_use_double_quant": True, "lora_r": 32, "lora_alpha": 16, "lora_target_linear": True,
@@ -139,8 +139,7 @@ def predict(path: Path, args) -> dict:
                 "gradient_checkpointing": True, "sample_packing": False}
     report = parse(yaml.safe_dump(settings), "gpu_qlora")
     p = plan_training(report.config, hardware="cpu" if args.dry_run else None)
-    loading = p.load_gb - CUDA_CONTEXT_GB if p.load_gb else 0.0  # torch allocates all but the context
-    return {"predicted_allocated_gib": round(max(p.allocated_gb, loading), 2),
+    return {"predicted_allocated_gib": round(p.allocated_gb, 2),
             "predicted_total_gib": round(p.peak_gb, 2), "plan_hardware": p.hardware.name}
 
 

@@ -1,4 +1,4 @@
-"""Peak RAM and speed with glibc's default heap vs tutorforge's bounded heap (hardware.bound_heap),
+"""Peak RAM and speed with glibc's default heap vs tutorforge's bounded heap (heap.bound_heap),
 in one run: each case in its own process.
 
     .venv/bin/python bench/heap.py [--steps 6]
@@ -25,7 +25,7 @@ import json, os, sys, tempfile, threading, time
 from pathlib import Path
 sys.path[:0] = [sys.argv[1] + "/src", sys.argv[1] + "/bench"]
 workload, bounded, steps = sys.argv[2], sys.argv[3] == "1", int(sys.argv[4])
-from tutorforge.hardware import bound_heap
+from tutorforge.heap import bound_heap
 if bounded:
     assert bound_heap()
 def anon_mb():

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
+from test_evaluate import ollama_greedy
 from tutorforge.chat import repl
 
 
@@ -56,13 +57,16 @@ def test_one_shot_answer_is_greedy_and_stops_at_the_end_of_turn(run_dir, bundled
     tokenizer = AutoTokenizer.from_pretrained(bundled.path)
     system = json.loads((run_dir / "run.json").read_text())["config"]["default_system_message"]
     prompt = render_prompt(tokenizer, prompt_format(tokenizer, None, system), question)
-    llm = Llama(model_path=str(run_dir / "gguf" / "model.F16.gguf"), n_ctx=512, n_threads=1, verbose=False)
-    try:
-        expected = llm.create_completion(prompt, max_tokens=40, temperature=0, repeat_penalty=1.1,  # as Ollama
-                                         stop=["<|im_end|>"])
+    llm = Llama(model_path=str(run_dir / "gguf" / "model.F16.gguf"), n_ctx=512, n_threads=1, logits_all=True,
+                verbose=False)
+    try:  # as Ollama decodes: repeat penalty 1.1 over the last 64 tokens of prompt + answer
+        ids = llm.tokenize(prompt.encode(), add_bos=False, special=True)
+        end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        new = ollama_greedy(llm, ids, penalty=1.1, last_n=64, max_tokens=40, end=end)
+        expected = llm.detokenize([t for t in new if t != end]).decode()
     finally:
         llm.close()
-    assert first.stdout.strip() == expected["choices"][0]["text"].strip()
+    assert first.stdout.strip() == expected.strip()
     assert "<|im_" not in first.stdout
 
 
@@ -102,7 +106,7 @@ def test_interactive_chat_through_a_terminal(run_dir):
 
 def test_chat_target_errors(tmp_path):
     out = tutorforge("chat", str(tmp_path), "--prompt", "hi")
-    assert out.returncode == 2 and "not a training output_dir" in out.stderr
+    assert out.returncode == 2 and "no complete training run here (run.json missing)" in out.stderr
     out = tutorforge("chat", str(tmp_path / "missing.gguf"), "--prompt", "hi")
     assert out.returncode == 2 and "no such run directory or .gguf file" in out.stderr
 

@@ -5,11 +5,19 @@ import json
 
 import pytest
 
-from tutorforge.compare import (Comparison, chrf, load_prompts, python_blocks, run_comparison, score_answer,
-                                target_words_from)
+from tutorforge.compare import (
+    Comparison,
+    chrf,
+    load_prompts,
+    python_blocks,
+    run_comparison,
+    score_answer,
+    target_words_from,
+)
 from tutorforge.data import Row
 from tutorforge.errors import UserError
 from tutorforge.evaluate import Answer
+from tutorforge.report import write_outputs
 
 GOOD = "Use len().\n\n```python\nitems = [1, 2, 3]\nprint(len(items))  # 3\n```\n\nTip: len works on strings too."
 WRONG = "Sum them:\n\n```python\nprint(1 + 1)  # 3\n```"
@@ -101,8 +109,8 @@ def fake_pair():
 def test_comparison_of_a_fake_pair(tmp_path):
     base, tuned = fake_pair()
     ticks = []
-    result = run_comparison(base, tuned, ROWS, out_dir=tmp_path, max_new_tokens=64, target_words=20,
-                            system="Be brief.", progress=lambda done, total: ticks.append((done, total)))
+    result = write_outputs(run_comparison(base, tuned, ROWS, max_new_tokens=64, target_words=20, system="Be brief.",
+                                          progress=lambda done, total: ticks.append((done, total))), tmp_path)
     assert ticks == [(1, 3), (2, 3), (3, 3)]
     assert base.calls[0] == ("What is len?", "Be brief.", 64)
     assert ("perplexity", 2) in base.calls  # only rows with a reference
@@ -165,10 +173,10 @@ def test_hostile_code_in_answers_is_recorded_and_the_comparison_completes(tmp_pa
     tuned = Scripted("tuned", {name: answer(f"Try this:\n```python\n{code.format(**fill)}\n```")
                                for name, (code, _, _) in HOSTILE.items()}, 3.0)
     base = Scripted("base", {name: answer("No code.") for name in HOSTILE}, 5.0)
-    result = run_comparison(base, tuned, rows, out_dir=tmp_path / "out", max_new_tokens=32, target_words=50)
+    result = write_outputs(run_comparison(base, tuned, rows, max_new_tokens=32, target_words=50), tmp_path / "out")
     records = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
     assert len(records) == len(HOSTILE)
-    for record, (name, (_, kind, words)) in zip(records, HOSTILE.items()):
+    for record, (name, (_, kind, words)) in zip(records, HOSTILE.items(), strict=False):
         (block,) = record["tuned"]["sandbox"]
         assert block["kind"] == kind and words in block["detail"], (name, block)
     assert not escape.exists()
@@ -196,7 +204,7 @@ def test_prompts_file_with_optional_references(tmp_path):
 def test_no_prompts_is_an_error(tmp_path):
     base, tuned = fake_pair()
     with pytest.raises(UserError, match="no prompts"):
-        run_comparison(base, tuned, [], out_dir=tmp_path, max_new_tokens=8, target_words=5)
+        run_comparison(base, tuned, [], max_new_tokens=8, target_words=5)
     assert not list(tmp_path.iterdir())  # nothing written
 
 
@@ -230,9 +238,11 @@ def test_cli_compare_takes_its_defaults_from_the_config(tmp_path, monkeypatch, c
                       "tutorforge:\n  compare: {max_new_tokens: 32}\n")
     opened = {}
 
-    def fake_open(spec, *, adapter=None, tokenizer_dir=None, chat_template=None, system=None, name=None):
+    def fake_open(spec, *, adapter=None, tokenizer_dir=None, chat_template=None, system=None, name=None,
+                  threads=None, gpu_layers=None):
         gen = Fixed(name, "short answer" if str(spec) == str(run) else " ".join(["ramble"] * 30))
-        opened[str(spec)] = {"adapter": adapter, "system": system, "tokenizer_dir": tokenizer_dir, "gen": gen}
+        opened[str(spec)] = {"adapter": adapter, "system": system, "tokenizer_dir": tokenizer_dir, "gen": gen,
+                             "runtime": (threads, gpu_layers)}
         return gen
 
     monkeypatch.setattr("tutorforge.evaluate.open_generator", fake_open)
@@ -247,7 +257,12 @@ def test_cli_compare_takes_its_defaults_from_the_config(tmp_path, monkeypatch, c
     assert records[0]["tuned"]["brief"] and not records[0]["base"]["brief"]
     assert opened["smollm2"]["gen"].calls[0] == ("held 0", "Be brief.", 32)  # tutorforge.compare.max_new_tokens
 
-    assert cli.main(["compare", str(config), "--max-prompts", "1", "--out", str(tmp_path / "one")]) == 0
+    from tutorforge.llamacpp import shared_threads
+
+    assert opened["smollm2"]["runtime"] == (shared_threads(2), None)  # the CPUs split between the two sides
+    argv = ["compare", str(config), "--max-prompts", "1", "--out", str(tmp_path / "one"), "--threads", "1"]
+    assert cli.main([*argv, "--gpu-layers", "0"]) == 0
+    assert opened["smollm2"]["runtime"] == opened[str(run)]["runtime"] == (1, 0)
     assert "brevity: at most 16 words (%)" in capsys.readouterr().out  # the whole split stays held out
     assert len((tmp_path / "one" / "results.jsonl").read_text().splitlines()) == 1
 
@@ -264,7 +279,8 @@ def test_compare_reuses_its_report_only_for_the_same_inputs_and_never_writes_ove
     identity = {"tuned": "first"}
     opened = []
 
-    def fake_open(spec, *, adapter=None, tokenizer_dir=None, chat_template=None, system=None, name=None):
+    def fake_open(spec, *, adapter=None, tokenizer_dir=None, chat_template=None, system=None, name=None,
+                  threads=None, gpu_layers=None):
         opened.append(str(spec))
         return Fixed(name, f"answer of {identity['tuned'] if spec == 'T' else 'base'}")
 

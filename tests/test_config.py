@@ -11,8 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import MISSION_CONFIG, ROOT
-from tutorforge.config import (Config, ConfigError, load_config, parse, reference,
-                               validate_file)
+from tutorforge.config import Config, ConfigError, load_config, parse, reference, validate_file
 from tutorforge.errors import UserError
 
 # Every key the foundation must accept, each with a value a user would write.
@@ -105,7 +104,12 @@ def test_mission_config_validates_as_written(write_config):
 
 def test_every_supported_key_is_accepted_and_typed(tmp_path):
     report = parse(SUPPORTED.replace("{data}", str(tmp_path)), "c.yml")
-    assert report.problems == []
+    assert report.errors == []  # accepted; the two that change nothing here say so
+    assert [p.render("c.yml") for p in report.warnings] == [
+        "c.yml:20: warning: dataset_prepared_path: './prepared': ignored (the data is tokenised afresh on "
+        "every run (seconds); nothing is cached)",
+        "c.yml:44: warning: sdp_attention: True: ignored (attention is PyTorch SDPA already "
+        "(flash_attention: true picks flash-attn 2 on CUDA))"]
     cfg = report.config
     assert cfg.datasets[0].data_files == ("tutor.jsonl",)
     assert cfg.lora_target_modules == ("q_proj", "v_proj")
@@ -114,6 +118,39 @@ def test_every_supported_key_is_accepted_and_typed(tmp_path):
     assert cfg.tutorforge.ollama.model_name == "python-tutor"
     assert cfg.tutorforge.compare.max_new_tokens == 128
     assert isinstance(cfg.max_steps, int) and isinstance(cfg.learning_rate, float)
+
+
+def test_ignored_keys_warn_with_their_reason_unless_they_ask_for_what_is_done():
+    report = parse("base_model: smollm2\nadapter: lora\nstrict: true\neval_max_new_tokens: 64\n"
+                   "eval_sample_packing: false\nmodel_type: LlamaForCausalLM\ntokenizer_type: AutoTokenizer\n"
+                   "datasets:\n  - path: d.jsonl\n    split: validation\n    name: main\n"
+                   "  - path: e.jsonl\n    split: train\n", "c.yml")
+    assert report.errors == [] and report.config is not None
+    ignored = {p.path: p.message for p in report.warnings if "ignored (" in p.message}
+    assert sorted(ignored) == ["datasets[0].name", "datasets[0].split", "eval_max_new_tokens", "model_type",
+                               "strict"]
+    assert ignored["strict"] == "True: ignored (unknown keys are always errors)"
+    assert ignored["datasets[0].split"].startswith("'validation': ignored (tutorforge reads local files")
+
+
+def test_validate_shows_ignored_keys(write_config, capsys):
+    from tutorforge.cli import validate
+
+    assert validate(write_config("base_model: smollm2\nadapter: lora\nsdp_attention: true\n"
+                                 "dataset_prepared_path: last_run_prepared\n")) == 0
+    out = capsys.readouterr().out
+    assert "config.yml:3: warning: sdp_attention: True: ignored (attention is PyTorch SDPA" in out
+    assert "config.yml:4: warning: dataset_prepared_path: 'last_run_prepared': ignored (the data is" in out
+
+
+def test_validate_refuses_a_special_token_outside_the_vocabulary(write_config, capsys):
+    from tutorforge.cli import validate
+
+    good = "base_model: smollm2\nadapter: lora\nspecial_tokens:\n  pad_token: <|endoftext|>\n"
+    assert validate(write_config(good)) == 0
+    with pytest.raises(UserError, match=r"special_tokens\.eos_token: '<\|mine\|>' is not in the tokenizer's "
+                                        r"vocabulary \(49,152 tokens; its eos_token is '<\|im_end\|>'\)"):
+        validate(write_config("base_model: smollm2\nadapter: lora\nspecial_tokens:\n  eos_token: <|mine|>\n"))
 
 
 def test_config_objects_are_frozen(write_config):

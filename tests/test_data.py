@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from tutorforge.data import (MAX_LINE_BYTES, DataError, accept, dataset_files, load_files, prepare)
+from tutorforge.data import MAX_LINE_BYTES, DataError, accept, dataset_files, load_files, prepare
 from tutorforge.errors import UserError
 
 GOOD = {"instruction": "Say hi", "input": "", "output": "hi"}
@@ -383,3 +383,29 @@ def test_cli_prepare_skip_bad_rows_survives_every_pathological_row(write_config,
     assert [w["kind"] for w in written] == expected * 2
     assert [w["source"] for w in written] == ([f"{lines}:{n}" for n in range(3, 10)]
                                               + [f"{array}:{n}" for n in range(3, 10)])
+
+
+def test_ds_type_says_the_format_of_a_file_without_extension(write_config, tmp_path, monkeypatch):
+    from tutorforge.config import load_config
+    from tutorforge.data import load_datasets
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "rows").write_text(json.dumps([GOOD, {**GOOD, "output": "two"}], indent=2))  # an array
+    (tmp_path / "lines.json").write_text(json.dumps(GOOD) + "\n" + json.dumps({**GOOD, "output": "3"}) + "\n")
+
+    def load(entry: str):
+        return load_datasets(load_config(write_config(f"base_model: smollm2\nadapter: lora\n"
+                                                      f"datasets:\n  - {entry}\n")).datasets)
+
+    as_json = load("path: rows\n    ds_type: json")
+    assert ([r.output for r in as_json.rows], as_json.rows_read) == ([GOOD["output"], "two"], 2)
+    as_lines = load("path: rows\n    ds_type: jsonl")  # read line by line: the array's lines are no rows
+    assert (len(as_lines.rows), as_lines.rows_read, set(as_lines.counts())) == (0, 12, {"malformed_json"})
+    assert [r.source for r in load("path: lines.json\n    ds_type: jsonl").rows] == ["lines.json:1", "lines.json:2"]
+    (tmp_path / "rows.csv").write_text("instruction,output\nhi,there\n")
+    with pytest.raises(UserError, match=r"datasets\[0\].path: rows.csv: a CSV file by its name; tutorforge reads "
+                                        r"JSON and JSON lines"):
+        load("path: rows.csv")
+    with pytest.raises(UserError, match=r"datasets\[0\].ds_type: 'csv': `csv` is not supported: CSV files are "
+                                        r"not read"):
+        load("path: rows.csv\n    ds_type: csv")

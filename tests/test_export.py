@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from tutorforge.errors import UserError
-from tutorforge.export import (Source, export_model, llama3_rope_factors, permute_qk, quantize,
-                               write_gguf)
+from tutorforge.export import Source, export_model
+from tutorforge.gguf_write import llama3_rope_factors, permute_qk, write_gguf
+from tutorforge.quantize import quantize
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +133,14 @@ def test_tokenizer_written_from_the_hf_tokenizer(bundled, tmp_path):
     plain = tmp_path / "plain"
     shutil.copytree(bundled.path, plain, ignore=shutil.ignore_patterns("tutorforge.json"))
     path = write_gguf(Source(plain), tmp_path / "plain.F16.gguf", "f16")
+    ours, source = tokenizer_fields(path), tokenizer_fields(bundled.gguf)
+    # SpecialVocab's merges, special ids and chat template, the probe hash's pre-tokenizer: what
+    # llama.cpp's converter wrote into the bundled GGUF, key by key (it also wrote add_space_prefix)
+    assert ours.pop("tokenizer.chat_template") == (plain / "chat_template.jinja").read_text()
+    source.pop("tokenizer.chat_template")
+    assert source.pop("tokenizer.ggml.add_space_prefix") is False
+    assert ours == source and len(ours["tokenizer.ggml.merges"]) == 48900
+    assert (ours["tokenizer.ggml.pre"], ours["tokenizer.ggml.padding_token_id"]) == ("smollm", 2)
     llm = Llama(model_path=str(path), n_ctx=64, verbose=False)
     try:
         texts = ["12345 and 3.14", "def f(x):\n\treturn x  *  2", "café 日本語 🐍",
@@ -141,8 +150,98 @@ def test_tokenizer_written_from_the_hf_tokenizer(bundled, tmp_path):
         llm.close()
 
 
+def tokenizer_fields(path: Path) -> dict:
+    import gguf
+
+    return {k: f.contents() for k, f in gguf.GGUFReader(str(path)).fields.items() if k.startswith("tokenizer.")}
+
+
+def test_the_pre_tokenizer_is_named_by_llama_cpp_probe_hash(bundled, tmp_path, caplog):
+    """llama.cpp's converter names a pre-tokenizer by the sha256 of the token ids of its probe text;
+    SmolLM2's is SmolLM's. A hash not in the table falls back to tokenizer.json's rules, said in the
+    log; a tokenizer neither names is refused."""
+    from transformers import AutoTokenizer
+
+    from tutorforge.gguf_vocab import PRE_TOKENIZER_HASHES, pre_tokenizer, probe_hash
+
+    tokenizer = AutoTokenizer.from_pretrained(bundled.path)
+    assert PRE_TOKENIZER_HASHES[probe_hash(tokenizer)] == "smollm"
+    assert pre_tokenizer(tokenizer, {}, bundled.path) == "smollm"  # no rules to read: the hash names it
+    small = words_tokenizer(tmp_path)
+    byte_level = {"pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+        {"type": "Digits", "individual_digits": True}, {"type": "ByteLevel", "add_prefix_space": False}]}}
+    assert pre_tokenizer(small, byte_level, tmp_path) == "smollm"
+    assert re.search(r"probe hash [0-9a-f]{64} is not in llama.cpp's table; pre-tokenizer 'smollm' assumed",
+                     caplog.text)
+    with pytest.raises(UserError, match=r"tokenizer.json: its pre-tokenizer \(probe hash [0-9a-f]{64}\) is not"):
+        pre_tokenizer(small, {"pre_tokenizer": {"type": "Whitespace"}}, tmp_path)
+
+
+def words_tokenizer(directory: Path):
+    """A small BPE tokenizer whose merges are saved as pairs, one with a space inside a token."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(["<s>", "</s>", "h", "i", "a", " b", "b", " ", "hi", "a b"])}
+    core = Tokenizer(models.BPE(vocab, [("h", "i"), ("a", " b")]))
+    core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                  pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>")
+    tokenizer.save_pretrained(directory)
+    return tokenizer
+
+
+def test_merges_saved_as_pairs_with_spaces_are_written_as_llama_cpp_reads_them(tmp_path):
+    """transformers saves merges as pairs, so a token may hold a space; gguf-py's SpecialVocab writes
+    that space as U+0120 (llama.cpp splits a merge at its one real space), where ' '.join did not."""
+    from test_merge import tiny_llama
+
+    words_tokenizer(tmp_path / "tokenizer")
+    assert json.loads((tmp_path / "tokenizer" / "tokenizer.json").read_text())["model"]["merges"][1] == ["a", " b"]
+    model = tiny_llama(tmp_path / "model", tmp_path / "tokenizer", tied=False)
+    fields = tokenizer_fields(write_gguf(Source(model), tmp_path / "m.F32.gguf", "f32"))
+    assert fields["tokenizer.ggml.merges"] == ["h i", "a \u0120b"]
+    assert (fields["tokenizer.ggml.bos_token_id"], fields["tokenizer.ggml.eos_token_id"]) == (0, 1)
+    assert fields["tokenizer.ggml.pre"] == "smollm" and len(fields["tokenizer.ggml.tokens"]) == 10
+
+
+def test_an_embedding_lora_is_in_the_streamed_gguf(bundled, tmp_path):
+    """A LoRA on embed_tokens (lora_embedding_A/B) goes into token_embd: llama.cpp's f32 file
+    predicts what the adapted PyTorch model does, which is not what the base predicts."""
+    from transformers import AutoTokenizer
+
+    from test_merge import embedding_adapter, tiny_llama
+    from tutorforge import verify
+    from tutorforge.export import default_verify_rows
+
+    base = tiny_llama(tmp_path / "base", bundled.path, tied=False)
+    adapted = embedding_adapter(base, tmp_path / "adapter", embedding_only=True).merge_and_unload()
+    path = write_gguf(Source(base, tmp_path / "adapter"), tmp_path / "m.F32.gguf", "f32")
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    sequences = [tokenizer(r.output)["input_ids"][:96] for r in default_verify_rows()[:6]]
+    expected = verify.reference_predictions(adapted, sequences)
+    with verify.reference_model(base, None, scratch=tmp_path / "scratch") as plain:
+        before = verify.reference_predictions(plain, sequences)
+    changed = np.mean(np.concatenate([a != b for a, b in zip(expected, before, strict=True)]))
+    assert changed > 0.3, changed  # the embedding update changes the predictions
+    result = verify.verify_gguf(path, tokenizer, ["hello world"], sequences, expected)
+    assert result.positions >= 500 and result.top1_agreement >= 0.99, result
+
+
+def test_the_shipped_lessons_are_the_dataset(tmp_path):
+    """The lessons inside the package (verification text of an installed tutorforge) are
+    data/python_tutor.jsonl's rows, all of them, in order."""
+    from conftest import tutor_rows
+    from tutorforge.export import default_verify_rows
+
+    rows = default_verify_rows()
+    assert [(r.instruction, r.input, r.output) for r in rows] == [
+        (r["instruction"], r["input"], r["output"]) for r in tutor_rows()]
+    assert len(rows) == 400
+
+
 def test_a_killed_export_leaves_nothing_and_a_rerun_succeeds(bundled, tmp_path, monkeypatch):
-    import tutorforge.export as ex
+    import tutorforge.gguf_write as ex
 
     real, calls = ex._to_ggml, []
 
@@ -172,7 +271,7 @@ def test_a_failed_quantization_removes_its_partial_file(tmp_path, capfd):
 
 
 def test_quantizer_fallbacks_are_summed_up_in_one_clause():
-    from tutorforge.export import fallback_summary
+    from tutorforge.quantize import fallback_summary
 
     pieces = ["[  14/ 272] blk.1.attn_q.weight - [ 576, 576, 1, 1], type = f16, ", "converting to q4_K .. ",
               "warning: blk.1.attn_q.weight                  - ncols    576 not divisible by 256 (required for ",

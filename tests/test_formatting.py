@@ -5,8 +5,7 @@ import pytest
 
 from tutorforge.data import Row
 from tutorforge.errors import UserError
-from tutorforge.formatting import (ALPACA_PROMPT, IGNORE, encode_row, prompt_format,
-                                   render_prompt, split_rows)
+from tutorforge.formatting import ALPACA_PROMPT, IGNORE, encode_row, prompt_format, render_prompt, split_rows
 
 ROWS = [
     Row("How do I reverse a list?", "", "Use slicing:\n\n```python\nprint([1, 2, 3][::-1])  # [3, 2, 1]\n```", "r:1"),
@@ -23,7 +22,7 @@ def tokenizer(bundled):
 
 
 def answer_text(tokenizer, example) -> str:
-    return tokenizer.decode([t for t, label in zip(example.input_ids, example.labels) if label != IGNORE])
+    return tokenizer.decode([t for t, label in zip(example.input_ids, example.labels, strict=False) if label != IGNORE])
 
 
 @pytest.mark.parametrize("system", [None, "You are a concise Python tutor."])

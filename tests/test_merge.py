@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tutorforge.errors import UserError
-from tutorforge.merge import ShardWriter, merge, read_header, tensor_refs
+from tutorforge.merge import merge
+from tutorforge.safetensors_io import ShardWriter, read_header, tensor_refs
 
 
 def synthetic(tmp_path: Path, n_layers: int, width: int, dtype=torch.bfloat16, r: int = 4,
@@ -245,7 +246,86 @@ def test_a_disk_that_fills_mid_merge_says_so_and_leaves_nothing(tmp_path, monkey
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(self, name, tensor)
 
-    monkeypatch.setattr(m.ShardWriter, "write", fills)
+    monkeypatch.setattr(m.ShardWriter, "write", fills)  # safetensors_io's class, as merge holds it
     with pytest.raises(UserError, match=r"the disk filled up while writing the merged model \(\d+ MiB free now\)"):
         merge(base, adapter, tmp_path / "merged")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "base"]  # no partial output anywhere
+
+
+def tiny_llama(directory: Path, tokenizer_dir: Path, *, tied: bool) -> Path:
+    """A 2-layer Llama (hidden 64) with random weights, peaked enough (initializer_range 0.2) that its
+    top-1 predictions do not hang on rounding, and the tokenizer of `tokenizer_dir`."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         tie_word_embeddings=tied, initializer_range=0.2, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def embedding_adapter(model_dir: Path, out: Path, *, ensure_weight_tying: bool = False,
+                      embedding_only: bool = False):
+    """A LoRA on embed_tokens (PEFT's lora.Embedding: lora_embedding_A/B) and q/v projections, with
+    non-zero updates (PEFT starts lora_embedding_A and lora_B at zero); saved in `out`, returned."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    targets = ["embed_tokens"] if embedding_only else ["embed_tokens", "q_proj", "v_proj"]
+    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets,
+                                            ensure_weight_tying=ensure_weight_tying))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_embedding_A" in name:
+                p.normal_(0, 1.0)
+            elif "lora_embedding_B" in name or "lora_B" in name:
+                p.normal_(0, 0.05)
+    peft.save_pretrained(out)
+    return peft.eval()
+
+
+IDS = torch.tensor([[1, 9690, 198, 2683, 359, 253, 5356, 1351, 30, 2, 198, 1, 4093, 198, 504, 2079]])
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_an_embedding_lora_merges_like_peft(tmp_path, bundled, tied):
+    """lora_embedding_A/B (and the base layer PEFT saves beside them) merge as W + scale * (B @ A).T:
+    the merged model's logits are PEFT's, on an untied model and on one whose lm_head is tied to the
+    embeddings (trained with ensure_weight_tying, so the update is the output projection's too). Tied,
+    the reference is the unmerged adapter: peft 0.21's merge_and_unload adds the update to the one
+    shared tensor twice, once for embed_tokens and once for lm_head (logits off by 2.8 here)."""
+    from transformers import AutoModelForCausalLM
+
+    base = tiny_llama(tmp_path / "base", bundled.path, tied=tied)
+    peft = embedding_adapter(base, tmp_path / "adapter", ensure_weight_tying=tied)
+    with torch.no_grad():
+        expected = peft(IDS).logits  # the adapter as trained, unmerged
+        merged_by_peft = peft.merge_and_unload()(IDS).logits
+    out = merge(base, tmp_path / "adapter", tmp_path / "merged")
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    with torch.no_grad():
+        got = model(IDS).logits
+        base_logits = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)(IDS).logits
+    assert (got - base_logits).abs().max() > 0.5  # the adapter changes the model
+    assert torch.allclose(got, expected, atol=1e-4, rtol=0), (got - expected).abs().max()
+    if not tied:
+        assert torch.allclose(got, merged_by_peft, atol=1e-4, rtol=0), (got - merged_by_peft).abs().max()
+    original = load_file(base / "model.safetensors")["model.embed_tokens.weight"]
+    assert not torch.equal(load_file(out / "model.safetensors")["model.embed_tokens.weight"], original)
+
+
+def test_an_embedding_lora_on_tied_embeddings_trained_untied_is_refused(tmp_path, bundled):
+    """Trained without ensure_weight_tying, the update reached the input embeddings only; one tied
+    tensor cannot hold that, so merge says so instead of changing the output projection too."""
+    base = tiny_llama(tmp_path / "base", bundled.path, tied=True)
+    embedding_adapter(base, tmp_path / "adapter", embedding_only=True)
+    with pytest.raises(UserError, match=r"tied to them, trained without PEFT's ensure_weight_tying.*"
+                                        r"train again with ensure_weight_tying=True"):
+        merge(base, tmp_path / "adapter", tmp_path / "merged")
+    assert not (tmp_path / "merged").exists()

@@ -1,4 +1,6 @@
-"""models.py: base_model resolution, offline first, and the bundled model's cached conversion."""
+"""models.py: base_model resolution, offline first, and the bundled model's cached conversion;
+model_files.py: damaged model files; gguf_tokenizer.py: llama.cpp tokenizer parity; tokenizer.py: the
+tokenizer a run loads (tokenizer_config, special_tokens, trust_remote_code)."""
 from __future__ import annotations
 
 import hashlib
@@ -11,8 +13,7 @@ import pytest
 
 from conftest import parity_texts, tutor_rows
 from tutorforge.errors import UserError
-from tutorforge.models import (bundled_gguf, check_base_model, gguf_to_checkpoint,
-                               resolve_base_model)
+from tutorforge.models import bundled_gguf, check_base_model, gguf_to_checkpoint, resolve_base_model
 
 
 @pytest.mark.slow
@@ -145,7 +146,7 @@ def test_tokenizer_matches_llama_cpp_exactly(bundled):
     """Training-time (PyTorch) and inference-time (llama.cpp) tokenization must agree token for token."""
     from transformers import AutoTokenizer
 
-    from tutorforge.models import tokenizer_mismatches
+    from tutorforge.gguf_tokenizer import tokenizer_mismatches
 
     tokenizer = AutoTokenizer.from_pretrained(bundled.path)
     texts = parity_texts(tokenizer)
@@ -161,7 +162,7 @@ def test_parity_check_detects_the_unfixed_tokenizer(bundled):
     differently from llama.cpp, and the parity check catches it."""
     from transformers import AutoTokenizer
 
-    from tutorforge.models import tokenizer_mismatches
+    from tutorforge.gguf_tokenizer import tokenizer_mismatches
 
     raw = AutoTokenizer.from_pretrained(str(bundled.gguf.parent), gguf_file=bundled.gguf.name)
     bad = tokenizer_mismatches(raw, bundled.gguf, parity_texts(raw))
@@ -245,7 +246,7 @@ def _validate_exits_2_naming(tmp_path, base_model, expected, capsys):
 
 
 def test_a_sound_tiny_checkpoint_and_gguf_pass(tiny_checkpoint, tmp_path):
-    from tutorforge.models import check_model_files
+    from tutorforge.model_files import check_model_files
 
     assert resolve_base_model(str(tiny_checkpoint)).path == tiny_checkpoint
     assert check_base_model(str(tiny_checkpoint))[0] is True
@@ -347,3 +348,122 @@ def test_plan_names_a_cut_short_gguf_base(tmp_path, capsys):
     assert cli.main(["plan", str(config)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: base_model: {gguf}: ") and "internal error" not in err, err
+
+
+# --- the tokenizer and config a run loads: tokenizer_config, special_tokens, trust_remote_code ----
+
+WORDS = ["<unk>", "<s>", "</s>", "<end>", "<pad>", "hello", "world", "Below", "is", "an", "instruction"]
+
+
+def tiny_tokenizer(directory, words=WORDS, eos="</s>"):
+    """A word-level tokenizer (eos `eos`, no chat template: the Alpaca prompt) saved in `directory`."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token=eos, unk_token="<unk>")
+    tokenizer.save_pretrained(directory)
+    return tokenizer
+
+
+def test_special_tokens_are_set_and_end_every_encoded_row(tmp_path):
+    from tutorforge.data import Row
+    from tutorforge.formatting import encode_row, prompt_format
+    from tutorforge.tokenizer import load_tokenizer
+
+    tiny_tokenizer(tmp_path)
+    plain = load_tokenizer(tmp_path)
+    assert (plain.eos_token, plain.eos_token_id) == ("</s>", 2)
+    tokenizer = load_tokenizer(tmp_path, special_tokens=(("eos_token", "<end>"), ("pad_token", "<pad>")))
+    assert (tokenizer.eos_token_id, tokenizer.pad_token_id) == (3, 4)
+    fmt = prompt_format(tokenizer)
+    assert fmt.kind == "alpaca" and fmt.end_token_id == 3
+    example = encode_row(tokenizer, fmt, Row("hello", "", "hello world", "r:1"))
+    assert example.input_ids[-3:] == [5, 6, 3] and example.labels[-3:] == [5, 6, 3]
+    saved = tmp_path / "saved"  # saved with the adapter: what merge and export load
+    tokenizer.save_pretrained(saved)
+    again = load_tokenizer(saved)
+    assert (again.eos_token_id, again.pad_token_id) == (3, 4)
+
+
+def test_a_special_token_outside_the_vocabulary_is_refused_by_key(tmp_path):
+    from tutorforge.tokenizer import load_tokenizer
+
+    tiny_tokenizer(tmp_path)
+    with pytest.raises(UserError, match=r"special_tokens\.eos_token: '<\|new\|>' is not in the tokenizer's "
+                                        r"vocabulary \(11 tokens; its eos_token is '</s>'\)"):
+        load_tokenizer(tmp_path, special_tokens=(("eos_token", "<|new|>"),))
+
+
+def test_tokenizer_config_loads_the_tokenizer_from_its_directory(tmp_path):
+    from tutorforge.tokenizer import tokenizer_for
+
+    tiny_tokenizer(tmp_path / "base")
+    tiny_tokenizer(tmp_path / "tok", words=[*WORDS, "extra"], eos="<end>")
+    assert len(tokenizer_for(tmp_path / "base")) == 11
+    other = tokenizer_for(tmp_path / "base", str(tmp_path / "tok"))
+    assert (len(other), other.eos_token_id, other.convert_tokens_to_ids("extra")) == (12, 3, 11)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match=r"tokenizer_config: .*empty: a directory without tokenizer.json"):
+        tokenizer_for(tmp_path / "base", str(tmp_path / "empty"))
+    with pytest.raises(UserError, match=r"tokenizer_config: nobody/none is not on this machine"):
+        tokenizer_for(tmp_path / "base", "nobody/none", allow_download=False)
+
+
+REMOTE_CONFIG = ("from transformers import LlamaConfig\n\n\n"
+                 "class TinyConfig(LlamaConfig):\n    model_type = 'tiny_custom'\n")
+REMOTE_MODEL = ("from transformers import LlamaForCausalLM\n\nfrom .configuration_tiny import TinyConfig\n\n\n"
+                "class TinyForCausalLM(LlamaForCausalLM):\n    config_class = TinyConfig\n")
+
+
+def remote_code_model(directory):
+    """The tiny Llama as a model whose config.json names its own code (auto_map), as hub models
+    that transformers lacks do."""
+    config = json.loads((directory / "config.json").read_text())
+    config.update(model_type="tiny_custom", architectures=["TinyForCausalLM"],
+                  auto_map={"AutoConfig": "configuration_tiny.TinyConfig",
+                            "AutoModelForCausalLM": "modeling_tiny.TinyForCausalLM"})
+    (directory / "config.json").write_text(json.dumps(config))
+    (directory / "configuration_tiny.py").write_text(REMOTE_CONFIG)
+    (directory / "modeling_tiny.py").write_text(REMOTE_MODEL)
+    return directory
+
+
+def _load(path, **kwargs):
+    import torch
+
+    from tutorforge.lora import load_base
+
+    return load_base(path, quant=None, double_quant=False, dtype=torch.float32, device=torch.device("cpu"),
+                     gradient_checkpointing=False, **kwargs)
+
+
+def test_trust_remote_code_is_needed_for_a_model_with_its_own_code(tiny_checkpoint):
+    from tutorforge.tokenizer import check_remote_code, remote_code_needed
+
+    assert remote_code_needed(tiny_checkpoint) is None
+    assert type(_load(tiny_checkpoint)).__name__ == "LlamaForCausalLM"  # false, the default, loads it
+    remote_code_model(tiny_checkpoint)
+    assert "model_type 'tiny_custom' is defined by the model's own code" in remote_code_needed(tiny_checkpoint)
+    with pytest.raises(UserError, match=r"config.json: model_type 'tiny_custom' .* trust_remote_code: true"):
+        check_remote_code(tiny_checkpoint, False)
+    with pytest.raises(UserError, match="trust_remote_code: true"):
+        _load(tiny_checkpoint)
+    model = _load(tiny_checkpoint, trust_remote_code=True)
+    assert type(model).__name__ == "TinyForCausalLM" and model.config.model_type == "tiny_custom"
+
+
+def test_base_model_config_builds_the_model_from_its_config(tiny_checkpoint, tmp_path):
+    from tutorforge.models import model_config_dir
+
+    other = tmp_path / "other"
+    other.mkdir()
+    config = json.loads((tiny_checkpoint / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "rms_norm_eps": 0.125}))
+    assert model_config_dir(None) is None
+    assert _load(tiny_checkpoint).config.rms_norm_eps == 1e-6
+    assert _load(tiny_checkpoint, config_dir=model_config_dir(str(other))).config.rms_norm_eps == 0.125
+    (tmp_path / "bare").mkdir()
+    with pytest.raises(UserError, match=r"base_model_config: .*bare: a directory without config.json"):
+        model_config_dir(str(tmp_path / "bare"))

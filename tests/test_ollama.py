@@ -7,11 +7,18 @@ import json
 import jinja2
 import pytest
 
-from tutorforge.formatting import CHAT_TEMPLATES, alpaca_prompt, prompt_format, render_prompt
-from tutorforge.ollama import (GO_TEMPLATES, detect_family, go_renderer, hf_render, modelfile, parse_modelfile,
-                               stop_tokens, verify_template)
-
 from conftest import ROOT
+from tutorforge.formatting import CHAT_TEMPLATES, alpaca_prompt, prompt_format, render_prompt
+from tutorforge.go_template import go_renderer
+from tutorforge.ollama import (
+    GO_TEMPLATES,
+    detect_family,
+    hf_render,
+    modelfile,
+    parse_modelfile,
+    stop_tokens,
+    verify_template,
+)
 
 CONVERSATIONS = [  # one to three user turns, with and without a system turn
     [{"role": "user", "content": "How do I reverse a list?"}],
@@ -120,7 +127,7 @@ def test_modelfile_fields(tokenizer):
     assert ("stop", '"<|im_end|>"') in parsed["PARAMETER"] and ("num_ctx", "512") in parsed["PARAMETER"]
     assert ("temperature", "0") in parsed["PARAMETER"] and parsed["LICENSE"] == "apache-2.0"
     assert ("repeat_penalty", "1.1") in parsed["PARAMETER"] and ("repeat_last_n", "64") in parsed["PARAMETER"]
-    from tutorforge.ollama import create_request
+    from tutorforge.ollama_rest import create_request
 
     parameters = create_request("tutor", parsed, "tutor.Q4_K_M.gguf", "0" * 64)["parameters"]
     assert parameters["repeat_penalty"] == 1.1 and parameters["repeat_last_n"] == 64

@@ -1,18 +1,17 @@
-"""plan.py and hardware.py: the memory plan, its formulas against what autograd keeps, its fixes,
-the hardware profiles and model shapes, and (slow) predicted vs measured peak RSS of training."""
+"""plan.py: the memory plan of the shipped recipe, component by component, its fixes, auto_fit and
+train's refusal, the `plan` command, and (slow) predicted vs measured peak RSS of training. The
+formulas against what autograd keeps: test_memory.py; profiles: test_hardware.py; shapes: test_shapes.py."""
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
 
 import pytest
-import torch
 import yaml
 
 from conftest import ROOT
-from tutorforge import cli, hardware, plan
+from tutorforge import cli, hardware, memory, plan
 from tutorforge.config import load_config, parse
 from tutorforge.errors import UserError
 
@@ -36,31 +35,7 @@ def line(p: plan.Plan, start: str) -> plan.Line:
     return next(x for x in p.lines if x.name.strip().startswith(start))
 
 
-# --- hardware profiles and detection ------------------------------------------------------------
-
-@pytest.mark.parametrize("name", list(hardware.PROFILES))
-def test_every_hardware_profile(name):
-    hw = hardware.profile(name)
-    device, memory, ram, bf16, _ = hardware.PROFILES[name]
-    assert hw.name == name and hw.device == device
-    if device == "cpu":
-        assert hw.memory_gb == hw.ram_gb == pytest.approx(hardware.machine_ram_gb())
-        assert hw.bf16 == hardware.cpu_has_bf16()
-    else:
-        assert hw.memory_gb == memory and hw.ram_gb == ram and hw.bf16 is bf16
-        assert int(name.rsplit("-", 1)[1].removesuffix("gb")) == pytest.approx(hw.memory_gb, abs=1.1)
-    assert hardware.profile(name, ram_gb=7.5).ram_gb == 7.5
-
-
-def test_detects_this_machine():
-    hw = hardware.detect()
-    if torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
-        assert hw.device == "cuda" and hw.memory_gb == pytest.approx(props.total_memory / GB)
-    else:
-        assert (hw.name, hw.device) == ("cpu", "cpu")
-        assert hw.memory_gb == pytest.approx(hardware.machine_ram_gb()) and hw.memory_gb > 1
-
+# --- hardware profiles in the CLI and the config ------------------------------------------------
 
 def test_unknown_gpu_names_the_closest(capsys):
     assert cli.main(["plan", str(RECIPE), "--gpu", "rtx3060"]) == 2
@@ -76,62 +51,14 @@ def test_tutorforge_section_keys_validate():
     assert "tutorforge.hardware" in report.render() and "did you mean `rtx4090-24gb`" in report.render()
 
 
-# --- model shapes -------------------------------------------------------------------------------
-
-def test_shape_from_a_local_config_json(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({
-        "model_type": "llama", "hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 3,
-        "num_attention_heads": 8, "num_key_value_heads": 2, "vocab_size": 1000, "tie_word_embeddings": True,
-        "dtype": "bfloat16"}))
-    shape = hardware.model_shape(str(tmp_path))
-    assert (shape.hidden, shape.intermediate, shape.layers, shape.heads, shape.kv_heads, shape.head_dim,
-            shape.vocab, shape.tied, shape.dtype_bytes) == (256, 688, 3, 8, 2, 32, 1000, True, 2)
-    assert shape.source == str(tmp_path / "config.json")
-    assert shape.params == 3 * (256 * 256 * 2 + 256 * 64 * 2 + 3 * 256 * 688) + 1000 * 256 + 7 * 256
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 768}))
-    with pytest.raises(hardware.ShapeUnknown, match="model_type 'gpt2'"):
-        hardware.model_shape(str(tmp_path))
-
-
-def test_shape_from_gguf_metadata():
-    from tutorforge.models import bundled_gguf
-
-    shape = hardware.shape_from_gguf(bundled_gguf())
-    assert (shape.hidden, shape.intermediate, shape.layers, shape.heads, shape.kv_heads, shape.head_dim,
-            shape.vocab, shape.tied) == (576, 1536, 30, 9, 3, 64, 49152, True)
-    assert shape.params == 134_515_008  # what transformers counts for SmolLM2-135M (DESIGN.md: 134.5M)
-    converted = hardware.model_shape("smollm2")  # the cached conversion's config.json, same numbers
-    assert converted.source.endswith("config.json") or converted.source == str(bundled_gguf())
-    assert dataclasses.replace(converted, name="", source="") == dataclasses.replace(shape, name="", source="")
-    table = hardware.shape_from_table("HuggingFaceTB/SmolLM2-135M-Instruct")
-    assert dataclasses.replace(table, name="", source="", dtype_bytes=4) == \
-        dataclasses.replace(shape, name="", source="")
-
-
-@pytest.mark.parametrize("hub_id, params", [  # parameter counts published with each model
-    ("NousResearch/Meta-Llama-3-8B", 8.03e9), ("meta-llama/Llama-3.2-1B", 1.24e9),
-    ("meta-llama/Llama-3.2-3B-Instruct", 3.21e9), ("mistralai/Mistral-7B-v0.1", 7.24e9),
-    ("Qwen/Qwen2.5-7B", 7.62e9), ("HuggingFaceTB/SmolLM2-135M", 134.5e6),
-    ("HuggingFaceTB/SmolLM2-360M-Instruct", 361.8e6), ("HuggingFaceTB/SmolLM2-1.7B", 1.71e9)])
-def test_the_built_in_table_covers_well_known_models(hub_id, params):
-    shape = hardware.model_shape(hub_id)  # offline: nothing of these is on this machine
-    assert shape.source in ("built-in table", ) or shape.source.endswith("config.json")
-    assert shape.params == pytest.approx(params, rel=0.01)
-
-
-def test_unknown_model_says_how_to_plan_it():
-    with pytest.raises(hardware.ShapeUnknown, match="meta-llama-3-8b"):
-        hardware.model_shape("someone/Meta-Llama-3-8b-typo")
-
-
-# --- the formulas -------------------------------------------------------------------------------
+# --- the plan's numbers ------------------------------------------------------------------------
 
 def test_seed_config_on_rtx3060(capsys):
     p = plan.plan_training(config(), hardware="rtx3060-12gb")
     print(p.render())
     linear = 32 * (4096 * 4096 * 2 + 4096 * 1024 * 2 + 3 * 4096 * 14336)
     assert linear == 6_979_321_856
-    assert sum(r * c for r, c in plan.lora_tensors(p.settings, p.shape)) == 83_886_080
+    assert sum(r * c for r, c in memory.lora_tensors(p.settings, p.shape)) == 83_886_080
     assert line(p, "linear weights").gb == pytest.approx(linear * (0.5 + 1 / 64 + 1 / 4096) / GB)
     assert line(p, "embeddings").gb == pytest.approx((2 * 128256 * 4096 + 65 * 4096) * 2 / GB)  # kept 16-bit
     assert line(p, "LoRA parameters").gb == line(p, "gradients").gb == pytest.approx(83_886_080 * 4 / GB)
@@ -157,98 +84,11 @@ def test_larger_micro_batches_cost_what_their_tokens_cost():
     assert line(off, "activations").gb > 10 * line(one, "activations").gb  # every layer's tensors
 
 
-def test_optimizer_states_by_type():
-    s = plan.settings(config(), hardware.profile("a100-80gb"), 32)
-    tensors = plan.lora_tensors(s, hardware.model_shape("NousResearch/Meta-Llama-3-8B"))
-    n = sum(r * c for r, c in tensors)
-    assert plan._optimizer("adamw_torch", tensors, 4) == n * 8
-    assert plan._optimizer("sgd", tensors, 4) == 0
-    assert plan._optimizer("adafactor", tensors, 4) == sum((r + c) * 4 for r, c in tensors)
-    small = [(8, 192)]  # under bitsandbytes' min_8bit_size: 32-bit states
-    assert plan._optimizer("adamw_bnb_8bit", small, 4) == 8 * 192 * 8
-
-
 def test_embeddings_trained_in_full_are_counted():
     plain = plan.plan_training(config(), hardware="a100-40gb")
     saved = plan.plan_training(config(lora_modules_to_save=["embed_tokens", "lm_head"]), hardware="a100-40gb")
     extra = line(saved, "LoRA parameters").gb - line(plain, "LoRA parameters").gb
     assert extra == pytest.approx(2 * 128256 * 4096 * 4 / GB)
-
-
-def tiny_llama(tmp_path):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(vocab_size=320, hidden_size=64, intermediate_size=192, num_hidden_layers=3,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         tie_word_embeddings=False)
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(tmp_path)
-    return tmp_path
-
-
-def saved_bytes_per_layer(model, batch, autocast: bool) -> list[int]:
-    """Bytes of new tensors autograd keeps, by decoder layer (weights excluded)."""
-    from tutorforge.train import loss_sum
-
-    owned = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    for m in model.modules():
-        state = getattr(getattr(m, "weight", None), "quant_state", None)
-        for t in (state.absmax, state.state2.absmax if state.state2 else None) if state else ():
-            if t is not None:
-                owned.add(t.untyped_storage().data_ptr())
-    seen, per, where = set(), {}, [None]
-
-    def pack(x):
-        ptr = x.untyped_storage().data_ptr()
-        if ptr not in owned and ptr not in seen and where[0] is not None:
-            seen.add(ptr)
-            per[where[0]] = per.get(where[0], 0) + x.untyped_storage().nbytes()
-        return x
-
-    layers = model.base_model.model.model.layers
-    for j, layer in enumerate(layers):
-        layer.register_forward_pre_hook(lambda m, a, j=j: where.__setitem__(0, j))
-        layer.register_forward_hook(lambda m, a, o: where.__setitem__(0, None))
-    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x), ctx:
-        loss_sum(model, batch)
-    return [per[j] for j in range(len(layers))]
-
-
-@pytest.mark.parametrize("mode", ["fp32", "fp32 packed", "fp32 dropout", "nf4", "nf4 bf16", "nf4 bf16 packed",
-                                  "bf16 autocast", "bf16 weights", "nf4 bf16 dropout q_proj v_proj"])
-def test_layer_activations_are_what_autograd_keeps(tmp_path, mode):
-    """Each term of plan.layer_activations against the tensors autograd saves, on CPU: fp32 and
-    bf16 autocast, a 4-bit base, packed samples (a mask), dropout, some modules only; "bf16
-    weights" is how CUDA stores a 16-bit base (compute dtype weights)."""
-    from tutorforge.lora import add_lora, load_base
-
-    words = mode.split()
-    quant = "nf4" if "nf4" in words else None
-    half = "bf16" in words
-    targets = tuple(w for w in words if w.endswith("_proj"))
-    model = load_base(tiny_llama(tmp_path), quant=quant, double_quant=True,
-                      dtype=torch.bfloat16 if half else torch.float32, device=torch.device("cpu"),
-                      gradient_checkpointing=False)
-    if "weights" in words:
-        model.to(torch.bfloat16)
-    model = add_lora(model, r=4, alpha=8, dropout=0.1 if "dropout" in words else 0.0, target_linear=not targets,
-                     target_modules=targets, modules_to_save=(), fan_in_fan_out=False)
-    model.train()
-    seq, mb = 48, 2
-    positions = torch.cat([torch.arange(20), torch.arange(seq - 20)]) if "packed" in words else torch.arange(seq)
-    ids = torch.randint(0, 320, (mb, seq))
-    batch = {"input_ids": ids, "labels": ids.clone(), "position_ids": positions.expand(mb, -1)}
-    measured = saved_bytes_per_layer(model, batch, autocast=half)
-    cfg = parse(yaml.safe_dump({"base_model": "x/y", "adapter": "qlora" if quant else "lora",
-                                "load_in_4bit": bool(quant), "lora_r": 4, "lora_target_linear": not targets,
-                                "lora_target_modules": list(targets), "sequence_len": seq,
-                                "lora_dropout": 0.1 if "dropout" in words else 0.0, "micro_batch_size": mb,
-                                "sample_packing": "packed" in words, "bf16": half}), "t.yml").config
-    hw = hardware.Hardware("t", "cuda" if "weights" in words else "cpu", 1, 1, half, "test")
-    shape = hardware.shape_from_config(tmp_path / "config.json")
-    predicted = plan.layer_activations(plan.settings(cfg, hw, 3), shape, hw, mb * seq)
-    assert measured[1:] == [predicted, predicted], (mode, measured, predicted)
 
 
 # --- fixes, auto_fit and train's refusal --------------------------------------------------------
@@ -371,5 +211,5 @@ def test_lora_in_the_upper_layers_only():
     top = plan.plan_training(config(gradient_checkpointing=False, peft_layers_to_transform=[28, 29, 30, 31]),
                              hardware="a100-80gb")
     assert line(top, "LoRA parameters").gb == pytest.approx(line(full, "LoRA parameters").gb / 8)
-    layer = plan.moving(full.settings, full.shape, full.hardware).layer
+    layer = memory.moving(full.settings, full.shape, full.hardware).layer
     assert (line(full, "activations").gb - line(top, "activations").gb) * GB == pytest.approx(28 * layer)

@@ -143,3 +143,23 @@ def test_report_renders_in_chromium_without_console_errors(comparison, tmp_path)
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50  # text, code colours, charts: not a blank page
     tuned_blue = np.all(np.abs(pixels.astype(int) - (0x1F, 0x77, 0xB4)) <= 2, axis=-1)
     assert tuned_blue.sum() > 500  # the charts' tuned bars were drawn
+
+
+def test_compare_computes_and_report_writes_with_no_import_cycle():
+    """compare.py never imports report.py (not even inside a function); report.py imports compare."""
+    import ast
+
+    import tutorforge.compare
+    import tutorforge.report
+
+    def imported(module) -> set[str]:
+        tree = ast.parse(Path(module.__file__).read_text())
+        names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        names |= {f"tutorforge.{a.name}" for n in ast.walk(tree)
+                  if isinstance(n, ast.ImportFrom) and n.module == "tutorforge" for a in n.names}
+        return names
+
+    assert "tutorforge.report" not in imported(tutorforge.compare)
+    assert "tutorforge.compare" in imported(tutorforge.report)
+    assert not hasattr(tutorforge.compare, "write_outputs") and hasattr(tutorforge.report, "write_outputs")

@@ -19,8 +19,14 @@ from pathlib import Path
 import pytest
 
 from tutorforge import confine, sandbox
-from tutorforge.sandbox import (check_block, check_blocks, find_blocks, looks_like_python,
-                                network_isolated, stated_outputs)
+from tutorforge.sandbox import (
+    check_block,
+    check_blocks,
+    find_blocks,
+    looks_like_python,
+    network_isolated,
+    stated_outputs,
+)
 
 
 @pytest.mark.parametrize("code, kind", [

@@ -29,7 +29,7 @@ def test_every_dependency_is_pinned_and_installed_at_its_pin():
     for dep in deps:
         name, _, version = dep.partition("==")
         assert version, f"{dep} is not pinned with =="
-        installed = importlib.metadata.version(name).split("+")[0]
+        installed = importlib.metadata.version(name.partition("[")[0]).split("+")[0]  # pyright[nodejs]
         assert installed == version, f"{name}: installed {installed}, pyproject pins {version}"
 
 

@@ -1,3 +1,5 @@
-from tutorforge.cli import main
 import sys
+
+from tutorforge.cli import main
+
 sys.exit(main())

@@ -5,6 +5,8 @@ Data only. `config.py` consults these tables for every top-level key it does not
   train something other than what the config asks for).
 - INTEGRATION_KEYS only concern logging, hubs or performance knobs: setting one is a warning and
   the key is ignored.
+- IGNORED_FIELDS are keys tutorforge accepts and types (real configs set them) but that change
+  nothing here: a value other than the default is a warning naming the reason.
 Empty values (null, "", false, [], {}) are accepted silently for both: Axolotl's example configs
 list many keys with no value. Source of the key names: Axolotl's config reference
 (docs/config-reference.qmd) and its examples/.
@@ -151,6 +153,28 @@ INTEGRATION_PREFIXES: dict[str, str] = {
     "swanlab_": "SwanLab logging is not built in",
 }
 
+# Accepted config fields (dotted paths as `tutorforge validate` prints them, `[]` for any list
+# entry) that have no effect in tutorforge, and why. tests/test_config_keys.py checks that every
+# other field is read by the library, and that these are not.
+IGNORED_FIELDS: dict[str, str] = {
+    "model_type": "the model is always loaded with AutoModelForCausalLM from its own config",
+    "tokenizer_type": "the tokenizer class is read from the tokenizer's own files (AutoTokenizer)",
+    "eval_sample_packing": "the held-out set is evaluated unpacked, a row per sample",
+    "eval_max_new_tokens": "evaluation during training is a loss, not generations; `tutorforge compare` "
+                           "generates up to tutorforge.compare.max_new_tokens",
+    "dataset_prepared_path": "the data is tokenised afresh on every run (seconds); nothing is cached",
+    "sdp_attention": "attention is PyTorch SDPA already (flash_attention: true picks flash-attn 2 on CUDA)",
+    "strict": "unknown keys are always errors",
+    "datasets[].split": "tutorforge reads local files, which have no splits; hold rows out with val_set_size",
+    "datasets[].name": "tutorforge reads local files; a hub dataset's configuration name does not apply",
+}
+
+# Values of ignored fields that ask for what tutorforge does anyway: no warning.
+IGNORED_VALUES_DONE: dict[str, tuple] = {
+    "model_type": ("AutoModelForCausalLM",),
+    "tokenizer_type": ("AutoTokenizer",),
+}
+
 # Keys of one `datasets:` entry that Axolotl knows and tutorforge does not implement.
 DATASET_KEYS: dict[str, str] = {
     "field_instruction": "column renaming is not supported; rows must have instruction, input, output",
@@ -169,6 +193,14 @@ DATASET_KEYS: dict[str, str] = {
     "preprocess_shards": "dataset sharding is not supported",
     "revision": "the dataset's default revision is used",
     "trust_remote_code": "remote dataset code is never run",
+}
+
+# Axolotl's `ds_type` file formats that tutorforge does not read (it reads JSON and JSON lines).
+DS_TYPES: dict[str, str] = {
+    "csv": "CSV files are not read; convert the rows to JSON lines {instruction, input, output}",
+    "parquet": "Parquet files are not read; convert the rows to JSON lines {instruction, input, output}",
+    "arrow": "Arrow files are not read; convert the rows to JSON lines {instruction, input, output}",
+    "text": "plain-text completion data is not supported; tutorforge trains on Alpaca rows",
 }
 
 # Axolotl dataset types other than alpaca, and what to do instead.

@@ -4,9 +4,11 @@ stop tokens, so what you see here is what Ollama will say.
     tutorforge chat outputs/python-tutor-smollm2              # interactive: /reset, /system TEXT, /quit
     tutorforge chat model.Q4_K_M.gguf --prompt "What is a tuple?"
 
-Temperature 0 by default. The conversation is rendered with the template and tokenized so that only
-the template's own markers are control tokens: `<|im_start|>system` typed in a message is text and
-starts no turn. `tutorforge serve` (serve.py) answers over HTTP with the same ChatModel.
+Temperature 0 by default, decoded as Ollama decodes (llamacpp.py: llama.cpp's sampler, the repeat
+penalty's window over prompt + answer), so its greedy answers are those of `compare`'s GGUF models.
+The conversation is rendered with the template and tokenized so that only the template's own
+markers are control tokens: `<|im_start|>system` typed in a message is text and starts no turn.
+`tutorforge serve` (serve.py) answers over HTTP with the same ChatModel.
 """
 from __future__ import annotations
 
@@ -93,6 +95,8 @@ class ChatModel:
         llama.cpp cuts max_tokens to the room left in the context (finish_reason "length")."""
         from llama_cpp import StoppingCriteriaList
 
+        from tutorforge.llamacpp import ollama_penalty_window
+
         if len(ids) >= self.n_ctx:
             raise PromptTooLong(len(ids), self.n_ctx)
         calls = 0
@@ -105,20 +109,21 @@ class ChatModel:
         chunks = self.llm.create_completion(ids, max_tokens=max_tokens, temperature=temperature,
                                             repeat_penalty=self.repeat_penalty, stop=self.stops, stream=True,
                                             seed=self.seed, stopping_criteria=StoppingCriteriaList([stop_now]))
-        try:
-            for chunk in chunks:
-                if cancelled():
-                    return
-                choice = chunk["choices"][0]
-                if choice["text"]:
-                    yield choice["text"]
-                if choice["finish_reason"]:
-                    outcome.completion_tokens = max(calls - 1, 0)
-                    outcome.finish_reason = choice["finish_reason"]
-        finally:
-            chunks.close()
-            if outcome.finish_reason is None:  # cut short: every call was a sampled token
-                outcome.completion_tokens = calls
+        with ollama_penalty_window(self.llm, ids):  # the sampler is built at the first chunk
+            try:
+                for chunk in chunks:
+                    if cancelled():
+                        return
+                    choice = chunk["choices"][0]
+                    if choice["text"]:
+                        yield choice["text"]
+                    if choice["finish_reason"]:
+                        outcome.completion_tokens = max(calls - 1, 0)
+                        outcome.finish_reason = choice["finish_reason"]
+            finally:
+                chunks.close()
+                if outcome.finish_reason is None:  # cut short: every call was a sampled token
+                    outcome.completion_tokens = calls
 
     def stream(self, messages: list[dict], *, max_tokens: int = 512, temperature: float = 0.0) -> Iterator[str]:
         ids = self.prompt_ids(messages)
@@ -128,38 +133,34 @@ class ChatModel:
         return "".join(self.stream(messages, **kwargs))
 
 
-def open_model(target: Path, *, n_ctx: int | None = None) -> ChatModel:
-    """A run directory (its exported GGUF, config and tokenizer) or a bare .gguf file."""
-    from llama_cpp import Llama
+def open_model(target: Path, *, n_ctx: int | None = None, threads: int | None = None,
+               gpu_layers: int | None = None) -> ChatModel:
+    """A run directory (its exported GGUF, config and tokenizer) or a bare .gguf file, opened in
+    llama.cpp with these threads and GPU layers (defaults: llamacpp.open_llama's)."""
     from transformers import AutoTokenizer
 
-    from tutorforge.checkpoints import read_run_info
-    from tutorforge.export import run_gguf
-    from tutorforge.models import load_gguf_tokenizer, resolve_base_model
-    from tutorforge.ollama import decoding, prompt_template
+    from tutorforge.config import OllamaSettings
+    from tutorforge.gguf_tokenizer import load_gguf_tokenizer
+    from tutorforge.llamacpp import open_llama
+    from tutorforge.models import resolve_base_model
+    from tutorforge.ollama import prompt_template
+    from tutorforge.rundir import RunDir
 
     if target.is_dir():
-        info = read_run_info(target)
-        if info is None:
-            raise UserError(f"{target}: not a training output_dir (run.json missing); give a run directory "
-                            "or a .gguf file")
-        config = info["config"]
-        gguf = run_gguf(target, config)
+        run = RunDir.open(target, "a .gguf file")
+        cfg, settings, gguf = run.cfg, run.cfg.tutorforge.ollama, run.gguf()
         if not gguf.is_file():
             raise UserError(f"{gguf}: no such GGUF; run `tutorforge export {target}` first")
-        tokenizer = AutoTokenizer.from_pretrained(str(resolve_base_model(config["base_model"]).path))
-        fmt, family, stops = prompt_template(tokenizer, config.get("chat_template"),
-                                             config.get("default_system_message"))
-        n_ctx = n_ctx or config["tutorforge"]["ollama"].get("num_ctx") or config["sequence_len"]
-        penalty, last_n = decoding(config["tutorforge"]["ollama"])
+        tokenizer = AutoTokenizer.from_pretrained(str(resolve_base_model(cfg.base_model).path))
+        fmt, family, stops = prompt_template(tokenizer, cfg.chat_template, cfg.default_system_message)
+        n_ctx = n_ctx or settings.num_ctx or cfg.sequence_len
     elif target.suffix == ".gguf" and target.is_file():
-        gguf, tokenizer = target, load_gguf_tokenizer(target)
+        gguf, tokenizer, settings = target, load_gguf_tokenizer(target), OllamaSettings()  # Ollama's defaults
         fmt, family, stops = prompt_template(tokenizer, None, None)
-        penalty, last_n = decoding({})  # Ollama's defaults
     else:
         raise UserError(f"{target}: no such run directory or .gguf file")
-    llm = Llama(model_path=str(gguf), n_ctx=n_ctx or 2048, n_threads=1, last_n_tokens_size=last_n,
-                verbose=False)  # 1 thread: stable here
+    penalty, last_n = settings.repeat_penalty, settings.repeat_last_n
+    llm = open_llama(gguf, n_ctx=n_ctx or 2048, threads=threads, gpu_layers=gpu_layers, last_n_tokens_size=last_n)
     return ChatModel(llm, family, stops, fmt.system, gguf.name, penalty)
 
 

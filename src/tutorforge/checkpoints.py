@@ -115,14 +115,6 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
 
 # --- outputs ------------------------------------------------------------------------------------
 
-def read_run_info(run_dir: Path) -> dict | None:
-    """The run.json a finished training run leaves in its output_dir, or None."""
-    try:
-        return json.loads((run_dir / "run.json").read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def append_metrics(path: Path, row: dict) -> None:
     with path.open("a") as fh:
         fh.write(json.dumps(row) + "\n")
@@ -155,9 +147,9 @@ def plot_losses(metrics: list[dict], path: Path) -> None:
     evals = [(m["step"], m["eval_loss"]) for m in metrics if m.get("eval_loss") is not None]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     if train:
-        ax.plot(*zip(*train), label="train loss", color="#1f77b4", linewidth=1.2)
+        ax.plot(*zip(*train, strict=False), label="train loss", color="#1f77b4", linewidth=1.2)
     if evals:
-        ax.plot(*zip(*evals), label="eval loss", color="#d62728", marker="o", linewidth=1.6)
+        ax.plot(*zip(*evals, strict=False), label="eval loss", color="#d62728", marker="o", linewidth=1.6)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("cross-entropy per answer token")
     ax.grid(alpha=0.3)

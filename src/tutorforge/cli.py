@@ -19,12 +19,16 @@ import types
 import typing
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # OpenMP spin-waiting slows CPU work 3-5x
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # the CLI draws its own progress
 
 from tutorforge import __version__  # noqa: E402
 from tutorforge.errors import UserError  # noqa: E402
+
+if TYPE_CHECKING:
+    from tutorforge.config import Config
 
 log = logging.getLogger("tutorforge")
 
@@ -48,6 +52,8 @@ def validate(config: Path) -> int:
     ready, where = check_base_model(cfg.base_model)
     if not ready:
         print(f"{config}: warning: {where}")
+    else:  # trust_remote_code, tokenizer_config and special_tokens are checked against the model here
+        _check_tokenizer(config, cfg)
     data = ", ".join(d.path for d in cfg.datasets) or "none"
     print(f"{config}: valid: {cfg.adapter} r={cfg.lora_r} on {cfg.base_model}, sequence_len "
           f"{cfg.sequence_len}, micro batch {cfg.micro_batch_size} x accumulation "
@@ -55,6 +61,22 @@ def validate(config: Path) -> int:
     if ready:
         print(f"base model: {where}")
     return 0
+
+
+def _check_tokenizer(config: Path, cfg: Config) -> None:
+    """Whether the model needs trust_remote_code, and the config's tokenizer (tokenizer_config,
+    special_tokens) loads, without downloading anything."""
+    from tutorforge.models import resolve_base_model
+    from tutorforge.tokenizer import check_remote_code, tokenizer_for
+
+    try:
+        model_dir = resolve_base_model(cfg.base_model, allow_download=False).path
+        check_remote_code(model_dir, cfg.trust_remote_code)
+        if cfg.special_tokens or cfg.tokenizer_config:
+            tokenizer_for(model_dir, cfg.tokenizer_config, special_tokens=cfg.special_tokens,
+                          trust_remote_code=cfg.trust_remote_code, allow_download=False)
+    except UserError as exc:
+        raise UserError(f"{config}: {exc}") from None
 
 
 def plan(config: Path, *, gpu: str | None = None, vram: float | None = None, ram: float | None = None) -> int:
@@ -76,16 +98,18 @@ def plan(config: Path, *, gpu: str | None = None, vram: float | None = None, ram
 
 
 def generate(model: str, *, prompt: str, input: str = "", system: str | None = None,
-             max_new_tokens: int = 200) -> int:
+             max_new_tokens: int = 200, threads: int | None = None, gpu_layers: int | None = None) -> int:
     """Answer one prompt greedily (temperature 0) and print the answer.
 
-    model: a config file (its base_model is used), a model directory, a .gguf file, a hub id, or `smollm2`
+    model: a config file (its base_model is used), a model directory, a .gguf file (llama.cpp), a hub id, or `smollm2`
     prompt: the instruction
     input: optional input for the instruction (Alpaca's second field)
     system: system prompt (default: the config's default_system_message)
     max_new_tokens: longest answer in tokens
+    threads: llama.cpp threads for a .gguf (default: TUTORFORGE_THREADS, else all CPUs), else PyTorch's
+    gpu_layers: llama.cpp layers on the GPU, -1 all (default: TUTORFORGE_GPU_LAYERS, else all if it can, else 0)
     """
-    from tutorforge.evaluate import TorchGenerator
+    from tutorforge.evaluate import GGUFGenerator, TorchGenerator
     from tutorforge.models import resolve_base_model
 
     if model.endswith((".yml", ".yaml")):
@@ -93,25 +117,34 @@ def generate(model: str, *, prompt: str, input: str = "", system: str | None = N
 
         cfg = load_config(model)
         model, system = cfg.base_model, system or cfg.default_system_message
-    resolved = resolve_base_model(model)
-    answer = TorchGenerator(resolved.path, name=model).generate(
-        prompt, input, system=system, max_new_tokens=max_new_tokens)
+    if model.endswith(".gguf"):
+        gen = GGUFGenerator(Path(model), threads=threads, gpu_layers=gpu_layers)
+    else:
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        if gpu_layers is not None:
+            log.warning("--gpu-layers is for a .gguf model (llama.cpp); %s runs in PyTorch on the CPU", model)
+        gen = TorchGenerator(resolve_base_model(model).path, name=model)
+    answer = gen.generate(prompt, input, system=system, max_new_tokens=max_new_tokens)
     print(answer.text)
     if not answer.stopped:
         log.warning("answer cut at max_new_tokens=%d (no end-of-turn token)", max_new_tokens)
     return 0
 
 
-def _tokenizer_for(cfg):
+def _tokenizer_for(cfg: Config):
     """(tokenizer, prompt format, sequence_len, model name) of a loaded config, or of the bundled
     model without one, for data commands."""
-    from transformers import AutoTokenizer
-
     from tutorforge.formatting import prompt_format
     from tutorforge.models import resolve_base_model
+    from tutorforge.tokenizer import tokenizer_for
 
     name = cfg.base_model if cfg else "HuggingFaceTB/SmolLM2-135M-Instruct"
-    tokenizer = AutoTokenizer.from_pretrained(str(resolve_base_model(name).path))
+    tokenizer = tokenizer_for(resolve_base_model(name).path, cfg.tokenizer_config if cfg else None,
+                              special_tokens=cfg.special_tokens if cfg else (),
+                              trust_remote_code=cfg.trust_remote_code if cfg else False)
     fmt = prompt_format(tokenizer, cfg.chat_template if cfg else None,
                         cfg.default_system_message if cfg else None)
     if cfg is None:
@@ -193,17 +226,6 @@ def train(config: Path, *, skip_bad_rows: bool = False, resume: bool = True, npr
     return 0
 
 
-def _run_info(run_dir: Path, instead: str) -> dict:
-    """The run.json of a finished training run, or a message saying what to give instead."""
-    from tutorforge.checkpoints import read_run_info
-
-    info = read_run_info(run_dir)
-    if info is None:
-        raise UserError(f"{run_dir}: no complete training run here (run.json missing); give a training "
-                        f"output_dir, or {instead}")
-    return info
-
-
 def merge(run_dir: Path | None = None, *, base: str | None = None, adapter: Path | None = None,
           out: Path | None = None, shard_gb: float = 2.0) -> int:
     """Merge a LoRA adapter into its 16-bit base, tensor by tensor, in bounded RAM.
@@ -216,11 +238,11 @@ def merge(run_dir: Path | None = None, *, base: str | None = None, adapter: Path
     """
     from tutorforge.merge import merge as run_merge
     from tutorforge.models import resolve_base_model
+    from tutorforge.rundir import RunDir
 
     if run_dir is not None:
-        info = _run_info(run_dir, "--base, --adapter and --out")
-        base, adapter = base or info["config"]["base_model"], adapter or run_dir / "adapter"
-        out = out or run_dir / "merged"
+        run = RunDir.open(run_dir, "--base, --adapter and --out")
+        base, adapter, out = base or run.cfg.base_model, adapter or run.adapter, out or run.merged
     if not (base and adapter and out):
         raise UserError("merge needs a training output_dir, or all of --base, --adapter and --out")
     with _writing(run_dir, out), _progress_bar("merging", unit="tensors") as progress:
@@ -243,8 +265,9 @@ def export(run_dir: Path | None = None, *, base: str | None = None, adapter: Pat
     quantize: comma-separated quantisations, e.g. q4_k_m,q8_0 (default: the config's)
     verify: load every file in llama.cpp and compare tokenization and predictions with PyTorch
     """
-    from tutorforge.export import Source, check_verification, export_model, export_run, gguf_path, verify_rows
+    from tutorforge.export import Source, check_verification, export_model, export_run, verify_rows
     from tutorforge.models import resolve_base_model
+    from tutorforge.rundir import RunDir
 
     quants = tuple(q.strip() for q in quantize.split(",")) if quantize else None
     with _writing(run_dir, out), _progress_bar("exporting", unit="tensors") as progress:
@@ -259,11 +282,8 @@ def export(run_dir: Path | None = None, *, base: str | None = None, adapter: Pat
             raise UserError("export needs a training output_dir, or --base (and --adapter) with --out")
     print(render_export(report))  # warnings: export_model logged them
     check_verification(report, out or run_dir / "gguf")
-    if run_dir is not None and out is None:
-        config = _run_info(run_dir, "a run directory")["config"]
-        if gguf_path(run_dir / "gguf", config["tutorforge"]["export"].get("name") or "model",
-                     config["tutorforge"]["ollama"]["quantization"]).is_file():
-            return package(run_dir)  # the Modelfile goes with the export
+    if run_dir is not None and out is None and RunDir.open(run_dir).gguf().is_file():
+        return package(run_dir)  # the Modelfile goes with the export
     return 0
 
 
@@ -288,11 +308,12 @@ def package(run_dir: Path, *, gguf: Path | None = None) -> int:
     gguf: the GGUF file the Modelfile loads (default: the config's tutorforge.ollama.quantization)
     """
     from tutorforge.ollama import package as write_modelfile
+    from tutorforge.rundir import RunDir
 
-    config = _run_info(run_dir, "a run directory")["config"]
+    run = RunDir.open(run_dir, "a run directory")
     with _writing(run_dir, gguf.parent if gguf else None):
-        path = write_modelfile(run_dir, config, gguf)
-    name = config["tutorforge"]["ollama"].get("model_name") or run_dir.name
+        path = write_modelfile(run, gguf)
+    name = run.cfg.tutorforge.ollama.model_name or run_dir.name
     print(f"Modelfile: {path}\nto deploy: cd {path.parent} && ollama create {name} -f Modelfile")
     return 0
 
@@ -307,13 +328,14 @@ def deploy(run_dir: Path, *, name: str | None = None) -> int:
     import shutil
     import subprocess
 
-    from tutorforge.ollama import deploy_rest, ollama_host, server_answers
+    from tutorforge.ollama_rest import deploy_rest, ollama_host, server_answers
+    from tutorforge.rundir import RunDir
 
-    modelfile_path = run_dir / "gguf" / "Modelfile"
+    run = RunDir.open(run_dir, "a run directory")
+    modelfile_path = run.modelfile
     if not modelfile_path.is_file():
         raise UserError(f"{modelfile_path}: no Modelfile; run `tutorforge package {run_dir}` first")
-    config = _run_info(run_dir, "a run directory")["config"]
-    name = name or config["tutorforge"]["ollama"].get("model_name") or run_dir.name
+    name = name or run.cfg.tutorforge.ollama.model_name or run_dir.name
     if shutil.which("ollama"):
         return subprocess.run(["ollama", "create", name, "-f", "Modelfile"], cwd=modelfile_path.parent).returncode
     host = ollama_host()
@@ -327,7 +349,7 @@ def deploy(run_dir: Path, *, name: str | None = None) -> int:
 
 
 def chat(model: Path, *, prompt: str | None = None, system: str | None = None, temperature: float = 0.0,
-         max_tokens: int = 512) -> int:
+         max_tokens: int = 512, threads: int | None = None, gpu_layers: int | None = None) -> int:
     """Chat with an exported model in the terminal (llama.cpp, the Modelfile's template and stops).
 
     model: a training output_dir (its exported GGUF) or a .gguf file
@@ -335,10 +357,12 @@ def chat(model: Path, *, prompt: str | None = None, system: str | None = None, t
     system: system prompt (default: the config's default_system_message)
     temperature: sampling temperature (0: greedy)
     max_tokens: longest answer in tokens
+    threads: llama.cpp threads (default: TUTORFORGE_THREADS, else every CPU this process may use)
+    gpu_layers: llama.cpp layers on the GPU, -1 all (default: TUTORFORGE_GPU_LAYERS, else all if it can, else 0)
     """
     from tutorforge.chat import open_model, repl
 
-    chat_model = open_model(model)
+    chat_model = open_model(model, threads=threads, gpu_layers=gpu_layers)
     if prompt is not None:
         messages = chat_model.messages_for([{"role": "user", "content": prompt}], system)
         for piece in chat_model.stream(messages, max_tokens=max_tokens, temperature=temperature):
@@ -352,11 +376,13 @@ def chat(model: Path, *, prompt: str | None = None, system: str | None = None, t
     return 0
 
 
-def serve(model: Path, *, port: int = 8000) -> int:
+def serve(model: Path, *, port: int = 8000, threads: int | None = None, gpu_layers: int | None = None) -> int:
     """Serve an exported model over an OpenAI-compatible HTTP API on 127.0.0.1 (no Ollama needed).
 
     model: a training output_dir (its exported GGUF) or a .gguf file
     port: TCP port on 127.0.0.1 (0: any free port)
+    threads: llama.cpp threads (default: TUTORFORGE_THREADS, else every CPU this process may use)
+    gpu_layers: llama.cpp layers on the GPU, -1 all (default: TUTORFORGE_GPU_LAYERS, else all if it can, else 0)
     """
     from tutorforge.chat import open_model
     from tutorforge.serve import serve as run_server
@@ -365,7 +391,7 @@ def serve(model: Path, *, port: int = 8000) -> int:
         print(f"serving on http://127.0.0.1:{port}/v1", flush=True)
 
     try:
-        run_server(open_model(model), port=port, ready=ready)
+        run_server(open_model(model, threads=threads, gpu_layers=gpu_layers), port=port, ready=ready)
     except OSError as exc:
         raise UserError(f"port {port}: {exc.strerror}; choose another with --port") from None
     return 0
@@ -374,7 +400,7 @@ def serve(model: Path, *, port: int = 8000) -> int:
 def compare(config: Path | None = None, *, base: str | None = None, tuned: str | None = None,
             tuned_adapter: Path | None = None, prompts: Path | None = None, out: Path | None = None,
             max_new_tokens: int | None = None, max_prompts: int | None = None,
-            target_words: int | None = None) -> int:
+            target_words: int | None = None, threads: int | None = None, gpu_layers: int | None = None) -> int:
     """Compare base and tuned answers at temperature 0; their code runs in a sandbox; HTML report.
 
     config: a config: its base_model, output_dir (the tuned run), held-out split, prompt format, settings
@@ -386,20 +412,24 @@ def compare(config: Path | None = None, *, base: str | None = None, tuned: str |
     max_new_tokens: longest answer (default: tutorforge.compare.max_new_tokens)
     max_prompts: ask at most this many prompts (default: tutorforge.compare.max_prompts, else all)
     target_words: brevity target in words (default: tutorforge.compare.target_words, else p90 of training answers)
+    threads: llama.cpp threads per GGUF model (default: TUTORFORGE_THREADS, else every CPU this process may use)
+    gpu_layers: llama.cpp layers on the GPU, -1 all (default: TUTORFORGE_GPU_LAYERS, else all if it can, else 0)
     """
-    from tutorforge.compare import compare_models
     from tutorforge.config import load_config
+    from tutorforge.report import compare_models
+    from tutorforge.rundir import RunDir
     from tutorforge.sandbox import require_sandbox
 
     require_sandbox()  # before any model loads: model-written code never runs unsandboxed
     cfg = load_config(config) if config else None
-    tuned_run = Path(tuned) if tuned and Path(tuned).is_dir() and (Path(tuned) / "run.json").is_file() else None
+    tuned_run = run.path if tuned and (run := RunDir.find(Path(tuned))) else None
     run_dir = tuned_run or (Path(cfg.output_dir) if cfg and not tuned else None)
     with _writing(run_dir, out), _progress_bar("comparing", unit="prompts") as progress:
         result, out = compare_models(cfg, config.parent if config else None,
                                      base=base, tuned=tuned, tuned_adapter=tuned_adapter, prompts=prompts,
                                      out=out, max_new_tokens=max_new_tokens, max_prompts=max_prompts,
-                                     target_words=target_words, progress=progress)
+                                     target_words=target_words, threads=threads, gpu_layers=gpu_layers,
+                                     progress=progress)
     print(result.table())
     print(f"report: {out / 'report.html'} (and report.md, results.jsonl)")
     return 0
@@ -475,7 +505,7 @@ def run(config: Path, *, from_: str | None = None, ignore_plan: bool = False) ->
     widths = [max(len(r[i]) for r in rows + [("stage", "", "time", "output", "size")]) for i in range(5)]
     print()
     for r in [("stage", "", "time", "output", "size"), *rows]:
-        print("  ".join(c.ljust(w) if i != 4 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+        print("  ".join(c.ljust(w) if i != 4 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=False))))
     if p.comparison:
         print(f"\nbase vs tuned on {p.run_dir / 'compare'} (report.html):\n{p.comparison}")
     name = p.cfg.tutorforge.ollama.model_name or p.run_dir.name

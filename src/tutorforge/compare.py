@@ -7,8 +7,9 @@ Both models answer every prompt greedily with the same prompt format and system 
 is measured (`score_answer`): words, brevity (at most `target_words`), stopped by the end token or
 cut at max_new_tokens, has a ```python block, the code parses, runs in the sandbox, and prints what
 it says it prints, and chrF against the reference answer (sacrebleu) where there is one. Per model:
-the perplexity of the reference answers. Out: results.jsonl (one line per prompt, both answers and
-their metrics), report.md, report.html (self-contained) and summary.json, each written atomically;
+the perplexity of the reference answers. `run_comparison` returns a `Comparison` (one record per
+prompt, both answers and their metrics, and the aggregates); report.py writes it out (results.jsonl,
+report.md, report.html, summary.json) and `compare_once` keeps a report made from the same inputs.
 `Comparison.table()` is the terminal table of aggregates with the delta tuned - base.
 """
 from __future__ import annotations
@@ -22,9 +23,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tutorforge import sandbox
 from tutorforge.errors import UserError
+
+if TYPE_CHECKING:
+    from tutorforge.config import CompareSettings, Config
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +98,7 @@ def score_answer(answer, reference: str | None, *, target_words: int, timeout_s:
         code_parses=all(r.kind != "syntax" for r in results) if blocks else None,
         code_runs=all(r.kind in RUNS for r in results) if blocks else None,
         outputs_stated=any(stated),
-        outputs_match=all(r.kind == "ok" for r, s in zip(results, stated) if s) if any(stated) else None,
+        outputs_match=all(r.kind == "ok" for r, s in zip(results, stated, strict=False) if s) if any(stated) else None,
         chrf=chrf(text, reference) if reference else None,
         sandbox=tuple({"kind": r.kind, "detail": r.detail} for r in results))
     return asdict(metrics)
@@ -168,7 +173,7 @@ class Comparison:
         header = ("metric", f"base ({self.names['base']})", f"tuned ({self.names['tuned']})", "delta")
         rows = [header, *self.rows()]
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
-        lines = [f"{r[0]:<{widths[0]}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(r[1:], widths[1:]))
+        lines = [f"{r[0]:<{widths[0]}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(r[1:], widths[1:], strict=False))
                  for r in rows]
         lines.insert(1, "-" * len(lines[0]))
         n = int(self.aggregates["base"]["answers"] or 0)
@@ -186,10 +191,10 @@ def _perplexity(gen, rows: list, system: str | None) -> float | None:
     return gen.perplexity(refs, system=system) if refs else None
 
 
-def run_comparison(base, tuned, rows: list, *, out_dir: Path, max_new_tokens: int, target_words: int,
+def run_comparison(base, tuned, rows: list, *, max_new_tokens: int, target_words: int,
                    system: str | None = None, progress=None) -> Comparison:
-    """Answer every row with both Generators, score both answers, measure the references' perplexity
-    under each model, and write results.jsonl, report.md, report.html and summary.json to out_dir."""
+    """Answer every row with both Generators, score both answers, and measure the references'
+    perplexity under each model (report.write_outputs writes the result)."""
     if not rows:
         raise UserError("compare: no prompts to compare on")
     sandbox.require_sandbox()  # model-written code runs here: no sandbox, no comparison
@@ -217,32 +222,13 @@ def run_comparison(base, tuned, rows: list, *, out_dir: Path, max_new_tokens: in
                      record["base"]["words"], record["tuned"]["words"])
             if progress:
                 progress(i + 1, len(rows))
-        perplexities = dict(zip(("base", "tuned"), pool.map(lambda sg: _perplexity(sg[1], rows, system), sides)))
+        perplexities = dict(zip(("base", "tuned"), pool.map(lambda sg: _perplexity(sg[1], rows, system), sides), strict=False))
     aggregates = {side: aggregate([r[side] for r in records], perplexities[side], seconds[side])
                   for side, _ in sides}
     settings = {"target_words": target_words, "max_new_tokens": max_new_tokens, "system": system,
                 "prompts": len(rows), "seconds": round(time.time() - started, 1), "decoding": "greedy, seed 0",
                 "sandbox_limits": sandbox.describe_limits()}
-    comparison = Comparison({"base": base.name, "tuned": tuned.name}, records, aggregates, settings, Path(out_dir))
-    write_outputs(comparison, Path(out_dir))
-    return comparison
-
-
-def write_outputs(comparison: Comparison, out_dir: Path) -> None:
-    """results.jsonl, report.md, report.html and summary.json, each atomically."""
-    from tutorforge.fsutil import atomic_write
-    from tutorforge.report import render_html, render_markdown
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_write(out_dir / "results.jsonl") as fh:
-        fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in comparison.records)
-    with atomic_write(out_dir / "report.md") as fh:
-        fh.write(render_markdown(comparison))
-    with atomic_write(out_dir / "report.html") as fh:
-        fh.write(render_html(comparison))
-    with atomic_write(out_dir / "summary.json") as fh:
-        json.dump({"names": comparison.names, "aggregates": comparison.aggregates,
-                   "settings": comparison.settings}, fh, indent=1)
+    return Comparison({"base": base.name, "tuned": tuned.name}, records, aggregates, settings)
 
 
 def load_prompts(path: Path) -> list:
@@ -280,7 +266,7 @@ def load_prompts(path: Path) -> list:
     return rows
 
 
-def heldout_rows(cfg, config_dir: Path | None = None) -> list:
+def heldout_rows(cfg: Config, config_dir: Path | None = None) -> list:
     """The config's held-out split: output_dir/heldout.jsonl (training writes it), else the split
     recomputed exactly as training makes it (data.prepare: same filtering, same seed)."""
     heldout = Path(cfg.output_dir) / "heldout.jsonl"
@@ -300,7 +286,7 @@ def heldout_rows(cfg, config_dir: Path | None = None) -> list:
     return prepare(cfg, tokenizer, skip_bad_rows=cfg.tutorforge.skip_bad_rows, config_dir=config_dir).val_rows
 
 
-def training_outputs(cfg, held: list, config_dir: Path | None = None) -> list[str]:
+def training_outputs(cfg: Config, held: list, config_dir: Path | None = None) -> list[str]:
     """The answers of the config's datasets that are not held out (what training learned from)."""
     from tutorforge.data import dataset_files, load_files
 
@@ -309,23 +295,24 @@ def training_outputs(cfg, held: list, config_dir: Path | None = None) -> list[st
             if (r.instruction, r.input, r.output) not in keys]
 
 
-def prompts_and_target(cfg, config_dir: Path | None, *, settings: dict, prompts: Path | None = None,
+def prompts_and_target(cfg: Config | None, config_dir: Path | None, *, settings: CompareSettings,
+                       prompts: Path | None = None,
                        target_words: int | None = None, max_prompts: int | None = None) -> tuple[list, int]:
     """The rows to ask (prompts, else tutorforge.compare.prompts, else the config's held-out split; at
     most max_prompts) and the brevity target (target_words, else tutorforge.compare.target_words,
     else p90 of the training answers; without a config, p90 of the prompts' references)."""
-    prompts = prompts or (Path(settings["prompts"]) if settings.get("prompts") else None)
+    prompts = prompts or (Path(settings.prompts) if settings.prompts else None)
     if prompts is None and cfg is None:
         raise UserError("compare without a config needs --prompts FILE.jsonl (Alpaca rows)")
     has_split = cfg is not None and (prompts is None or (Path(cfg.output_dir) / "heldout.jsonl").is_file())
     held = heldout_rows(cfg, config_dir) if has_split else []
     rows = load_prompts(prompts) if prompts else held
-    target = target_words or settings.get("target_words")
+    target = target_words or settings.target_words
     if not target:
         target = target_words_from(training_outputs(cfg, held, config_dir) if cfg else [r.output for r in rows])
         log.info("brevity target: %d words (p90 of %s)", target, "the training answers" if cfg else
                  f"the references in {prompts}; give --target-words or a config to use the training answers")
-    return rows[: max_prompts or settings.get("max_prompts") or None], target
+    return rows[: max_prompts or settings.max_prompts or None], target
 
 
 REPORT_FILES = ("results.jsonl", "report.md", "report.html", "summary.json")
@@ -335,15 +322,15 @@ def model_inputs(spec: str | Path, adapter: Path | None = None) -> dict:
     """What a compared model is, by content: a GGUF file's hash, or the identity of a checkpoint (a
     training output_dir: its base + adapter/) plus an optional adapter."""
     from tutorforge import outputs
-    from tutorforge.checkpoints import read_run_info
     from tutorforge.models import resolve_base_model
+    from tutorforge.rundir import RunDir
 
     path = Path(spec).expanduser()
     if path.suffix == ".gguf" and path.is_file():
         return {"gguf": outputs.file_hash(path)}
-    if path.is_dir() and (info := read_run_info(path)) is not None:
-        base = resolve_base_model(info["config"]["base_model"]).path
-        return {"model": outputs.model_identity(base, adapter or path / "adapter")}
+    if (run := RunDir.find(path)) is not None:
+        base = resolve_base_model(run.cfg.base_model).path
+        return {"model": outputs.model_identity(base, adapter or run.adapter)}
     return {"model": outputs.model_identity(resolve_base_model(str(spec)).path, adapter)}
 
 
@@ -368,56 +355,3 @@ def compare_once(out: Path, inputs: dict, work, *, protect: list[Path]) -> Compa
     claimed.add("compare", *(out / name for name in REPORT_FILES))
     claimed.finish("compare")
     return result
-
-
-def compare_models(cfg, config_dir: Path | None, *, base: str | None = None, tuned: str | None = None,
-                   tuned_adapter: Path | None = None, prompts: Path | None = None, out: Path | None = None,
-                   max_new_tokens: int | None = None, max_prompts: int | None = None,
-                   target_words: int | None = None, progress=None) -> tuple[Comparison, Path]:
-    """`tutorforge compare`: base and tuned (from the arguments, else the config, else the tuned
-    run's run.json) answer the prompts; returns the comparison and the directory of its report
-    (kept as it is when made from the same models, prompts and settings)."""
-    import dataclasses
-
-    from tutorforge.checkpoints import read_run_info
-    from tutorforge.evaluate import open_generator
-    from tutorforge.models import resolve_base_model
-    from tutorforge.outputs import rows_hash
-
-    base, tuned = base or (cfg and cfg.base_model), tuned or (cfg and cfg.output_dir)
-    if not (base and tuned):
-        raise UserError("compare needs --base and --tuned, or a config (its base_model and output_dir)")
-    run = read_run_info(Path(tuned)) if Path(tuned).is_dir() else None
-    source = dataclasses.asdict(cfg) if cfg else (run or {}).get("config", {})
-    settings = source.get("tutorforge", {}).get("compare", {})
-    rows, target = prompts_and_target(cfg, config_dir, settings=settings, prompts=prompts,
-                                      target_words=target_words, max_prompts=max_prompts)
-    out = out or (Path(tuned) / "compare" if run else Path(cfg.output_dir) / "compare" if cfg else None)
-    if out is None:
-        raise UserError("compare: say where the report goes with --out DIR")
-    tokenizer_dir = resolve_base_model(source["base_model"]).path if source.get("base_model") else None
-    kwargs = {"tokenizer_dir": tokenizer_dir, "chat_template": source.get("chat_template"),
-              "system": source.get("default_system_message")}
-    names = [f"{Path(s).parent.name}/{Path(s).name}" if Path(s).suffix == ".gguf" else Path(s).name
-             for s in (base, tuned)]
-    max_new_tokens = max_new_tokens or settings.get("max_new_tokens") or 256
-    inputs = {"base": model_inputs(base), "tuned": model_inputs(tuned, tuned_adapter), "names": names,
-              "rows": rows_hash(rows), "target_words": target, "max_new_tokens": max_new_tokens,
-              "chat_template": kwargs["chat_template"], "system": kwargs["system"]}
-    # what it reads is never written over: the models and adapters (a training run's own compare/
-    # is the default report directory, so of a run only its adapter is protected)
-    is_run = run is not None or (cfg is not None and Path(tuned) == Path(cfg.output_dir))
-    readers = [Path(base), Path(tuned) / "adapter" if is_run else Path(tuned), tuned_adapter, tokenizer_dir]
-    protect = [p for p in readers if p is not None and Path(p).exists()]
-
-    def work() -> Comparison:
-        base_gen = open_generator(base, name=names[0], **kwargs)
-        tuned_gen = open_generator(tuned, adapter=tuned_adapter, name=names[1], **kwargs)
-        try:
-            return run_comparison(base_gen, tuned_gen, rows, out_dir=out, target_words=target,
-                                  max_new_tokens=max_new_tokens, system=kwargs["system"], progress=progress)
-        finally:
-            for gen in (base_gen, tuned_gen):
-                getattr(gen, "close", lambda: None)()
-
-    return compare_once(out, inputs, work, protect=protect), out

@@ -6,7 +6,8 @@
 with its YAML path, line, the bad value and the fix. `validate_file(path)` returns the report
 without raising. Keys follow Axolotl's names so an Axolotl user's YAML works as it is; keys that
 Axolotl knows and tutorforge does not implement are named (an error when they change training, a
-warning when they only concern integrations, see `axolotl_keys.py`); other keys are errors with a
+warning when they only concern integrations, see `axolotl_keys.py`); keys that tutorforge accepts but
+that change nothing here (`axolotl_keys.IGNORED_FIELDS`) warn when set; other keys are errors with a
 "did you mean". tutorforge's own settings live under the `tutorforge:` section.
 
 A config is a few kB: a file over MAX_CONFIG_BYTES, or YAML that expands (aliases counted in full)
@@ -15,6 +16,7 @@ to more than MAX_NODES values, is refused before it is built, so an alias bomb c
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,8 +26,21 @@ import yaml
 from tutorforge import axolotl_keys as ax
 from tutorforge.errors import UserError
 from tutorforge.hardware import PROFILES as HARDWARE_PROFILES
-from tutorforge.schema import (Bool, BoolOr, Choice, Float, Int, IntList, Invalid, OutputDir, Rule, Str,
-                               StrList, StrMap, did_you_mean)
+from tutorforge.rules import (
+    Bool,
+    BoolOr,
+    Choice,
+    Float,
+    Int,
+    IntList,
+    Invalid,
+    OutputDir,
+    Rule,
+    Str,
+    StrList,
+    StrMap,
+    did_you_mean,
+)
 
 
 def key(default: Any, rule: Rule, doc: str, *, required: bool = False) -> Any:
@@ -58,7 +73,9 @@ class DatasetSpec:
     data_files: tuple[str, ...] = key((), StrList(), "files inside `path` to read")
     split: str = key("train", Str(), "split to read from a hub dataset")
     name: str | None = key(None, Str(), "configuration name of a hub dataset")
-    ds_type: str | None = key(None, Choice(("json", "jsonl")), "file format when the suffix does not say")
+    ds_type: str | None = key(None, Choice(("json", "jsonl"), tuple(ax.DS_TYPES.items())),
+                              "file format (default: from the suffix; json = an array or JSON lines, "
+                              "jsonl = JSON lines)")
 
 
 @dataclass(frozen=True)
@@ -116,11 +133,14 @@ class Config:
     # model
     base_model: str = key(None, Str(), "hub id, local HF directory, .gguf file, or `smollm2` (bundled)",
                           required=True)
-    base_model_config: str | None = key(None, Str(), "where to read the model config (default: base_model)")
-    tokenizer_config: str | None = key(None, Str(), "where to read the tokenizer (default: base_model)")
+    base_model_config: str | None = key(None, Str(), "directory or hub id whose config.json the model is "
+                                        "built from (default: base_model's)")
+    tokenizer_config: str | None = key(None, Str(), "directory or hub id to load the tokenizer from "
+                                       "(default: base_model's)")
     model_type: str | None = key(None, Str(), "transformers model class (AutoModelForCausalLM)")
     tokenizer_type: str | None = key(None, Str(), "transformers tokenizer class (AutoTokenizer)")
-    trust_remote_code: bool = key(False, Bool(), "allow model code from the hub")
+    trust_remote_code: bool = key(False, Bool(), "run the model's and tokenizer's own Python code "
+                                  "(auto_map in config.json); needed by models transformers lacks")
     # adapter and quantisation
     adapter: str | None = key(None, Choice(("lora", "qlora")), "lora, or qlora (4-bit base)")
     load_in_4bit: bool = key(False, Bool(), "load the base in 4-bit (QLoRA)")
@@ -144,11 +164,12 @@ class Config:
     sequence_len: int = key(2048, Int(16, 1 << 20), "longest sample in tokens")
     sample_packing: bool = key(False, Bool(), "pack short samples into one sequence")
     eval_sample_packing: bool | None = key(None, Bool(), "pack the evaluation set too")
-    pad_to_sequence_len: bool = key(False, Bool(), "pad every batch to sequence_len")
+    pad_to_sequence_len: bool = key(False, Bool(), "pad every training batch to sequence_len (static shapes)")
     train_on_inputs: bool = key(False, Bool(), "also train on prompt tokens")
     chat_template: str | None = key(None, Choice(CHAT_TEMPLATES, tuple(ax.CHAT_TEMPLATES.items())), "prompt format (default: the tokenizer's chat template, else alpaca)")
     default_system_message: str | None = key(None, Str(), "system prompt for every sample")
-    special_tokens: tuple[tuple[str, str], ...] = key((), StrMap(SPECIAL_TOKENS), "token overrides")
+    special_tokens: tuple[tuple[str, str], ...] = key((), StrMap(SPECIAL_TOKENS), "bos/eos/pad/unk token "
+                                                      "overrides; each must be in the vocabulary")
     # optimisation
     micro_batch_size: int = key(1, Int(1), "samples per forward pass")
     gradient_accumulation_steps: int = key(1, Int(1), "micro batches per optimizer step")
@@ -183,7 +204,7 @@ class Config:
     resume_from_checkpoint: str | None = key(None, Str(), "checkpoint directory to resume from")
     auto_resume_from_checkpoints: bool = key(True, Bool(), "resume from the newest checkpoint in output_dir")
     seed: int = key(42, Int(0, 2**32 - 1), "random seed")
-    strict: bool = key(False, Bool(), "Axolotl's strict mode (accepted, no effect)")
+    strict: bool = key(False, Bool(), "Axolotl's strict mode (accepted, ignored)")
     # tutorforge's own section
     tutorforge: TutorforgeSettings = section(TutorforgeSettings, "tutorforge's own settings")
 
@@ -363,12 +384,24 @@ def _build(cls: type, loader, node: yaml.Node, path: str, report: Report, top: b
             values[name] = f.metadata["rule"](value)
         except Invalid as exc:
             report.add("error", where, value_node, f"{_show(value)}: {exc} ({f.metadata['doc']})")
+            continue
+        _warn_if_ignored(where, values[name], f.default, key_node, report)
     missing = [n for n, f in fields.items() if f.metadata.get("required") and n not in values]
     for name in missing:
         report.add("error", f"{path}.{name}".lstrip("."), node, f"required: {fields[name].metadata['doc']}")
     if missing:
         return None
     return cls(**values)
+
+
+def _warn_if_ignored(where: str, value: Any, default: Any, key_node: yaml.Node, report: Report) -> None:
+    """A warning for a key tutorforge accepts and ignores (axolotl_keys.IGNORED_FIELDS), unless its
+    value is empty or the default, which is what tutorforge does anyway."""
+    name = re.sub(r"\[\d+\]", "[]", where)
+    reason = ax.IGNORED_FIELDS.get(name)
+    if reason is not None and not _is_empty(value) and value != default and \
+            value not in ax.IGNORED_VALUES_DONE.get(name, ()):
+        report.add("warning", where, key_node, f"{_show(value)}: ignored ({reason})")
 
 
 def _has_required(cls: type) -> bool:
@@ -512,7 +545,7 @@ def load_config(path: str | Path) -> Config:
 
 def reference() -> list[tuple[str, str, str, str]]:
     """(key, accepted values, default, meaning) for every supported key, for docs and --help."""
-    from tutorforge.schema import describe
+    from tutorforge.rules import describe
 
     rows = []
 

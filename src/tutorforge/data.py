@@ -1,6 +1,6 @@
 """Load Alpaca rows {instruction, input, output} from .jsonl and .json files, losing nothing silently.
 
-    report = load_files([Path("data/python_tutor.jsonl")])
+    report = load_files([Path("data/python_tutor.jsonl")])     # or load_datasets(cfg.datasets)
     rows = accept(report, skip_bad_rows=False, rejects_path=None)   # DataError lists the problems
 
 Every row read is either accepted or rejected with its file:line and reason: a malformed JSON line,
@@ -9,10 +9,10 @@ surrogate (a "\\ud800" escape), a number no reader can hold (1e999999, a 10^6-di
 nesting too deep to parse, a huge line, or a duplicate of an earlier row: rows read = accepted +
 rejected, always. A file is rejected whole when it is empty (or an empty array) or not UTF-8
 (UTF-16/32); a BOM, CRLF line ends and blank lines are noted. A .jsonl file is read line by line,
-always; another file is one JSON array when it starts with [ and that array ends the file, else it
-too is read by lines. By default any problem stops loading with the first 20 problems and the
-counts per kind; with skip_bad_rows the rejects go, verbatim and with their reason, to
-rejected.jsonl.
+always (or any file of a dataset with ds_type: jsonl); another file is one JSON array when it starts
+with [ and that array ends the file, else it too is read by lines. By default any problem stops
+loading with the first 20 problems and the counts per kind; with skip_bad_rows the rejects go,
+verbatim and with their reason, to rejected.jsonl.
 """
 from __future__ import annotations
 
@@ -24,9 +24,13 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tutorforge.errors import UserError
 from tutorforge.fsutil import atomic_write
+
+if TYPE_CHECKING:
+    from tutorforge.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -323,8 +327,10 @@ def _array_items(path: Path, text: str) -> list[tuple[int, str, object]] | None:
     return None if text[pos + 1:].strip() else items
 
 
-def read_file(path: Path, report: LoadReport, seen: dict) -> None:
-    """Read one .jsonl or .json file into `report` (accepted rows and rejects)."""
+def read_file(path: Path, report: LoadReport, seen: dict, ds_type: str | None = None) -> None:
+    """Read one .jsonl or .json file into `report` (accepted rows and rejects). `ds_type` (a
+    dataset's ds_type) says the format whatever the suffix: "jsonl" is read line by line, "json"
+    as one array when it is one, else by lines; None: from the suffix (LINE_SUFFIXES: by lines)."""
     data = path.read_bytes()
     report.files.append(str(path))
     encoding = json.detect_encoding(data)  # json's own check of the first bytes (RFC 4627)
@@ -339,7 +345,8 @@ def read_file(path: Path, report: LoadReport, seen: dict) -> None:
         report.rejects.append(Reject(f"{path}:1", "empty_file", f"empty file: {KINDS['empty_file']}", ""))
         return
     items: Iterable | None = None
-    if path.suffix not in LINE_SUFFIXES and data.lstrip()[:1] == b"[":
+    by_lines = ds_type == "jsonl" or (ds_type is None and path.suffix in LINE_SUFFIXES)
+    if not by_lines and data.lstrip()[:1] == b"[":
         items = _array_items(path, _decode(data))
         if items is None:
             report.notes.append(f"{path}: text follows the JSON array that opens it; read as JSON lines")
@@ -370,12 +377,15 @@ def _add(report: LoadReport, source: str, raw: str, value: object, seen: dict) -
     report.rows.append(Row(instruction, input_, output, source, raw))
 
 
-def load_files(paths: Iterable[Path]) -> LoadReport:
-    """Read every file (duplicates are found across files); nothing is raised for bad rows."""
+def load_files(paths: Iterable[Path], ds_types: Iterable[str | None] = ()) -> LoadReport:
+    """Read every file (duplicates are found across files); nothing is raised for bad rows.
+    `ds_types`, when given, is each file's format (see read_file)."""
     report, seen = LoadReport(), {}
-    for path in paths:
+    paths = list(paths)
+    formats = list(ds_types) or [None] * len(paths)
+    for path, ds_type in zip(paths, formats, strict=True):
         try:
-            read_file(Path(path), report, seen)
+            read_file(Path(path), report, seen, ds_type)
         except FileNotFoundError:
             raise UserError(f"{path}: no such file; check datasets[].path (relative paths start at "
                             f"the current directory, {Path.cwd()})") from None
@@ -408,10 +418,25 @@ def accept(report: LoadReport, *, skip_bad_rows: bool, rejects_path: Path | None
     return report.rows
 
 
-def dataset_files(specs, config_dir: Path | None = None) -> list[Path]:
-    """The files named by the config's `datasets:` entries (DatasetSpec), in order."""
-    files = []
+def load_datasets(specs, config_dir: Path | None = None) -> LoadReport:
+    """Read the files of the config's `datasets:` entries, each in its entry's ds_type."""
+    files, formats = [], []
     for i, spec in enumerate(specs):
+        named = dataset_files([spec], config_dir, first=i)
+        files += named
+        formats += [spec.ds_type] * len(named)
+    return load_files(files, formats)
+
+
+# Suffixes of formats that are not JSON, and what they are (Axolotl's ds_type names them).
+OTHER_FORMATS = {".csv": "CSV", ".tsv": "TSV", ".parquet": "Parquet", ".arrow": "Arrow"}
+
+
+def dataset_files(specs, config_dir: Path | None = None, *, first: int = 0) -> list[Path]:
+    """The files named by the config's `datasets:` entries (DatasetSpec), in order. `first` is
+    the index of specs[0] in `datasets:`, for messages."""
+    files = []
+    for i, spec in enumerate(specs, start=first):
         base = Path(spec.path).expanduser()
         if not base.exists() and config_dir is not None and (config_dir / base).exists():
             log.info("datasets[%d].path %s: not in %s; using %s", i, spec.path, Path.cwd(), config_dir / base)
@@ -421,6 +446,10 @@ def dataset_files(specs, config_dir: Path | None = None) -> list[Path]:
                                                     if p.suffix in {".json", ".jsonl"}))
             files += [base / n for n in names]
         elif base.exists():
+            if spec.ds_type is None and base.suffix.lower() in OTHER_FORMATS:
+                raise UserError(f"datasets[{i}].path: {spec.path}: a {OTHER_FORMATS[base.suffix.lower()]} "
+                                "file by its name; tutorforge reads JSON and JSON lines: convert it, or set "
+                                "ds_type: json / jsonl if it holds JSON")
             files.append(base)
         else:
             raise UserError(f"datasets[{i}].path: {spec.path}: no such file or directory (relative paths "
@@ -448,13 +477,13 @@ class Prepared:
                 f"{packs}\npacking efficiency (real tokens / token slots): {eff}")
 
 
-def prepare(cfg, tokenizer, *, skip_bad_rows: bool, config_dir: Path | None = None) -> Prepared:
+def prepare(cfg: Config, tokenizer, *, skip_bad_rows: bool, config_dir: Path | None = None) -> Prepared:
     """Load, check, format, tokenize, split and (when sample_packing) pack a config's datasets.
     Rows over sequence_len are rejected like any other unusable row, never truncated."""
     from tutorforge.formatting import encode_row, prompt_format, split_rows
     from tutorforge.packing import pack, packed_efficiency, padded_efficiency
 
-    report = load_files(dataset_files(cfg.datasets, config_dir))
+    report = load_datasets(cfg.datasets, config_dir)
     fmt = prompt_format(tokenizer, cfg.chat_template, cfg.default_system_message)
     encoded = {}
     for row in report.rows:
@@ -470,12 +499,12 @@ def prepare(cfg, tokenizer, *, skip_bad_rows: bool, config_dir: Path | None = No
     train_rows, val_rows = split_rows(rows, cfg.val_set_size, cfg.seed)
     train = [encoded[r.source] for r in train_rows]
     lengths = [len(e.input_ids) for e in train]
-    efficiency = {"padded": padded_efficiency(lengths, cfg.micro_batch_size,
-                                              sequence_len=cfg.sequence_len if cfg.pad_to_sequence_len else None).ratio}
+    pad_to = cfg.sequence_len if cfg.pad_to_sequence_len else None  # what training's batches are padded to
+    efficiency = {"padded": padded_efficiency(lengths, cfg.micro_batch_size, sequence_len=pad_to).ratio}
     packs = None
     if cfg.sample_packing:
         packs = pack(train, cfg.sequence_len)
-        efficiency["packed"] = packed_efficiency(packs, cfg.micro_batch_size).ratio
+        efficiency["packed"] = packed_efficiency(packs, cfg.micro_batch_size, sequence_len=pad_to).ratio
     return Prepared(train, [encoded[r.source] for r in val_rows], val_rows, packs, report, fmt, efficiency)
 
 

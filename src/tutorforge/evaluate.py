@@ -5,8 +5,9 @@
     gen = open_generator("model.Q4_K_M.gguf")                  # llama.cpp
 
 `TorchGenerator` runs a Hugging Face checkpoint (optionally with a PEFT adapter) with PyTorch;
-`GGUFGenerator` runs a GGUF file with llama.cpp. Both render the prompt with the training-time
-formatter and tokenize it with the Hugging Face tokenizer as training did (`formatting.encode_prompt`:
+`GGUFGenerator` runs a GGUF file with llama.cpp (opened and decoded by llamacpp.py as `tutorforge chat`
+decodes: llama.cpp's sampler, Ollama's repeat-penalty window). Both render the prompt with the
+training-time formatter and tokenize it with the Hugging Face tokenizer as training did (`formatting.encode_prompt`:
 the same ids, except that a special token typed in a prompt is text, not a turn marker), decode
 greedily, stop on the format's end token, and measure the teacher-forced perplexity of reference
 answers (answer tokens and the end token only). The A/B comparison holds two Generators and does
@@ -129,51 +130,42 @@ def _ppl(nll: float, count: int) -> float:
 
 
 class GGUFGenerator:
-    """Greedy decoding with a GGUF file in llama.cpp (llama-cpp-python, one thread: stable here).
-    The prompt is tokenized by the Hugging Face tokenizer (given, else rebuilt from the GGUF)."""
+    """Greedy decoding with a GGUF file in llama.cpp (llamacpp.open_llama: threads and GPU layers as
+    configured there), through llama.cpp's own sampler chain with Ollama's repeat-penalty window
+    (llamacpp.greedy), as `tutorforge chat` decodes. The prompt is tokenized by the Hugging Face
+    tokenizer (given, else rebuilt from the GGUF)."""
 
     def __init__(self, gguf: Path, *, tokenizer=None, chat_template: str | None = None,
                  system: str | None = None, n_ctx: int = 2048, name: str | None = None,
-                 repeat_penalty: float = 1.0, repeat_last_n: int = 64):
-        from llama_cpp import Llama
-
-        from tutorforge.models import load_gguf_tokenizer
+                 repeat_penalty: float = 1.0, repeat_last_n: int = 64, threads: int | None = None,
+                 gpu_layers: int | None = None):
+        from tutorforge.gguf_tokenizer import load_gguf_tokenizer
+        from tutorforge.llamacpp import open_llama
 
         gguf = Path(gguf)
         if not gguf.is_file():
             raise UserError(f"{gguf}: no such GGUF file")
         self.name = name or gguf.name
         self.chat_template, self.system, self.n_ctx = chat_template, system, n_ctx
-        self.repeat_penalty, self.repeat_last_n = repeat_penalty, repeat_last_n  # as Ollama decodes
+        self.repeat_penalty = repeat_penalty  # as Ollama decodes (its window: last_n_tokens_size)
         self.formats: dict = {}
         self.tokenizer = tokenizer if tokenizer is not None else load_gguf_tokenizer(gguf)
         # logits_all: perplexity needs every position's logits (n_ctx x vocab floats of memory)
-        self.llm = Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=1, logits_all=True, seed=0,
-                         verbose=False)
+        self.llm = open_llama(gguf, n_ctx=n_ctx, threads=threads, gpu_layers=gpu_layers, logits_all=True,
+                              seed=0, last_n_tokens_size=repeat_last_n)
 
     def generate(self, instruction: str, input: str = "", *, system: str | None = None,
                  max_new_tokens: int = 256) -> Answer:
-        import numpy as np
-
         from tutorforge.formatting import encode_prompt
+        from tutorforge.llamacpp import greedy
 
         fmt = _format(self, system)
         ids = encode_prompt(self.tokenizer, fmt, instruction, input)
         if len(ids) >= self.n_ctx:
             raise UserError(f"{self.name}: the prompt is {len(ids)} tokens, n_ctx is {self.n_ctx}; "
                             "shorten the prompt or raise n_ctx")
-        eos, new = fmt.end_token_id, []
-        self.llm.reset()
-        self.llm.eval(ids)
-        while len(new) < max_new_tokens:
-            logits = self.llm.scores[self.llm.n_tokens - 1]
-            if self.repeat_penalty != 1.0 and self.repeat_last_n:
-                logits = penalize_repeats(logits, (ids + new)[-self.repeat_last_n:], self.repeat_penalty)
-            token = int(np.argmax(logits))
-            new.append(token)
-            if token == eos or self.llm.n_tokens >= self.n_ctx:
-                break
-            self.llm.eval([token])
+        eos = fmt.end_token_id
+        new = list(greedy(self.llm, ids, max_tokens=max_new_tokens, end=eos, repeat_penalty=self.repeat_penalty))
         if new and len(new) < max_new_tokens and new[-1] != eos:
             log.warning("%s: answer cut at n_ctx %d tokens", self.name, self.n_ctx)
         return _answer(self.tokenizer, new, eos)
@@ -208,24 +200,15 @@ class GGUFGenerator:
         self.llm.close()
 
 
-def penalize_repeats(logits, recent: list[int], penalty: float):
-    """llama.cpp's (and so Ollama's) repeat penalty: each distinct token of the recent window has its
-    logit divided by `penalty` when positive, multiplied when negative."""
-    import numpy as np
-
-    out = np.array(logits, dtype=np.float32)
-    seen = np.unique(np.asarray(recent, dtype=np.int64))
-    out[seen] = np.where(out[seen] > 0, out[seen] / penalty, out[seen] * penalty)
-    return out
-
-
 def open_generator(spec: str | Path, *, adapter: Path | None = None, tokenizer_dir: Path | None = None,
                    chat_template: str | None = None, system: str | None = None,
-                   name: str | None = None) -> Generator:
-    """A Generator for a .gguf file (llama.cpp), a training output_dir (its base + adapter/), or
-    anything base_model accepts (a model directory, a hub id, `smollm2`), optionally + `adapter`."""
-    from tutorforge.checkpoints import read_run_info
+                   name: str | None = None, threads: int | None = None,
+                   gpu_layers: int | None = None) -> Generator:
+    """A Generator for a .gguf file (llama.cpp, with these threads and GPU layers: see llamacpp), a
+    training output_dir (its base + adapter/), or anything base_model accepts (a model directory, a
+    hub id, `smollm2`), optionally + `adapter`."""
     from tutorforge.models import resolve_base_model
+    from tutorforge.rundir import RunDir
 
     path = Path(spec).expanduser()
     if path.suffix == ".gguf":
@@ -237,15 +220,15 @@ def open_generator(spec: str | Path, *, adapter: Path | None = None, tokenizer_d
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-        return GGUFGenerator(path, tokenizer=tokenizer, chat_template=chat_template, system=system, name=name)
-    if path.is_dir() and (info := read_run_info(path)) is not None:
-        config = info["config"]
-        adapter = adapter or path / "adapter"
+        return GGUFGenerator(path, tokenizer=tokenizer, chat_template=chat_template, system=system, name=name,
+                             threads=threads, gpu_layers=gpu_layers)
+    if (run := RunDir.find(path)) is not None:
+        adapter = adapter or run.adapter
         if not (adapter / "adapter_config.json").is_file():
             raise UserError(f"{adapter}: no adapter in this training output_dir; run `tutorforge train` first")
-        return TorchGenerator(resolve_base_model(config["base_model"]).path, adapter=adapter,
-                              name=name or path.name, chat_template=chat_template or config.get("chat_template"),
-                              system=system if system is not None else config.get("default_system_message"))
+        return TorchGenerator(resolve_base_model(run.cfg.base_model).path, adapter=adapter,
+                              name=name or path.name, chat_template=chat_template or run.cfg.chat_template,
+                              system=system if system is not None else run.cfg.default_system_message)
     if path.is_dir() and (path / "adapter_config.json").is_file() and adapter is None:
         raise UserError(f"{spec}: a PEFT adapter, not a model; give the base model and pass the adapter "
                         "with --tuned-adapter (or give the training output_dir)")

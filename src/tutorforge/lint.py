@@ -93,7 +93,7 @@ def lint(paths: list[Path], *, tokenizer, fmt: PromptFormat, sequence_len: int, 
     if not run_code:
         report.code["not run"] = len(jobs)
     else:
-        for (source, _), result in zip(jobs, sandbox.check_blocks([c for _, c in jobs], workers=workers)):
+        for (source, _), result in zip(jobs, sandbox.check_blocks([c for _, c in jobs], workers=workers), strict=False):
             report.code[result.kind] += 1
             if not result.ok:
                 report.findings.append(Finding(source, result.kind, result.detail))

@@ -11,7 +11,6 @@ import torch
 
 from tutorforge.errors import UserError
 
-
 OPTIMIZERS = {  # config name -> (module, class); bitsandbytes ones run on CPU too
     "adamw_torch": ("torch.optim", "AdamW"),
     "adamw_torch_fused": ("torch.optim", "AdamW"),
@@ -66,11 +65,20 @@ def attention_implementation(flash_attention: bool, device: torch.device) -> tup
 
 
 def load_base(path: Path, *, quant: str | None, double_quant: bool, dtype: torch.dtype,
-              device: torch.device, gradient_checkpointing: bool, attention: str = "sdpa"):
-    """The base model, frozen: 16/32-bit, or 4-bit (`quant` nf4/fp4) or 8-bit (`quant` int8)."""
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+              device: torch.device, gradient_checkpointing: bool, attention: str = "sdpa",
+              trust_remote_code: bool = False, config_dir: Path | None = None):
+    """The base model, frozen: 16/32-bit, or 4-bit (`quant` nf4/fp4) or 8-bit (`quant` int8).
+    `config_dir` (config key base_model_config) holds the config.json to build it from instead of
+    its own; `trust_remote_code` lets transformers run a model's own code (auto_map)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
 
-    kwargs: dict = {"attn_implementation": attention}
+    from tutorforge.tokenizer import check_remote_code
+
+    kwargs: dict = {"attn_implementation": attention, "trust_remote_code": trust_remote_code}
+    for directory in dict.fromkeys([Path(path), *([Path(config_dir)] if config_dir else [])]):
+        check_remote_code(directory, trust_remote_code)
+    if config_dir is not None:
+        kwargs["config"] = AutoConfig.from_pretrained(str(config_dir), trust_remote_code=trust_remote_code)
     if quant in ("nf4", "fp4"):
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type=quant, bnb_4bit_use_double_quant=double_quant,

@@ -6,9 +6,11 @@
 Each base tensor is read from the safetensors shards with a positioned read (no mmap, so the page
 cache is not counted against us), merged as W + scale * B @ A in fp32, checked for non-finite
 values, cast back to the base dtype and streamed into the output shard, all in two buffers reused for
-every tensor (see Workspace). Peak RSS is the largest tensor's bytes plus the largest adapted
-tensor in fp32, plus a fixed overhead, whatever the model's size. A QLoRA adapter is merged onto the
-original 16-bit weights it was trained against, never into a 4-bit model. The output (sharded
+every tensor (see Workspace). LoRA on Linear layers and on the token embeddings (PEFT's
+lora.Embedding, whose update is (B @ A).T) is merged; the safetensors I/O is safetensors_io's.
+Peak RSS is the largest tensor's bytes plus the largest adapted tensor in fp32, plus a fixed
+overhead, whatever the model's size. A QLoRA adapter is merged onto the original 16-bit weights it
+was trained against, never into a 4-bit model. The output (sharded
 safetensors with index, config, tokenizer and chat template) is written under a temporary name and
 renamed when complete.
 """
@@ -17,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
 import shutil
 from collections.abc import Callable, Iterator
@@ -28,104 +29,16 @@ import torch
 
 from tutorforge.errors import UserError
 from tutorforge.fsutil import disk_full_says_so
+from tutorforge.safetensors_io import DTYPES, ShardWriter, TensorRef, pread_into, read_tensor, tensor_refs
 
 log = logging.getLogger(__name__)
 
-DTYPES = {  # safetensors dtype name -> torch dtype (safetensors format spec)
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-NAMES = {v: k for k, v in DTYPES.items()}
 WEIGHT_FILES = re.compile(r".*\.(safetensors|bin|pt|pth|gguf)$|.*\.safetensors\.index\.json$|^tutorforge\.json$")
-
-
-@dataclass(frozen=True)
-class TensorRef:
-    name: str
-    file: Path
-    dtype: str
-    shape: tuple[int, ...]
-    start: int  # absolute byte offset in the file
-    end: int
-
-
-def read_header(path: Path) -> tuple[dict, int]:
-    """The safetensors header (name -> dtype, shape, data_offsets) and where the data starts."""
-    with path.open("rb") as fh:
-        size = int.from_bytes(fh.read(8), "little")
-        header = json.loads(fh.read(size))
-    return header, 8 + size
-
-
-def tensor_refs(model_dir: Path) -> list[TensorRef]:
-    """Every tensor of a checkpoint directory (single file or sharded with an index), in file order."""
-    files = sorted(model_dir.glob("*.safetensors"))
-    if not files:
-        raise UserError(f"{model_dir}: no .safetensors files; merge needs the base model in safetensors "
-                        "format (convert .bin checkpoints with transformers' save_pretrained)")
-    refs = []
-    for path in files:
-        header, data = read_header(path)
-        for name, info in header.items():
-            if name == "__metadata__":
-                continue
-            start, end = info["data_offsets"]
-            refs.append(TensorRef(name, path, info["dtype"], tuple(info["shape"]), data + start, data + end))
-    return refs
-
-
-def _pread_into(ref: TensorRef, view: memoryview) -> None:
-    fd = os.open(ref.file, os.O_RDONLY)
-    try:
-        done = 0
-        while done < len(view):
-            n = os.preadv(fd, [view[done:]], ref.start + done)
-            if n == 0:
-                raise UserError(f"{ref.file}: truncated while reading {ref.name}")
-            done += n
-    finally:
-        os.close(fd)
-
-
-def read_tensor(ref: TensorRef) -> torch.Tensor:
-    """One tensor, read with a positioned read into private memory of its own (no mmap)."""
-    buf = bytearray(ref.end - ref.start)
-    _pread_into(ref, memoryview(buf))
-    if not buf:
-        return torch.empty(ref.shape, dtype=DTYPES[ref.dtype])
-    return torch.frombuffer(buf, dtype=DTYPES[ref.dtype]).reshape(ref.shape)
-
-
-class ShardWriter:
-    """A safetensors file written tensor by tensor: the header (known in advance from shapes and
-    dtypes) first, then each tensor's bytes as it is produced."""
-
-    def __init__(self, path: Path, layout: list[tuple[str, str, tuple[int, ...]]]):
-        header, offset = {}, 0
-        for name, dtype, shape in layout:
-            size = math.prod(shape) * DTYPES[dtype].itemsize
-            header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}
-            offset += size
-        header["__metadata__"] = {"format": "pt"}
-        raw = json.dumps(header, separators=(",", ":")).encode()
-        raw += b" " * (-len(raw) % 8)  # align the data section
-        self.expected = [name for name, _, _ in layout]
-        self.fh = path.open("wb")
-        self.fh.write(len(raw).to_bytes(8, "little") + raw)
-
-    def write(self, name: str, tensor: torch.Tensor) -> None:
-        if name != self.expected.pop(0):
-            raise RuntimeError(f"shard written out of order at {name}")
-        if tensor.numel():  # the tensor's own bytes, not a copy of them
-            self.fh.write(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().data)
-
-    def close(self) -> None:
-        if self.expected:
-            raise RuntimeError(f"shard closed before {self.expected[0]}")
-        self.fh.flush()
-        os.fsync(self.fh.fileno())
-        self.fh.close()
+# one tensor of a PEFT adapter file: a LoRA factor of a Linear (lora_A/lora_B.weight) or of an
+# Embedding (lora_embedding_A/B, no .weight), after the peft/tuners/lora/layer.py parameter names
+LORA_KEY = re.compile(r"(.*)\.lora_(embedding_)?([AB])(?:\.default)?(?:\.weight)?")
+# a module PEFT saved whole: modules_to_save, or the base layer of an adapted Embedding (save_embedding_layers)
+SAVED_WHOLE = re.compile(r"\.modules_to_save\.default(?=\.)|\.base_layer(?=\.)")
 
 
 @dataclass(frozen=True)
@@ -133,15 +46,14 @@ class LoraPair:
     a: torch.Tensor
     b: torch.Tensor
     scale: float
-    fan_in_fan_out: bool
+    transposed: bool  # the update is (B @ A).T: a fan_in_fan_out (Conv1D) layer, or an Embedding
+    embedding: bool = False  # PEFT's lora.Embedding: A is (r, vocab), B is (dim, r)
 
 
 def read_adapter(adapter_dir: Path) -> tuple[dict[str, LoraPair], dict[str, torch.Tensor]]:
-    """LoRA pairs by base tensor name, and full replacements (modules_to_save) by tensor name."""
-    config_path = adapter_dir / "adapter_config.json"
-    if not config_path.is_file():
-        raise UserError(f"{adapter_dir}: no adapter_config.json; point --adapter at a PEFT adapter directory")
-    config = json.loads(config_path.read_text())
+    """LoRA pairs by base tensor name, and full replacements (modules_to_save, an adapted Embedding's
+    saved base layer) by tensor name."""
+    config = adapter_config(adapter_dir)
     if config.get("peft_type") != "LORA" or config.get("use_dora"):
         raise UserError(f"{adapter_dir}: only plain LoRA adapters can be merged (this is "
                         f"{'DoRA' if config.get('use_dora') else config.get('peft_type')})")
@@ -150,19 +62,55 @@ def read_adapter(adapter_dir: Path) -> tuple[dict[str, LoraPair], dict[str, torc
     r, alpha = config["r"], config["lora_alpha"]
     scale = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
     pairs: dict[str, dict[str, torch.Tensor]] = {}
+    embeddings: set[str] = set()
     full: dict[str, torch.Tensor] = {}
     for ref in tensor_refs(adapter_dir):
         name = ref.name.removeprefix("base_model.model.")
-        match = re.fullmatch(r"(.*)\.lora_([AB])(?:\.default)?\.weight", name)
-        if match:
-            pairs.setdefault(match.group(1) + ".weight", {})[match.group(2)] = read_tensor(ref)
+        if match := LORA_KEY.fullmatch(name):
+            target = match.group(1) + ".weight"
+            pairs.setdefault(target, {})[match.group(3)] = read_tensor(ref)
+            if match.group(2):
+                embeddings.add(target)
         else:
-            full[re.sub(r"\.modules_to_save\.default", "", name)] = read_tensor(ref)
+            full[SAVED_WHOLE.sub("", name)] = read_tensor(ref)
     lora = {}
     for target, ab in pairs.items():
         if set(ab) != {"A", "B"}:
             raise UserError(f"{adapter_dir}: {target} has lora_{'A' if 'A' not in ab else 'B'} missing")
-        lora[target] = LoraPair(ab["A"], ab["B"], scale, bool(config.get("fan_in_fan_out")))
+        embedding = target in embeddings  # peft lora.Embedding.get_delta_weight: (B @ A).T * scaling
+        lora[target] = LoraPair(ab["A"], ab["B"], scale, embedding or bool(config.get("fan_in_fan_out")),
+                                embedding)
+    return lora, full
+
+
+def adapter_config(adapter_dir: Path) -> dict:
+    config_path = adapter_dir / "adapter_config.json"
+    if not config_path.is_file():
+        raise UserError(f"{adapter_dir}: no adapter_config.json; point --adapter at a PEFT adapter directory")
+    return json.loads(config_path.read_text())
+
+
+def adapter_updates(base_dir: Path, refs: list[TensorRef], adapter_dir: Path
+                    ) -> tuple[dict[str, LoraPair], dict[str, torch.Tensor]]:
+    """read_adapter's updates, checked against the base they go into: each names a tensor the base has,
+    and a LoRA on embeddings that the output projection is tied to is merged only when PEFT trained the
+    two tied (ensure_weight_tying; its lm_head copy is then the same update and is dropped)."""
+    lora, full = read_adapter(adapter_dir)
+    base_config = base_dir / "config.json"
+    tied = base_config.is_file() and bool(json.loads(base_config.read_text()).get("tie_word_embeddings"))
+    names = {r.name for r in refs}
+    if tied and "lm_head.weight" not in names and any(p.embedding for p in lora.values()):
+        if not adapter_config(adapter_dir).get("ensure_weight_tying"):
+            raise UserError(f"{adapter_dir}: a LoRA on the input embeddings of {base_dir}, whose output "
+                            "projection (lm_head) is tied to them, trained without PEFT's ensure_weight_tying: "
+                            "the trained model used the update on input only, and one merged tensor cannot do "
+                            "that; train again with ensure_weight_tying=True, or without embed_tokens in "
+                            "target_modules")
+        lora.pop("lm_head.weight", None)  # PEFT's tied copy: lora_A = B_emb.T, lora_B = A_emb.T, the same update
+        full.pop("lm_head.weight", None)
+    if missing := sorted(set(lora) - names) + sorted(set(full) - names):
+        raise UserError(f"{adapter_dir}: adapts {missing[0]}, which {base_dir} does not have; merge the "
+                        "adapter into the base model it was trained on")
     return lora, full
 
 
@@ -179,28 +127,28 @@ class Workspace:
     def read(self, ref: TensorRef) -> torch.Tensor:
         """`ref`'s tensor, read into the workspace: valid until the next read."""
         n = ref.end - ref.start
-        _pread_into(ref, memoryview(self.raw.numpy())[:n])
+        pread_into(ref, memoryview(self.raw.numpy())[:n])
         return self.raw[:n].view(DTYPES[ref.dtype]).reshape(ref.shape)
 
     def merged(self, ref: TensorRef, pair: LoraPair | None, replacement: torch.Tensor | None) -> torch.Tensor:
-        """`ref`'s tensor as W + scale * B @ A, computed in fp32 and cast back to W's dtype, or the
-        replacement (a module trained in full) in W's dtype; valid until the next call. Non-finite
-        values are an error."""
+        """`ref`'s tensor as W + scale * B @ A, computed in fp32 and cast back to W's dtype, where W is
+        the base tensor or its replacement (a module trained or saved in full) in W's dtype; valid until
+        the next call. Non-finite values are an error."""
         base = self.read(ref)
+        if replacement is None and pair is None:
+            return base
         if replacement is not None:
             _check_shape(ref.name, replacement.shape, base.shape)
             base.copy_(replacement)
-        elif pair is not None:
+        if pair is not None:
             a, b = pair.a.float(), pair.b.float()
-            if pair.fan_in_fan_out:
+            if pair.transposed:  # (B @ A).T = A.T @ B.T
                 a, b = b.T, a.T
             _check_shape(ref.name, (b.shape[0], a.shape[1]), base.shape)
             work = self.work[:base.numel()].view(base.shape)
             work.copy_(base)  # converted in place: no temporary fp32 copy of W
             work.addmm_(b, a, alpha=pair.scale)
             base.copy_(work)
-        else:
-            return base
         _check_finite(ref.name, base)
         return base
 
@@ -247,7 +195,7 @@ def merge(base_dir: Path, adapter_dir: Path, out_dir: Path, *, shard_bytes: int 
     very merge, rebuilt when it holds a merge of other inputs; refused when it holds anything else
     (see outputs.claim) or is the base or adapter directory."""
     from tutorforge import outputs
-    from tutorforge.hardware import bound_heap
+    from tutorforge.heap import bound_heap
 
     claimed = outputs.claim(out_dir, "merged", protect=[base_dir, adapter_dir], create=False)
     inputs = {"model": outputs.model_identity(base_dir, adapter_dir)}
@@ -256,11 +204,7 @@ def merge(base_dir: Path, adapter_dir: Path, out_dir: Path, *, shard_bytes: int 
         return out_dir
     bound_heap()  # each freed tensor goes back to the OS: RAM is what merging is short of
     refs = tensor_refs(base_dir)
-    lora, full = read_adapter(adapter_dir)
-    names = {r.name for r in refs}
-    if missing := sorted(set(lora) - names) + sorted(set(full) - names):
-        raise UserError(f"{adapter_dir}: adapts {missing[0]}, which {base_dir} does not have; merge the "
-                        "adapter into the base model it was trained on")
+    lora, full = adapter_updates(base_dir, refs, adapter_dir)
     check_free_space(out_dir.parent, sum(r.end - r.start for r in refs) + (64 << 20), "the merged model")
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -10,32 +10,29 @@ Accepted forms, in the order they are tried:
 - a hub id: from the local Hugging Face cache, else downloaded when the network allows; offline,
   a clear message that says how to point base_model at a local copy.
 
-Every local model is checked before anything loads it (`check_model_files`, headers only, milliseconds
-for a 16 GB model): a config.json that is not JSON, a .safetensors or .gguf file cut short by an
-interrupted download or copy, a file that is not what its name says. The error names the file and
-what is wrong with it, where from_pretrained() would fail deep inside with neither.
+The other config keys that name a model directory (tokenizer_config, base_model_config) resolve
+the same way (`resolve_aux`, `model_config_dir`).
 
-A tokenizer rebuilt from GGUF metadata must split text exactly as llama.cpp does; transformers'
-GGUF reader drops some pre-tokenizer rules (SmolLM's digit splitting), so `PRE_TOKENIZERS` restores
-them, and every conversion is checked against llama.cpp's own tokenizer before it is cached.
+Every local model is checked before anything loads it (`model_files.check_model_files`, headers
+only); a conversion's tokenizer is rebuilt from the GGUF metadata and checked against llama.cpp's
+before it is cached (`gguf_tokenizer`).
 """
 from __future__ import annotations
 
 import importlib.metadata
 import json
 import logging
-import math
 import os
 import re
 import shutil
-import struct
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from tutorforge.errors import UserError
 from tutorforge.fsutil import sha256_file
+from tutorforge.gguf_tokenizer import PARITY_PROBES, load_gguf_tokenizer, tokenizer_mismatches
+from tutorforge.model_files import DamagedModel, check_model_files
 
 log = logging.getLogger(__name__)
 
@@ -48,20 +45,6 @@ BUNDLED_NAMES = {  # lower-cased names that mean the bundled model
 }
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 HUB_FILES = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.jinja"]
-
-
-def _smollm_pre_tokenizer():
-    from tokenizers import pre_tokenizers
-
-    return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
-                                    pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
-
-
-# GGUF `tokenizer.ggml.pre` -> the HF pre-tokenizer that splits as llama.cpp does.
-# Only types verified against llama.cpp token for token are listed.
-PRE_TOKENIZERS: dict[str, Callable[[], object]] = {
-    "smollm": _smollm_pre_tokenizer,  # llama.cpp LLAMA_VOCAB_PRE_TYPE_SMOLLM: digits one by one
-}
 
 
 @dataclass(frozen=True)
@@ -128,210 +111,6 @@ def _resolve(name: str, allow_download: bool) -> ResolvedModel:
     return ResolvedModel(path, name)
 
 
-# --- damaged files: named with what is wrong, before from_pretrained() trips on them ------------
-
-AGAIN = "copy or download it again (an interrupted download or copy leaves a file like this)"
-SAFETENSORS_MAX_HEADER = 100_000_000  # the safetensors library's own limit on its JSON header
-GGUF_VERSIONS = (2, 3)  # what gguf-py and llama.cpp read
-GGUF_ALIGNMENT = 32  # tensor data alignment when general.alignment is absent (the GGUF spec)
-
-
-class DamagedModel(UserError):
-    """A model file that can never load: cut short, or not the format its name says."""
-
-    def __init__(self, file: Path, what: str, name: str | None = None):
-        self.file, self.what = file, what
-        same = name is not None and Path(name).expanduser().resolve() == file.resolve()
-        super().__init__((f"base_model: {name}: " if name else "") + ("" if same else f"{file}: ") + what)
-
-    def named(self, name: str) -> DamagedModel:
-        return DamagedModel(self.file, self.what, name)
-
-
-def check_model_files(path: Path, *, require_weights: bool = False) -> None:
-    """Raise DamagedModel when a model cannot load: `path` is a .gguf file, or a directory that
-    from_pretrained() reads (its *.json files must be JSON, config.json an object, every
-    .safetensors file complete, every shard a sharded index names present). Headers only."""
-    path = Path(path)
-    signature = _files_signature(path, require_weights)
-    if signature in _checked:  # every stage resolves the base model: its files are read once
-        return
-    if path.is_file():
-        if problem := _gguf_problem(path):
-            raise DamagedModel(path, problem)
-        _checked.add(signature)
-        return
-    for file in sorted(path.glob("*.json")):
-        try:
-            value = json.loads(file.read_bytes())
-        except json.JSONDecodeError as exc:
-            raise DamagedModel(file, f"not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
-                               f"{AGAIN}") from None
-        except ValueError:  # not UTF-8
-            raise DamagedModel(file, f"not valid JSON (not UTF-8 text); {AGAIN}") from None
-        if file.name == "config.json" and not isinstance(value, dict):
-            raise DamagedModel(file, "not a JSON object (a model's config.json is one: {...}); " + AGAIN)
-        if file.name.endswith(".safetensors.index.json"):
-            shards = sorted(set((value.get("weight_map") or {}).values())) if isinstance(value, dict) else []
-            if missing := [s for s in shards if not (path / s).is_file()]:
-                raise DamagedModel(file, f"names {missing[0]}, which is missing ({len(missing)} of "
-                                   f"{len(shards)} shards missing); copy or download the model again")
-    weights = sorted(path.glob("*.safetensors"))
-    if require_weights and not weights and not any(path.glob("*.bin")):
-        raise DamagedModel(path, "no weights (*.safetensors or pytorch_model*.bin); copy the model's "
-                           "weight files into it, or point base_model at the complete model")
-    for file in weights:
-        if problem := _safetensors_problem(file):
-            raise DamagedModel(file, problem)
-    _checked.add(signature)
-
-
-_checked: set[tuple] = set()  # check_model_files' passes, by the files' names, sizes and times
-
-
-def _files_signature(path: Path, require_weights: bool) -> tuple:
-    """What a check's result depends on: the path, and the name, size and modification time of
-    the file (or of every file in the directory)."""
-    files = [path] if path.is_file() else sorted(f for f in path.iterdir() if f.is_file())
-    return (os.path.realpath(path), require_weights,
-            tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files))
-
-
-def _safetensors_problem(file: Path) -> str | None:
-    """What is wrong with a .safetensors file, from its header: 8 bytes of header length, the JSON
-    header, then the tensors' bytes, which must end exactly where the file ends. (The safetensors
-    library refuses such a file too, but says neither how long it is nor how long it should be.)"""
-    size = file.stat().st_size
-    with file.open("rb") as fh:
-        head = fh.read(8)
-        if len(head) < 8:
-            return f"truncated: {size:,} bytes, not even the 8-byte header length; {AGAIN}"
-        n = int.from_bytes(head, "little")
-        if n > SAFETENSORS_MAX_HEADER:
-            return f"not a safetensors file (its first 8 bytes say a header of {n:,} bytes); {AGAIN}"
-        if 8 + n > size:
-            return f"truncated: its header says {n:,} bytes of metadata, the file has {size:,} in all; {AGAIN}"
-        try:
-            header = json.loads(fh.read(n))
-        except ValueError:
-            header = None
-    if not isinstance(header, dict):
-        return f"not a safetensors file (its header is not a JSON object); {AGAIN}"
-    end = 0
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
-                and 0 <= offsets[0] <= offsets[1]):
-            return f"not a safetensors file (tensor {name!r} has no valid data_offsets); {AGAIN}"
-        end = max(end, offsets[1])
-    need = 8 + n + end
-    if need > size:
-        return f"truncated: its tensors need {need:,} bytes, the file has {size:,}; {AGAIN}"
-    if need < size:
-        return f"damaged: {size - need:,} bytes longer than its tensors need ({need:,}); {AGAIN}"
-    return None
-
-
-class _Short(Exception):
-    """The file ends inside the GGUF header or metadata."""
-
-
-def _gguf_problem(file: Path) -> str | None:
-    """What is wrong with a .gguf file: its magic, version, metadata, and whether the tensor data
-    its tensor table describes fits in the file."""
-    size = file.stat().st_size
-    with file.open("rb") as fh:
-        magic = fh.read(4)
-        if not magic:
-            return f"empty (0 bytes); {AGAIN}"
-        if magic != b"GGUF":
-            return f"not a GGUF file (it starts with {magic!r}, a GGUF file with b'GGUF'); {AGAIN}"
-        try:
-            n_tensors, end = _gguf_tensor_end(fh, size)
-        except _Short:
-            return f"truncated: the file ends (at byte {size:,}) inside its metadata; {AGAIN}"
-        except ValueError as exc:
-            return str(exc)
-    if end > size:
-        return f"truncated: its {n_tensors} tensors end at byte {end:,}, the file has {size:,}; {AGAIN}"
-    return None
-
-
-def _gguf_tensor_end(fh, size: int) -> tuple[int, int]:
-    """(tensors, the byte where their data ends), walking the header and tensor table as the GGUF
-    spec lays them out. Hand-written because gguf-py's GGUFReader maps every tensor and, on a file
-    cut short, fails with a numpy reshape error that names no sizes; it also takes seconds on a
-    large vocabulary, where this walk seeks past it. Sizes of values and types are gguf-py's."""
-    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
-
-    scalars = {GGUFValueType.UINT8: 1, GGUFValueType.INT8: 1, GGUFValueType.BOOL: 1, GGUFValueType.UINT16: 2,
-               GGUFValueType.INT16: 2, GGUFValueType.UINT32: 4, GGUFValueType.INT32: 4,
-               GGUFValueType.FLOAT32: 4, GGUFValueType.UINT64: 8, GGUFValueType.INT64: 8,
-               GGUFValueType.FLOAT64: 8}
-
-    def read(n: int) -> bytes:
-        data = fh.read(n) if n <= size else b""
-        if len(data) < n:
-            raise _Short
-        return data
-
-    raw = read(4)
-    version = int.from_bytes(raw, "little")
-    order = "<" if version in GGUF_VERSIONS else ">"  # a big-endian GGUF writes its version so too
-    if version not in GGUF_VERSIONS and int.from_bytes(raw, "big") not in GGUF_VERSIONS:
-        raise ValueError(f"GGUF version {version}: tutorforge reads versions 2 and 3 (as llama.cpp); "
-                         "convert the model again with a current llama.cpp")
-
-    def number(fmt: str) -> int:
-        return struct.unpack(order + fmt, read(struct.calcsize(fmt)))[0]
-
-    def skip(n: int) -> None:
-        if n > size or fh.seek(n, 1) > size:
-            raise _Short
-
-    def skip_value(vtype: int) -> None:
-        if vtype in scalars:
-            skip(scalars[vtype])
-        elif vtype == GGUFValueType.STRING:
-            skip(number("Q"))
-        elif vtype == GGUFValueType.ARRAY:
-            item, count = number("I"), number("Q")
-            if item in scalars:
-                skip(count * scalars[item])
-            else:
-                for _ in range(min(count, size)):  # a count past the file's end runs out of bytes first
-                    skip_value(item)
-        else:
-            raise ValueError(f"damaged: a metadata value of unknown type {vtype} at byte {fh.tell():,}; "
-                             + AGAIN)
-
-    n_tensors, n_kv = number("Q"), number("Q")
-    alignment = GGUF_ALIGNMENT
-    for _ in range(min(n_kv, size)):
-        key, vtype = read(number("Q")), number("I")
-        if key == b"general.alignment" and vtype == GGUFValueType.UINT32:
-            alignment = number("I") or GGUF_ALIGNMENT
-        else:
-            skip_value(vtype)
-    ends = []
-    for _ in range(min(n_tensors, size)):
-        skip(number("Q"))  # the tensor's name
-        n_dims = number("I")
-        if n_dims > 8:
-            raise ValueError(f"damaged: a tensor with {n_dims} dimensions at byte {fh.tell():,}; {AGAIN}")
-        dims = [number("Q") for _ in range(n_dims)]
-        kind, offset = number("I"), number("Q")
-        try:
-            block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(kind)]
-        except (ValueError, KeyError):
-            raise ValueError(f"damaged: a tensor of unknown type {kind}; {AGAIN}") from None
-        ends.append(offset + math.prod(dims) // block * type_size)
-    start = fh.tell() + -fh.tell() % alignment
-    return n_tensors, start + max(ends, default=0)
-
-
 def _offline_message(name: str, why: str) -> str:
     return (f"base_model: {name} is not on this machine and cannot be downloaded ({why}).\n"
             f"  - with network: run once `huggingface-cli download {name}` (gated models need "
@@ -370,59 +149,6 @@ def source_gguf(model_dir: Path) -> Path | None:
         return None
     path = Path(json.loads(info.read_text()).get("source_gguf", ""))
     return path if path.is_file() else None
-
-
-def gguf_field(gguf: Path, key: str) -> str | None:
-    from gguf import GGUFReader
-
-    field = GGUFReader(str(gguf)).fields.get(key)
-    return None if field is None else field.contents()
-
-
-def load_gguf_tokenizer(gguf: Path):
-    """The HF tokenizer described by a GGUF file, with llama.cpp's pre-tokenizer restored."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    pre = gguf_field(gguf, "tokenizer.ggml.pre")
-    if pre in PRE_TOKENIZERS:
-        tokenizer.backend_tokenizer.pre_tokenizer = PRE_TOKENIZERS[pre]()
-    else:
-        log.warning("%s: tokenizer pre-type %r is not in tutorforge's verified table; "
-                    "its tokenization is checked against llama.cpp below", gguf.name, pre)
-    return tokenizer
-
-
-PARITY_PROBES = [  # texts where HF and llama.cpp tokenizers have been seen to disagree
-    "12345 67890 3.14159 x2 0xFF 1e-4",
-    "def f(x):\n\treturn x  *  2\n\n\n",
-    "héllo wörld 日本語 🤖 naïve café",
-    "    four spaces, then\ttab\t\tand  two",
-    "print('Hello, World!')  # Output: Hello, World!",
-]
-
-
-def compare_tokenization(llm, tokenizer, texts: list[str]) -> list[tuple[str, list[int], list[int]]]:
-    """(text, ours, llama.cpp's) for every text whose token ids differ between `tokenizer` and the
-    loaded llama.cpp model `llm` (special tokens parsed on both sides, no BOS added)."""
-    bad = []
-    for text in texts:
-        ours = tokenizer.encode(text, add_special_tokens=False)
-        theirs = llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
-        if ours != theirs:
-            bad.append((text, ours, theirs))
-    return bad
-
-
-def tokenizer_mismatches(tokenizer, gguf: Path, texts: list[str]) -> list[tuple[str, list[int], list[int]]]:
-    """Texts whose token ids differ between `tokenizer` and llama.cpp's tokenizer of `gguf`."""
-    from llama_cpp import Llama
-
-    llm = Llama(model_path=str(gguf), vocab_only=True, verbose=False)
-    try:
-        return compare_tokenization(llm, tokenizer, texts)
-    finally:
-        llm.close()
 
 
 def gguf_to_checkpoint(gguf: Path) -> Path:
@@ -472,6 +198,38 @@ def _convert(gguf: Path, out: Path, digest: str) -> None:
     info = {"source_gguf": str(gguf), "sha256_prefix": digest, "dtype": "float32",
             "transformers": transformers.__version__, "torch": torch.__version__}
     (out / "tutorforge.json").write_text(json.dumps(info, indent=2) + "\n")
+
+
+# --- the other config keys that name a model directory: tokenizer_config, base_model_config ------
+
+def resolve_aux(key: str, name: str, *, needs: tuple[str, ...], allow_download: bool = True) -> Path:
+    """The directory a config key other than base_model names (tokenizer_config: a tokenizer,
+    base_model_config: a config.json): a local directory holding one of `needs`, the bundled model,
+    or a hub id resolved as base_model is (local cache first)."""
+    if is_bundled(name):
+        return resolve_base_model(name, allow_download=allow_download).path
+    local = Path(name).expanduser()
+    if local.is_dir():
+        if not any((local / f).is_file() for f in needs):
+            raise UserError(f"{key}: {name}: a directory without {' or '.join(needs)}; point it at the "
+                            "directory that holds them (or remove the key to use base_model's)")
+        return local
+    if name.startswith((".", "/", "~")) or local.exists() or not HUB_ID.match(name):
+        raise UserError(f"{key}: {name}: not a directory and not a hub id (owner/name); give the directory "
+                        "that holds the files, or remove the key to use base_model's")
+    try:
+        return _from_hub(name, allow_download)
+    except UserError as exc:
+        raise UserError(f"{key}: " + str(exc).replace("base_model: ", "", 1)) from None
+
+
+def model_config_dir(base_model_config: str | None, *, allow_download: bool = True) -> Path | None:
+    """The directory whose config.json the model is built from (config key base_model_config), or
+    None for the base model's own."""
+    if not base_model_config:
+        return None
+    return resolve_aux("base_model_config", base_model_config, needs=("config.json",),
+                       allow_download=allow_download)
 
 
 def check_base_model(name: str) -> tuple[bool, str]:

@@ -4,20 +4,22 @@
 
 The prompt format is recognised by rendering probe conversations with the model's own chat template
 (or the Alpaca formatter) and matching them against the known families below; the family's Ollama
-TEMPLATE (Go text/template) is then written. The tests render that TEMPLATE with Go itself and
-compare it byte for byte with the training-time formatter.
+TEMPLATE (Go text/template) is then written, and verified: rendered by Go itself (go_template.py)
+it must equal the training-time formatter byte for byte. Deploying it to an Ollama server is
+ollama_rest.py.
 """
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tutorforge.errors import UserError
-from tutorforge.fsutil import sha256_file
 from tutorforge.formatting import ALPACA_PROMPT, PromptFormat, alpaca_prompt
+
+if TYPE_CHECKING:
+    from tutorforge.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +110,7 @@ def detect_family(tokenizer, fmt: PromptFormat) -> Family:
     candidates = [("chatml-default-system", lambda m: _chatml(m, default)) if default is not None else
                   ("chatml", _chatml), ("llama3", _llama3)]
     for name, render in candidates:
-        if all(render(p) == r for p, r in zip(PROBES, rendered)):
+        if all(render(p) == r for p, r in zip(PROBES, rendered, strict=False)):
             template = GO_TEMPLATES[name].replace("{default_system}", default or "")
             return Family(name, template, default)
     raise UserError("the model's chat template is not one tutorforge can write as an Ollama TEMPLATE "
@@ -177,7 +179,8 @@ def base_license(model_dir: Path) -> str | None:
     """The base model's license, when known: its GGUF metadata, or `license:` in its model card."""
     import re
 
-    from tutorforge.models import gguf_field, source_gguf
+    from tutorforge.gguf_tokenizer import gguf_field
+    from tutorforge.models import source_gguf
 
     source = source_gguf(model_dir)
     if source and (license := gguf_field(source, "general.license")) is not None:
@@ -187,44 +190,31 @@ def base_license(model_dir: Path) -> str | None:
     return match.group(1) if match else None
 
 
-def decoding(ollama_settings: dict) -> tuple[float, int]:
-    """(repeat_penalty, repeat_last_n) of a run's tutorforge.ollama settings; the defaults (Ollama's)
-    where a run.json written before these keys existed has none."""
-    from tutorforge.config import OllamaSettings
-
-    default = OllamaSettings()
-    return (ollama_settings.get("repeat_penalty", default.repeat_penalty),
-            ollama_settings.get("repeat_last_n", default.repeat_last_n))
-
-
-def package(run_dir: Path, config: dict, gguf_path: Path | None = None) -> Path:
-    """Write the Modelfile of a finished run (config: run.json's) beside its GGUF (default: the
-    config's tutorforge.ollama.quantization); returns its path. Refused for a GGUF that failed its
+def package(run: RunDir, gguf_path: Path | None = None) -> Path:
+    """Write the Modelfile of a finished run beside its GGUF (default: the config's
+    tutorforge.ollama.quantization); returns its path. Refused for a GGUF that failed its
     verification or was exported from another adapter than the run's, and where a Modelfile that
     tutorforge did not write is in the way."""
     from transformers import AutoTokenizer
 
-    from tutorforge.export import run_gguf
     from tutorforge.models import resolve_base_model
 
-    gguf_path = gguf_path or run_gguf(run_dir, config)
+    cfg, settings = run.cfg, run.cfg.tutorforge.ollama
+    gguf_path = gguf_path or run.gguf()
     if not gguf_path.is_file():
-        raise UserError(f"{gguf_path}: no such GGUF; run `tutorforge export {run_dir}` first")
-    model_dir = resolve_base_model(config["base_model"]).path
-    _check_exported(gguf_path, run_dir, model_dir)
+        raise UserError(f"{gguf_path}: no such GGUF; run `tutorforge export {run.path}` first")
+    model_dir = resolve_base_model(cfg.base_model).path
+    _check_exported(gguf_path, run.path, model_dir)
     path = gguf_path.parent / "Modelfile"
     if path.exists() and not _ours(path):
         raise UserError(f"{path}: a Modelfile that tutorforge did not write is in the way; tutorforge never "
                         "overwrites it. Move it away (or rename it) and run `tutorforge package` again")
-    settings = config["tutorforge"]["ollama"]
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    fmt, family, stops = prompt_template(tokenizer, config.get("chat_template"), config.get("default_system_message"))
-    penalty, last_n = decoding(settings)
+    fmt, family, stops = prompt_template(tokenizer, cfg.chat_template, cfg.default_system_message)
     text = modelfile(gguf_path.name, family.template, system=fmt.system, stops=stops,
-                     num_ctx=settings.get("num_ctx") or config["sequence_len"],
-                     temperature=settings.get("temperature", 0.0),
-                     repeat_penalty=penalty, repeat_last_n=last_n,
-                     license=settings.get("license") or base_license(model_dir))
+                     num_ctx=settings.num_ctx or cfg.sequence_len, temperature=settings.temperature,
+                     repeat_penalty=settings.repeat_penalty, repeat_last_n=settings.repeat_last_n,
+                     license=settings.license or base_license(model_dir))
     from tutorforge.fsutil import atomic_write
 
     checked = verify_template(tokenizer, fmt, family)
@@ -286,47 +276,6 @@ def _record(modelfile_path: Path, gguf_path: Path) -> None:
 
 # --- verification with Go's own text/template (Ollama's template language) ---------------------
 
-def go_renderer() -> Callable[[str, dict], str] | None:
-    """A function rendering (TEMPLATE, data) with Go's text/template, built once from
-    gotemplate/main.go and cached; None when Go is not installed."""
-    import hashlib
-    import os
-    import shutil
-    import subprocess
-
-    from tutorforge.models import cache_root
-
-    go = shutil.which("go")
-    if go is None:
-        return None
-    source = Path(__file__).with_name("gotemplate") / "main.go"
-    binary = cache_root() / "go" / f"render-{hashlib.sha256(source.read_bytes()).hexdigest()[:12]}"
-    if not binary.is_file():
-        work = binary.parent / f".build-{os.getpid()}"
-        env = {"HOME": str(work), "GOCACHE": str(work / "cache"), "GOPATH": str(work / "gopath"),
-               "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "GO111MODULE": "off"}
-        work.mkdir(parents=True, exist_ok=True)
-        try:
-            built = subprocess.run([go, "build", "-o", str(work / "render"), str(source)], env=env,
-                                   capture_output=True, text=True)
-            if built.returncode != 0:
-                raise UserError(f"go build {source}: {built.stderr.strip()[-300:]}")
-            (work / "render").replace(binary)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-
-    def render(template: str, data: dict) -> str:
-        data = dict(data)
-        data["Messages"] = [{"Role": m["role"], "Content": m["content"]} for m in data.pop("messages", [])]
-        out = subprocess.run([str(binary)], input=json.dumps({"template": template, "data": data}).encode(),
-                             capture_output=True)
-        if out.returncode != 0:
-            raise UserError(f"the Ollama TEMPLATE does not render in Go: {out.stderr.decode()[-300:]}")
-        return out.stdout.decode()
-
-    return render
-
-
 VERIFY_PROMPTS = [("How do I reverse a list?", ""), ("What does this print?", "print(2 ** 3)"),
                   ("Explain f-strings — café 🐍", "name = 'Ada'\n\tprint(f'{name}')")]
 
@@ -336,6 +285,7 @@ def verify_template(tokenizer, fmt: PromptFormat, family: Family, render=None) -
     conversation that has none) and compare it byte for byte with the training formatter; the number
     of prompts checked (0: Go is not installed). A difference is an error showing where."""
     from tutorforge.formatting import render_prompt, user_turn
+    from tutorforge.go_template import go_renderer
 
     render = render or go_renderer()
     if render is None:
@@ -351,75 +301,8 @@ def verify_template(tokenizer, fmt: PromptFormat, family: Family, render=None) -
             got = render(family.template, {"messages": system + [{"role": "user",
                                                                  "content": user_turn(instruction, input)}]})
         if got != expected:
-            at = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), min(len(got), len(expected)))
+            at = next((i for i, (a, b) in enumerate(zip(got, expected, strict=False)) if a != b), min(len(got), len(expected)))
             raise UserError(f"the Ollama TEMPLATE ({family.name}) renders {got[at:at + 40]!r} where training "
                             f"had {expected[at:at + 40]!r} (character {at}); the model would not see its "
                             "training prompt in Ollama; please report this template")
     return len(prompts)
-
-
-def create_request(name: str, parsed: dict, gguf_name: str, digest: str) -> dict:
-    """The body of Ollama's POST /api/create for a Modelfile written by `modelfile`."""
-    parameters: dict[str, object] = {}
-    for key, value in parsed["PARAMETER"]:
-        if key == "stop":
-            parameters.setdefault("stop", []).append(value.strip('"'))
-        else:
-            parameters[key] = float(value) if "." in value or key == "temperature" else int(value)
-    body = {"model": name, "files": {gguf_name: f"sha256:{digest}"}, "template": parsed["TEMPLATE"],
-            "parameters": parameters, "stream": True}
-    if parsed.get("SYSTEM"):
-        body["system"] = parsed["SYSTEM"]
-    if parsed.get("LICENSE"):
-        body["license"] = parsed["LICENSE"]
-    return body
-
-
-def deploy_rest(host: str, name: str, modelfile_path: Path, *, say=print, timeout: float = 600) -> None:
-    """Upload the GGUF as a blob (HEAD, then POST /api/blobs/sha256:<digest>) and create the model
-    (POST /api/create), as Ollama's REST API documents; progress lines go to `say`."""
-    import urllib.error
-    import urllib.request
-
-    parsed = parse_modelfile(modelfile_path.read_text())
-    gguf = modelfile_path.parent / str(parsed["FROM"]).removeprefix("./")
-    say(f"hashing {gguf.name} ...")
-    digest = sha256_file(gguf)
-    blob = f"{host}/api/blobs/sha256:{digest}"
-    try:
-        urllib.request.urlopen(urllib.request.Request(blob, method="HEAD"), timeout=30)
-        say("blob already on the server")
-    except urllib.error.HTTPError as exc:
-        if exc.code != 404:
-            raise UserError(f"{host}: HEAD /api/blobs answered {exc.code}") from None
-        say(f"uploading {gguf.stat().st_size / 2**20:.1f} MiB ...")
-        with gguf.open("rb") as fh:
-            request = urllib.request.Request(blob, data=fh, method="POST",
-                                             headers={"Content-Length": str(gguf.stat().st_size)})
-            urllib.request.urlopen(request, timeout=timeout)
-    body = json.dumps(create_request(name, parsed, gguf.name, digest)).encode()
-    request = urllib.request.Request(f"{host}/api/create", data=body, method="POST",
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        for line in response:
-            status = json.loads(line or b"{}")
-            if "error" in status:
-                raise UserError(f"ollama create {name}: {status['error']}")
-            say(status.get("status", ""))
-
-
-def ollama_host() -> str:
-    import os
-
-    host = os.environ.get("OLLAMA_HOST", "127.0.0.1:11434")
-    return host if host.startswith("http") else f"http://{host}"
-
-
-def server_answers(host: str) -> bool:
-    import urllib.request
-
-    try:
-        urllib.request.urlopen(f"{host}/api/version", timeout=2)
-        return True
-    except OSError:
-        return False

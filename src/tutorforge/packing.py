@@ -37,7 +37,7 @@ def pack(examples: list[Example], sequence_len: int) -> list[Pack]:
                                  "labels": [e.labels for e in examples]})
     packed = pack_dataset(dataset, sequence_len, strategy="bfd")
     out = []
-    for ids, labels, lengths in zip(packed["input_ids"], packed["labels"], packed["seq_lengths"]):
+    for ids, labels, lengths in zip(packed["input_ids"], packed["labels"], packed["seq_lengths"], strict=False):
         labels = list(labels)
         start = 0
         for n in lengths:  # an example's first token is never a target across a boundary
@@ -67,6 +67,7 @@ def padded_efficiency(lengths: list[int], micro_batch_size: int, *, sequence_len
     return Efficiency(sum(lengths), slots)
 
 
-def packed_efficiency(packs: list[Pack], micro_batch_size: int) -> Efficiency:
-    """Real tokens / token slots for packs batched micro_batch_size at a time, padded to the longest."""
-    return padded_efficiency([len(p.input_ids) for p in packs], micro_batch_size)
+def packed_efficiency(packs: list[Pack], micro_batch_size: int, *, sequence_len: int | None = None) -> Efficiency:
+    """Real tokens / token slots for packs batched micro_batch_size at a time, padded to the longest
+    (or to sequence_len when given: pad_to_sequence_len)."""
+    return padded_efficiency([len(p.input_ids) for p in packs], micro_batch_size, sequence_len=sequence_len)

@@ -3,7 +3,8 @@
     tutorforge run recipes/python-tutor-smollm2-cpu.yml
     tutorforge run recipe.yml --from export        # redo export and every stage after it
 
-Each stage after training records in output_dir/run.json (under "stages") the content hashes of
+Each stage after training records in output_dir/run.json (under "stages", through
+tutorforge.rundir) the content hashes of
 its inputs and of the files it wrote. A stage is skipped when its inputs are unchanged and its
 files are still there as written; a stage that was interrupted is redone, keeping what it had
 finished under final names (every file is written atomically) when its inputs are the same, and
@@ -22,8 +23,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tutorforge.config import Config
 from tutorforge.errors import UserError
-from tutorforge.fsutil import atomic_write, sha256_file
+from tutorforge.fsutil import sha256_file
+from tutorforge.rundir import RunDir, read_run_json, save_stages
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +45,7 @@ class Outcome:
 @dataclass
 class Pipeline:
     config_path: Path
-    cfg: object  # config.Config
+    cfg: Config | None  # set by validate (and plan's fixes)
     run_dir: Path
     redo: set[str]  # stages that --from forces
     progress: Callable  # (label, unit) -> context manager yielding a progress callback or None
@@ -52,6 +55,13 @@ class Pipeline:
     decisions: list[str] = field(default_factory=list)
     comparison: str | None = None  # the A/B table
 
+    @property
+    def config(self) -> Config:
+        """The validated (and planned) config; validate, the first stage, sets it."""
+        if self.cfg is None:
+            raise RuntimeError("the pipeline's config is read before validate set it")
+        return self.cfg
+
 
 def _no_progress(label: str, unit: str = "steps"):
     return contextlib.nullcontext(None)
@@ -60,10 +70,10 @@ def _no_progress(label: str, unit: str = "steps"):
 def run(config_path: Path, *, start: str | None = None, ignore_plan: bool = False, progress=None) -> Pipeline:
     """Run every stage of the config's pipeline (from `start` on, redoing it and what follows)."""
     if start is not None and start not in STAGES:
-        from tutorforge.schema import did_you_mean
+        from tutorforge.rules import did_you_mean
 
         raise UserError(f"--from {start}: not a stage{did_you_mean(start, STAGES)}; stages: {', '.join(STAGES)}")
-    redo = set(STAGES[STAGES.index(start):]) if start else set()
+    redo: set[str] = set(STAGES[STAGES.index(start):]) if start else set()
     from tutorforge.fsutil import exclusive
 
     p = Pipeline(Path(config_path), None, Path("."), redo, progress or _no_progress, ignore_plan)
@@ -101,14 +111,14 @@ def digest(record: dict | None) -> dict[str, str]:
     return {Path(k).name: v["sha256"] for k, v in (record or {}).get("files", {}).items()}
 
 
+def run_dir_of(p: Pipeline) -> RunDir:
+    """The run directory of the pipeline's (planned) config."""
+    return RunDir(p.run_dir, p.config)
+
+
 def _save(p: Pipeline) -> None:
     """Write the stage records into run.json (which training wrote), atomically."""
-    from tutorforge.checkpoints import read_run_info
-
-    info = read_run_info(p.run_dir) or {}
-    info["stages"] = p.stages
-    with atomic_write(p.run_dir / "run.json") as fh:
-        json.dump(info, fh, indent=1, default=str)
+    save_stages(p.run_dir, p.stages)
 
 
 def _stage(p: Pipeline, name: str, inputs: dict, work: Callable[[bool], Path],
@@ -155,25 +165,22 @@ def _validate(p: Pipeline) -> Outcome:
     p.cfg = report.config
     from tutorforge.models import check_base_model
 
-    check_base_model(p.cfg.base_model)  # a damaged base model stops the run here, named
-    p.run_dir = Path(p.cfg.output_dir)
-    from tutorforge.checkpoints import read_run_info
-
-    p.stages = (read_run_info(p.run_dir) or {}).get("stages", {})
+    check_base_model(p.config.base_model)  # a damaged base model stops the run here, named
+    p.run_dir = Path(p.config.output_dir)
+    p.stages = dict((read_run_json(p.run_dir) or {}).get("stages", {}))
     return Outcome("validate", "done", 0.0, p.config_path, p.config_path.stat().st_size)
 
 
 def _plan(p: Pipeline) -> Outcome:
     from tutorforge.plan import apply_plan
 
-    p.cfg, p.decisions = apply_plan(p.cfg, ignore=p.ignore_plan)
+    p.cfg, p.decisions = apply_plan(p.config, ignore=p.ignore_plan)
     for decision in p.decisions:
         log.info("plan: %s", decision)
     return Outcome("plan", "done", 0.0)
 
 
 def _train(p: Pipeline) -> Outcome:
-    from tutorforge.checkpoints import read_run_info
     from tutorforge.train import train
 
     if "train" in p.redo:  # --from train: start over, no checkpoint
@@ -181,11 +188,11 @@ def _train(p: Pipeline) -> Outcome:
             target = p.run_dir / stale
             shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
         p.stages = {}
-    before = read_run_info(p.run_dir) or {}
+    before = run_dir_of(p).training()
     with p.progress("training", "steps") as progress:
-        adapter = train(p.cfg, config_dir=p.config_path.parent, resume=True, progress=progress,
+        adapter = train(p.config, config_dir=p.config_path.parent, resume=True, progress=progress,
                         decisions=p.decisions)
-    after = read_run_info(p.run_dir) or {}
+    after = run_dir_of(p).training()
     skipped = before.get("status") == "complete" and before.get("fingerprint") == after.get("fingerprint")
     if not skipped:
         p.stages = {}  # a new adapter: every later stage is stale
@@ -205,24 +212,24 @@ def _merge(p: Pipeline) -> Outcome:
     def work(resume: bool) -> Path:  # merge itself rebuilds a merged/ of other inputs
         _forget(p, "merge", out, "merged")
         with p.progress("merging", "tensors") as progress:
-            return merge(resolve_base_model(p.cfg.base_model).path, p.run_dir / "adapter", out, progress=progress)
+            return merge(resolve_base_model(p.config.base_model).path, p.run_dir / "adapter", out, progress=progress)
 
     return _stage(p, "merge", {"adapter": digest(p.stages.get("train"))}, work,
                   lambda d: sorted(f for f in d.iterdir() if f.is_file()))
 
 
 def _export(p: Pipeline) -> Outcome:
-    from tutorforge.export import check_verification, export_run, run_gguf
+    from tutorforge.export import check_verification, export_run
 
-    settings = dataclasses.asdict(p.cfg.tutorforge.export)
+    settings = dataclasses.asdict(p.config.tutorforge.export)
     out = p.run_dir / "gguf"
 
     def work(resume: bool) -> Path:  # export keeps only the files made from this same model
         _forget(p, "export", out, "gguf", "package")
         with p.progress("exporting", "tensors") as progress:
-            report = export_run(p.run_dir, verify=p.cfg.tutorforge.export.verify, progress=progress)
+            report = export_run(p.run_dir, verify=p.config.tutorforge.export.verify, progress=progress)
         check_verification(report, out)
-        return run_gguf(p.run_dir, dataclasses.asdict(p.cfg))
+        return run_dir_of(p).gguf()
 
     def outputs(_: Path) -> list[Path]:
         report = json.loads((out / "export.json").read_text())
@@ -233,16 +240,14 @@ def _export(p: Pipeline) -> Outcome:
 
 
 def _package(p: Pipeline) -> Outcome:
-    from tutorforge.export import run_gguf
     from tutorforge.ollama import package
 
-    config = dataclasses.asdict(p.cfg)
-    gguf = run_gguf(p.run_dir, config)
-    settings = {"ollama": dataclasses.asdict(p.cfg.tutorforge.ollama), "chat_template": p.cfg.chat_template,
-                "system": p.cfg.default_system_message, "sequence_len": p.cfg.sequence_len}
+    gguf = run_dir_of(p).gguf()
+    settings = {"ollama": dataclasses.asdict(p.config.tutorforge.ollama), "chat_template": p.config.chat_template,
+                "system": p.config.default_system_message, "sequence_len": p.config.sequence_len}
 
     def work(resume: bool) -> Path:
-        return package(p.run_dir, config, gguf)
+        return package(run_dir_of(p), gguf)
 
     return _stage(p, "package", {"gguf": digest(p.stages.get("export")).get(gguf.name), "settings": settings},
                   work, lambda path: [path])
@@ -250,21 +255,22 @@ def _package(p: Pipeline) -> Outcome:
 
 def _compare(p: Pipeline) -> Outcome:
     from tutorforge import compare as ab
+    from tutorforge.report import write_outputs
 
     out = p.run_dir / "compare"
-    rows, target = ab.prompts_and_target(p.cfg, p.config_path.parent,
-                                         settings=dataclasses.asdict(p.cfg.tutorforge.compare))
-    settings = {**dataclasses.asdict(p.cfg.tutorforge.compare), "target_words": target}
+    rows, target = ab.prompts_and_target(p.config, p.config_path.parent, settings=p.config.tutorforge.compare)
+    settings = {**dataclasses.asdict(p.config.tutorforge.compare), "target_words": target}
     inputs = {"tuned": digest(p.stages.get("export")), "rows": [(r.instruction, r.input, r.output) for r in rows],
-              "settings": settings, "system": p.cfg.default_system_message}
+              "settings": settings, "system": p.config.default_system_message}
 
     def work(resume: bool) -> Path:
         def compare():
             base, tuned = generators(p)
             with p.progress("comparing", "prompts") as progress:
-                return ab.run_comparison(base, tuned, rows, out_dir=out, target_words=target,
-                                         max_new_tokens=p.cfg.tutorforge.compare.max_new_tokens,
-                                         system=p.cfg.default_system_message, progress=progress)
+                comparison = ab.run_comparison(base, tuned, rows, target_words=target,
+                                               max_new_tokens=p.config.tutorforge.compare.max_new_tokens,
+                                               system=p.config.default_system_message, progress=progress)
+                return write_outputs(comparison, out)
 
         _forget(p, "compare", out, "compare")
         result = ab.compare_once(out, inputs, compare, protect=[p.run_dir / "adapter"])
@@ -283,25 +289,28 @@ def generators(p: Pipeline):
     from transformers import AutoTokenizer
 
     from tutorforge.evaluate import GGUFGenerator
-    from tutorforge.export import Source, export_model, gguf_path, run_gguf
+    from tutorforge.export import Source, export_model
+    from tutorforge.llamacpp import shared_threads
     from tutorforge.models import resolve_base_model
+    from tutorforge.rundir import gguf_file
 
-    quant = p.cfg.tutorforge.ollama.quantization
-    base_dir = resolve_base_model(p.cfg.base_model).path
+    quant = p.config.tutorforge.ollama.quantization
+    base_dir = resolve_base_model(p.config.base_model).path
     identity = [str(base_dir.resolve()), quant] + [(f.name, f.stat().st_size, f.stat().st_mtime_ns)
                                                    for f in sorted(base_dir.glob("*.safetensors"))]
     key = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:12]
     base_out = p.run_dir / "compare" / f"base-{key}"  # one export of the base, reused while it is the same
-    base_gguf = gguf_path(base_out, "base", quant)
+    base_gguf = gguf_file(base_out, "base", quant)
     if not base_gguf.is_file():
         with p.progress("exporting the base", "tensors") as progress:
             export_model(Source(base_dir), base_out, name="base", outtype="f16", quantizations=(quant,),
                          progress=progress)
         if quant != "f16":
-            gguf_path(base_out, "base", "f16").unlink(missing_ok=True)
+            gguf_file(base_out, "base", "f16").unlink(missing_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
-    kwargs = {"tokenizer": tokenizer, "chat_template": p.cfg.chat_template, "system": p.cfg.default_system_message,
-              "n_ctx": max(p.cfg.sequence_len, 1024), "repeat_penalty": p.cfg.tutorforge.ollama.repeat_penalty,
-              "repeat_last_n": p.cfg.tutorforge.ollama.repeat_last_n}  # decoded as Ollama will
+    kwargs = {"tokenizer": tokenizer, "chat_template": p.config.chat_template, "system": p.config.default_system_message,
+              "n_ctx": max(p.config.sequence_len, 1024), "repeat_penalty": p.config.tutorforge.ollama.repeat_penalty,
+              "repeat_last_n": p.config.tutorforge.ollama.repeat_last_n,  # decoded as Ollama will
+              "threads": shared_threads(2)}  # base and tuned answer side by side
     return (GGUFGenerator(base_gguf, name=f"{quant} GGUF", **kwargs),
-            GGUFGenerator(run_gguf(p.run_dir, dataclasses.asdict(p.cfg)), name=f"{quant} GGUF", **kwargs))
+            GGUFGenerator(run_dir_of(p).gguf(), name=f"{quant} GGUF", **kwargs))

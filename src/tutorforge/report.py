@@ -1,17 +1,29 @@
-"""Render a base-vs-tuned comparison as report.md and a self-contained report.html.
+"""The report of a base-vs-tuned comparison: report.md, a self-contained report.html, results.jsonl
+and summary.json, written atomically; `compare_models` runs `tutorforge compare` to that report.
 
-    html = render_html(comparison)   # one file: inline CSS, inline SVG charts, no scripts, no URLs
+    html = render_html(comparison)      # one file: inline CSS, inline SVG charts, no scripts, no URLs
+    write_outputs(run_comparison(base, tuned, rows, ...), Path("report/"))
+    comparison, out = compare_models(cfg, config_dir, base="smollm2", tuned="outputs/run")
 
-The HTML shows the aggregates (a table with deltas and bar charts) and, for every prompt, both
-answers side by side with their metrics and code highlighted by pygments (inline styles). All model
-text is untrusted: it is escaped everywhere (pygments escapes the code it highlights).
+compare.py computes the comparison (answers, metrics, aggregates); this module only renders and
+writes it, so it imports compare and never the other way round. The HTML shows the aggregates (a
+table with deltas and bar charts) and, for every prompt, both answers side by side with their
+metrics and code highlighted by pygments (inline styles). All model text is untrusted: it is escaped
+everywhere (pygments escapes the code it highlights).
 """
 from __future__ import annotations
 
 import html
+import json
 import re
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from tutorforge.compare import METRICS
+from tutorforge.compare import METRICS, Comparison
+from tutorforge.errors import UserError
+
+if TYPE_CHECKING:
+    from tutorforge.config import Config
 
 FENCED = re.compile(r"^```[ \t]*([\w+.-]*)[ \t]*\n(.*?)(?:^```[ \t]*$|\Z)", re.MULTILINE | re.DOTALL)
 PERCENT_KEYS = [k for k in METRICS if k.endswith("_pct")]
@@ -176,7 +188,7 @@ def bar_chart(title: str, items: list[tuple[str, float | None, float | None]], *
     y = 26
     for label, *values in items:
         out.append(f'<text x="{left - 6}" y="{y + bar + 3}" font-size="11" text-anchor="end">{_e(label)}</text>')
-        for side, value in zip(("base", "tuned"), values):
+        for side, value in zip(("base", "tuned"), values, strict=False):
             w = 0 if value is None else max(0.0, value) / top * (width - left - 60)
             out.append(f'<rect x="{left}" y="{y}" width="{w:.1f}" height="{bar}" fill="{COLORS[side]}"/>'
                        f'<text x="{left + w + 4:.1f}" y="{y + bar - 2}" font-size="10">{_num(value)}</text>')
@@ -203,7 +215,7 @@ def _charts(c) -> str:
 
 def _aggregate_table(c) -> str:
     rows = []
-    for key, (label, b, t, d) in zip(METRICS, c.rows()):
+    for key, (label, b, t, d) in zip(METRICS, c.rows(), strict=False):
         cls = _delta_class(key, c.delta(key))
         rows.append(f'<tr><td>{_e(label)}</td><td class="n">{_e(b)}</td><td class="n">{_e(t)}</td>'
                     f'<td class="n {cls}">{_e(d)}</td></tr>')
@@ -225,3 +237,82 @@ def render_html(c) -> str:
             f"<h1>{_e(c.names['base'])} <span class=\"muted\">vs</span> {_e(c.names['tuned'])}</h1>"
             f"<p class=\"muted\">{summary}</p><h2>Aggregates</h2>{_aggregate_table(c)}{_charts(c)}"
             f"<h2>Answers, side by side</h2>{body}</body></html>\n")
+
+
+# --- the report's files ------------------------------------------------------------------------
+
+def write_outputs(comparison: Comparison, out_dir: Path) -> Comparison:
+    """Write results.jsonl, report.md, report.html and summary.json (compare.REPORT_FILES) to
+    out_dir, each atomically; returns the comparison, its out_dir set."""
+    from tutorforge.fsutil import atomic_write
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out_dir / "results.jsonl") as fh:
+        fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in comparison.records)
+    with atomic_write(out_dir / "report.md") as fh:
+        fh.write(render_markdown(comparison))
+    with atomic_write(out_dir / "report.html") as fh:
+        fh.write(render_html(comparison))
+    with atomic_write(out_dir / "summary.json") as fh:
+        json.dump({"names": comparison.names, "aggregates": comparison.aggregates,
+                   "settings": comparison.settings}, fh, indent=1)
+    comparison.out_dir = out_dir
+    return comparison
+
+
+def compare_models(cfg: Config | None, config_dir: Path | None, *, base: str | None = None, tuned: str | None = None,
+                   tuned_adapter: Path | None = None, prompts: Path | None = None, out: Path | None = None,
+                   max_new_tokens: int | None = None, max_prompts: int | None = None,
+                   target_words: int | None = None, threads: int | None = None, gpu_layers: int | None = None,
+                   progress=None) -> tuple[Comparison, Path]:
+    """`tutorforge compare`: base and tuned (from the arguments, else the config, else the tuned
+    run's run.json) answer the prompts (a GGUF in llama.cpp with these threads and GPU layers, which
+    greedy answers do not depend on); returns the comparison and the directory of its report (kept
+    as it is when made from the same models, prompts and settings)."""
+    from tutorforge import compare
+    from tutorforge.config import CompareSettings
+    from tutorforge.evaluate import open_generator
+    from tutorforge.llamacpp import shared_threads
+    from tutorforge.models import resolve_base_model
+    from tutorforge.outputs import rows_hash
+    from tutorforge.rundir import RunDir
+
+    base, tuned = base or (cfg and cfg.base_model), tuned or (cfg and cfg.output_dir)
+    if not (base and tuned):
+        raise UserError("compare needs --base and --tuned, or a config (its base_model and output_dir)")
+    run = RunDir.find(Path(tuned))
+    source = cfg or (run.cfg if run else None)  # whose settings, prompt format and tokenizer
+    settings = source.tutorforge.compare if source else CompareSettings()
+    rows, target = compare.prompts_and_target(cfg, config_dir, settings=settings, prompts=prompts,
+                                              target_words=target_words, max_prompts=max_prompts)
+    out = out or (run.compare_dir if run else Path(cfg.output_dir) / "compare" if cfg else None)
+    if out is None:
+        raise UserError("compare: say where the report goes with --out DIR")
+    tokenizer_dir = resolve_base_model(source.base_model).path if source else None
+    kwargs = {"tokenizer_dir": tokenizer_dir, "chat_template": source.chat_template if source else None,
+              "system": source.default_system_message if source else None}
+    names = [f"{Path(s).parent.name}/{Path(s).name}" if Path(s).suffix == ".gguf" else Path(s).name
+             for s in (base, tuned)]
+    max_new_tokens = max_new_tokens or settings.max_new_tokens
+    inputs = {"base": compare.model_inputs(base), "tuned": compare.model_inputs(tuned, tuned_adapter),
+              "names": names, "rows": rows_hash(rows), "target_words": target, "max_new_tokens": max_new_tokens,
+              "chat_template": kwargs["chat_template"], "system": kwargs["system"]}
+    # what it reads is never written over: the models and adapters (a training run's own compare/
+    # is the default report directory, so of a run only its adapter is protected)
+    is_run = run is not None or (cfg is not None and Path(tuned) == Path(cfg.output_dir))
+    readers = [Path(base), Path(tuned) / "adapter" if is_run else Path(tuned), tuned_adapter, tokenizer_dir]
+    protect = [p for p in readers if p is not None and Path(p).exists()]
+
+    def work() -> Comparison:
+        runtime = {"threads": threads or shared_threads(2), "gpu_layers": gpu_layers}  # side by side
+        base_gen = open_generator(base, name=names[0], **kwargs, **runtime)
+        tuned_gen = open_generator(tuned, adapter=tuned_adapter, name=names[1], **kwargs, **runtime)
+        try:
+            return write_outputs(compare.run_comparison(base_gen, tuned_gen, rows, target_words=target,
+                                                        max_new_tokens=max_new_tokens, system=kwargs["system"],
+                                                        progress=progress), Path(out))
+        finally:
+            for gen in (base_gen, tuned_gen):
+                getattr(gen, "close", lambda: None)()
+
+    return compare.compare_once(out, inputs, work, protect=protect), out

@@ -70,7 +70,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tutorforge import confine
-from tutorforge.confine import Cgroup, under as _under
+from tutorforge.confine import Cgroup
+from tutorforge.confine import under as _under
 from tutorforge.errors import UserError
 
 log = logging.getLogger(__name__)

@@ -29,11 +29,11 @@ from pathlib import Path
 import torch
 
 from tutorforge import distributed as dist
-from tutorforge.checkpoints import append_metrics, check_free_space, read_run_info, save_checkpoint
+from tutorforge.checkpoints import append_metrics, check_free_space, save_checkpoint
+from tutorforge.config import Config
 from tutorforge.errors import UserError
-from tutorforge.lora import (add_lora, attention_implementation, build_optimizer, compute_dtype,
-                             load_base)
 from tutorforge.formatting import IGNORE
+from tutorforge.lora import add_lora, attention_implementation, build_optimizer, compute_dtype, load_base
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def _every(per_epoch: int | None, steps: float | None, steps_per_epoch: int, tot
     return None
 
 
-def make_schedule(cfg, n_items: int, has_val: bool, world: int = 1) -> Schedule:
+def make_schedule(cfg: Config, n_items: int, has_val: bool, world: int = 1) -> Schedule:
     micro = math.ceil(n_items / cfg.micro_batch_size)
     per_epoch = math.ceil(micro / (cfg.gradient_accumulation_steps * world))
     total = cfg.max_steps or math.ceil(cfg.num_epochs * per_epoch)
@@ -102,7 +102,7 @@ def epoch_order(n_items: int, seed: int, epoch: int) -> list[int]:
     return order
 
 
-def step_batches(sched: Schedule, cfg, n_items: int, step: int, world: int = 1, rank: int = 0) -> list[list[int]]:
+def step_batches(sched: Schedule, cfg: Config, n_items: int, step: int, world: int = 1, rank: int = 0) -> list[list[int]]:
     """The micro batches (item indices) of optimizer step `step` (0-based) for process `rank`:
     a step takes accumulation x world micro batches of the epoch's order, dealt round-robin."""
     epoch, within = divmod(step, sched.steps_per_epoch)
@@ -113,10 +113,11 @@ def step_batches(sched: Schedule, cfg, n_items: int, step: int, world: int = 1, 
     return [order[i * size:(i + 1) * size] for i in range(first + rank, last, world)]
 
 
-def collate(items: list, pad_id: int) -> dict[str, torch.Tensor]:
+def collate(items: list, pad_id: int, pad_to: int | None = None) -> dict[str, torch.Tensor]:
     """Right-padded input ids, labels and position ids; no attention mask (see the module doc).
-    Padding gets its own run of position ids, so it is a separate sample nobody attends to."""
-    width = max(len(it.input_ids) for it in items)
+    Padding gets its own run of position ids, so it is a separate sample nobody attends to.
+    Padded to the longest item, or to `pad_to` (pad_to_sequence_len: sequence_len, static shapes)."""
+    width = max([len(it.input_ids) for it in items] + [pad_to or 0])
     ids, labels, positions = [], [], []
     for it in items:
         pad = width - len(it.input_ids)
@@ -206,7 +207,7 @@ def evaluate(model, items: list, *, micro_batch_size: int, pad_id: int, autocast
 class Run:
     """What the loop works on, built once from the config."""
 
-    cfg: object
+    cfg: Config
     run_dir: Path
     model: object  # what the loop calls: DDP-wrapped when there are several processes
     core: object  # the PEFT model itself: saved, evaluated
@@ -219,6 +220,8 @@ class Run:
     device: torch.device
     dtype: torch.dtype
     decisions: list[str]
+    tokenizer: object = None  # saved with the adapter: special_tokens and tokenizer_config reach merge and export
+    pad_to: int | None = None  # pad_to_sequence_len: every training batch is sequence_len wide
 
 
 def _autocast(device: torch.device, dtype: torch.dtype):
@@ -232,16 +235,15 @@ def _accumulate(run: Run, index_batches: list[list[int]], fallback: list[int], a
     The loss is normalised by the label tokens of the whole step on all processes. A process
     with no micro batch left at an epoch's end runs one with weight 0, so DDP's collectives match."""
     world = dist.world_size()
-    batches = [collate([run.items[i] for i in b], run.pad_id) for b in index_batches]
+    batches = [collate([run.items[i] for i in b], run.pad_id, run.pad_to) for b in index_batches]
     weights = [1.0] * len(batches)
     if not batches:
-        batches, weights = [collate([run.items[i] for i in fallback], run.pad_id)], [0.0]
-    n_labels = dist.all_sum(sum(label_count(b) * w for b, w in zip(batches, weights)))
+        batches, weights = [collate([run.items[i] for i in fallback], run.pad_id, run.pad_to)], [0.0]
+    n_labels = dist.all_sum(sum(label_count(b) * w for b, w in zip(batches, weights, strict=False)))
     step_loss = 0.0
-    for i, (batch, weight) in enumerate(zip(batches, weights)):
+    for i, (batch, weight) in enumerate(zip(batches, weights, strict=False)):
         batch = {k: v.to(run.device) for k, v in batch.items()}
-        sync = i == len(batches) - 1 or world == 1  # DDP averages gradients on the last one only
-        with contextlib.nullcontext() if sync else run.model.no_sync():
+        with dist.no_sync(run.model, sync=i == len(batches) - 1):  # DDP averages gradients on the last one only
             with autocast():
                 loss = loss_sum(run.model, batch) * (weight * world / max(n_labels, 1))
             loss.backward()
@@ -322,7 +324,7 @@ def _maybe_evaluate(run: Run, state: dict, row: dict, autocast) -> bool:
 
 # --- the stage ----------------------------------------------------------------------------------
 
-def _fingerprint(cfg, files: list[Path]) -> dict[str, str]:
+def _fingerprint(cfg: Config, files: list[Path]) -> dict[str, str]:
     """Content hashes of what determines the adapter: the config (less where it goes) and the data."""
     import dataclasses
     import hashlib
@@ -342,19 +344,20 @@ def _versions() -> dict[str, str]:
                                                 "accelerate", "trl", "tutorforge")}
 
 
-def build_run(cfg, *, config_dir: Path | None, skip_bad_rows: bool, device: torch.device | None = None,
+def build_run(cfg: Config, *, config_dir: Path | None, skip_bad_rows: bool, device: torch.device | None = None,
               decisions: list[str] = ()) -> Run:
     """Resolve the model, prepare the data and build model, optimizer and schedule. `decisions`
     are choices made before (the memory plan's): they lead run.json's list and the log."""
     import transformers
-    from transformers import AutoTokenizer
 
     from tutorforge.data import prepare
-    from tutorforge.models import resolve_base_model
+    from tutorforge.models import model_config_dir, resolve_base_model
+    from tutorforge.tokenizer import tokenizer_for
 
     device = device or dist.device()
     resolved = resolve_base_model(cfg.base_model)
-    tokenizer = AutoTokenizer.from_pretrained(str(resolved.path))
+    tokenizer = tokenizer_for(resolved.path, cfg.tokenizer_config, special_tokens=cfg.special_tokens,
+                              trust_remote_code=cfg.trust_remote_code)
     prepared = prepare(cfg, tokenizer, skip_bad_rows=skip_bad_rows, config_dir=config_dir)
     log.info("%s", prepared.summary())
     if dist.is_main():  # the held-out rows, never trained on: export verifies and compare asks on them
@@ -379,7 +382,8 @@ def build_run(cfg, *, config_dir: Path | None, skip_bad_rows: bool, device: torc
     quant = cfg.bnb_4bit_quant_type if cfg.load_in_4bit else "int8" if cfg.load_in_8bit else None
     torch.manual_seed(cfg.seed)
     model = load_base(resolved.path, quant=quant, double_quant=cfg.bnb_4bit_use_double_quant, dtype=dtype,
-                      device=device, gradient_checkpointing=cfg.gradient_checkpointing, attention=attention)
+                      device=device, gradient_checkpointing=cfg.gradient_checkpointing, attention=attention,
+                      trust_remote_code=cfg.trust_remote_code, config_dir=model_config_dir(cfg.base_model_config))
     model = add_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                      target_linear=cfg.lora_target_linear, target_modules=cfg.lora_target_modules,
                      modules_to_save=cfg.lora_modules_to_save, fan_in_fan_out=cfg.lora_fan_in_fan_out,
@@ -396,10 +400,11 @@ def build_run(cfg, *, config_dir: Path | None, skip_bad_rows: bool, device: torc
     for decision in decisions:
         log.info("decision: %s", decision)
     return Run(cfg, Path(cfg.output_dir), dist.wrap(model), model, optimizer, scheduler, items, prepared.val,
-               sched, pad_id, device, dtype, decisions)
+               sched, pad_id, device, dtype, decisions, tokenizer,
+               cfg.sequence_len if cfg.pad_to_sequence_len else None)
 
 
-def train(cfg, *, config_dir: Path | None = None, skip_bad_rows: bool = False, resume: bool = True,
+def train(cfg: Config, *, config_dir: Path | None = None, skip_bad_rows: bool = False, resume: bool = True,
           progress=None, decisions: list[str] = ()) -> Path:
     """Train the config's adapter into output_dir/adapter; resume from the newest checkpoint."""
     from tutorforge.checkpoints import latest_checkpoint, load_checkpoint, read_metrics, truncate_metrics
@@ -444,7 +449,9 @@ def train(cfg, *, config_dir: Path | None = None, skip_bad_rows: bool = False, r
 
 
 def _completed(run_dir: Path, fingerprint: dict) -> Path | None:
-    info = read_run_info(run_dir) or {}
+    from tutorforge.rundir import read_run_json
+
+    info = read_run_json(run_dir) or {}
     adapter = run_dir / "adapter"
     ok = info.get("status") == "complete" and info.get("fingerprint") == fingerprint
     return adapter if ok and (adapter / "adapter_config.json").is_file() else None
@@ -452,10 +459,8 @@ def _completed(run_dir: Path, fingerprint: dict) -> Path | None:
 
 def _finish(run: Run, state: dict, fingerprint: dict, started: float, metrics: list[dict]) -> Path:
     """Write the final adapter (the best evaluated one when early stopping), loss.png and run.json."""
-    import dataclasses
-
     from tutorforge.checkpoints import overfitting, plot_losses
-    from tutorforge.fsutil import atomic_write
+    from tutorforge.rundir import write_training
 
     adapter = run.run_dir / "adapter"
     best = state.get("best_step")
@@ -468,18 +473,19 @@ def _finish(run: Run, state: dict, fingerprint: dict, started: float, metrics: l
         log.info("adapter: the best evaluated checkpoint (step %d, eval loss %.4f)", best, state["best_eval"])
     else:
         run.core.save_pretrained(tmp)
+    if run.tokenizer is not None:  # the tokenizer trained with (special_tokens, tokenizer_config)
+        run.tokenizer.save_pretrained(tmp)
     shutil.rmtree(adapter, ignore_errors=True)
     tmp.rename(adapter)
     plot_losses(metrics, run.run_dir / "loss.png")
     note = overfitting(metrics)
     if note:
         log.warning("%s", note)
-    info = {"status": "complete", "fingerprint": fingerprint, "config": dataclasses.asdict(run.cfg),
+    info = {"status": "complete", "fingerprint": fingerprint,
             "decisions": run.decisions, "steps": state["step"], "total_steps": run.sched.total_steps,
             "stopped_early": bool(state.get("stopped_early")), "best_eval_loss": state.get("best_eval"),
             "best_step": best, "overfitting": note, "final_loss": metrics[-1]["loss"] if metrics else None,
             "seconds": round(time.time() - started, 1), "device": run.device.type,
             "dtype": str(run.dtype), "versions": _versions()}
-    with atomic_write(run.run_dir / "run.json") as fh:
-        json.dump(info, fh, indent=1, default=str)
+    write_training(run.run_dir, run.cfg, info)
     return adapter

@@ -15,13 +15,16 @@ import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-
-from tutorforge.plan import REFERENCE_BATCH_TOKENS, REFERENCE_LOGIT_ROWS
+if TYPE_CHECKING:  # imported where used: the memory plan reads this module's constants without them
+    import numpy as np
 
 log = logging.getLogger(__name__)
+
+REFERENCE_HEADROOM = 1.2  # the fp32 reference in RAM: its weights, plus activations and allocator slack
+REFERENCE_BATCH_TOKENS = 4096  # tokens per forward pass of the reference (reference_predictions)
+REFERENCE_LOGIT_ROWS = 512  # positions per run of the output projection (reference_predictions)
 
 
 @dataclass(frozen=True)
@@ -41,23 +44,29 @@ class Verification:
 
 
 def _llama(path: Path, n_ctx: int):
-    from llama_cpp import Llama
+    from tutorforge.llamacpp import open_llama
 
-    return Llama(model_path=str(path), n_ctx=n_ctx, logits_all=True, n_threads=1, verbose=False)
+    # threads and GPU layers: llamacpp's defaults (TUTORFORGE_THREADS, TUTORFORGE_GPU_LAYERS)
+    return open_llama(path, n_ctx=n_ctx, logits_all=True)
 
 
 def tokenization_mismatches(llm, tokenizer, texts: list[str]) -> int:
     """How many texts the loaded llama.cpp model tokenizes differently from `tokenizer`."""
-    from tutorforge.models import compare_tokenization
+    from tutorforge.gguf_tokenizer import compare_tokenization
 
     return len(compare_tokenization(llm, tokenizer, texts))
 
 
 def fp32_bytes(model_dir: Path) -> int:
     """What a checkpoint's weights take in fp32."""
-    from tutorforge.merge import tensor_refs
+    from tutorforge.safetensors_io import tensor_refs
 
     return sum(math.prod(r.shape) for r in tensor_refs(model_dir)) * 4
+
+
+def reference_in_ram(fp32_bytes: float, ram_bytes: float) -> bool:
+    """Whether the fp32 reference model is held in RAM; else it is read from disk a layer at a time."""
+    return fp32_bytes * REFERENCE_HEADROOM + 2**30 <= ram_bytes
 
 
 def available_ram() -> int:
@@ -72,10 +81,10 @@ def reference_model(model_dir: Path, adapter: Path | None, *, scratch: Path, ram
     fit in RAM, no weight stays in memory: each layer is read from the checkpoint's safetensors in
     turn as the forward pass reaches it (accelerate's disk offload), so the peak is one layer (or the
     embeddings) in fp32 plus activations; an adapter is then merged first, into `scratch`."""
+    import torch
     from transformers import AutoModelForCausalLM
 
-    from tutorforge.hardware import bound_heap
-    from tutorforge.plan import reference_in_ram
+    from tutorforge.heap import bound_heap
 
     bound_heap()  # freed layers go back to the OS (bench/heap.py: a third of the peak of glibc's default)
     fp32, ram = fp32_bytes(model_dir), available_ram() if ram_bytes is None else ram_bytes
@@ -109,6 +118,8 @@ def reference_predictions(model, sequences: list[list[int]], *, batch_tokens: in
     batches of about `batch_tokens` (padded on the right: a causal model's real positions do not see
     the padding), so an offloaded model reads its weights once per batch; the output projection
     runs `logit_rows` positions at a time, so the vocabulary-wide logits never exist all at once."""
+    import torch
+
     decoder, head = model.get_decoder(), model.get_output_embeddings()
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
     out: list[np.ndarray | None] = [None] * len(sequences)
@@ -133,6 +144,8 @@ def reference_predictions(model, sequences: list[list[int]], *, batch_tokens: in
 def verify_gguf(path: Path, tokenizer, texts: list[str], sequences: list[list[int]],
                 reference: list[np.ndarray] | None) -> Verification:
     """Load `path` in llama.cpp; compare tokenization on `texts` and predictions on `sequences`."""
+    import numpy as np
+
     n_ctx = max(len(s) for s in sequences) + 8
     llm = _llama(path, n_ctx)
     try:

@@ -1,0 +1,88 @@
+"""The tokenizer a run trains with: config keys tokenizer_config, special_tokens, trust_remote_code.
+
+    tokenizer = tokenizer_for(model_dir, cfg.tokenizer_config, special_tokens=cfg.special_tokens)
+    check_remote_code(model_dir, trust_remote_code=False)   # UserError if it needs its own code
+
+The tokenizer comes from the directory tokenizer_config names (resolved as base_model is, by
+models.resolve_aux) or else from the base model's; special_tokens must already be in its
+vocabulary. `check_remote_code` is what the model loader (lora.load_base) calls too.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from tutorforge.errors import UserError
+from tutorforge.models import resolve_aux
+
+log = logging.getLogger(__name__)
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def remote_code_needed(directory: Path) -> str | None:
+    """What in a model directory needs the model's own Python code (an `auto_map` naming a class
+    this transformers lacks), or None. Read from config.json and tokenizer_config.json, as
+    transformers itself decides (CONFIG_MAPPING_NAMES, tokenizer_class_from_name)."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+    from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
+
+    def read(name: str) -> dict:
+        path = directory / name
+        value = json.loads(path.read_text()) if path.is_file() else {}
+        return value if isinstance(value, dict) else {}
+
+    config, tok = read("config.json"), read("tokenizer_config.json")
+    if config.get("auto_map") and config.get("model_type") not in CONFIG_MAPPING_NAMES:
+        return f"config.json: model_type {config.get('model_type')!r} is defined by the model's own code"
+    tok_map = tok.get("auto_map") or {}
+    tok_class = tok.get("tokenizer_class")
+    if "AutoTokenizer" in tok_map and tok_class and tokenizer_class_from_name(tok_class) is None:
+        return f"tokenizer_config.json: tokenizer_class {tok_class!r} is defined by the model's own code"
+    return None
+
+
+def check_remote_code(directory: Path, trust_remote_code: bool) -> None:
+    """UserError naming trust_remote_code when `directory` needs code of its own and it is false."""
+    if not trust_remote_code and (why := remote_code_needed(Path(directory))):
+        raise UserError(f"{directory}/{why}; transformers runs it only with trust_remote_code: true in "
+                        "the config (set it only for a model whose code you trust)")
+
+
+def load_tokenizer(directory: Path, *, special_tokens: tuple[tuple[str, str], ...] = (),
+                   trust_remote_code: bool = False):
+    """The tokenizer of `directory` with the config's special_tokens set (each must already be in
+    the vocabulary: a new token needs embedding rows that nothing here trains or exports)."""
+    from transformers import AutoTokenizer
+
+    check_remote_code(directory, trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(str(directory), trust_remote_code=trust_remote_code)
+    set_special_tokens(tokenizer, special_tokens)
+    return tokenizer
+
+
+def tokenizer_for(model_dir: Path, tokenizer_config: str | None = None, *,
+                  special_tokens: tuple[tuple[str, str], ...] = (), trust_remote_code: bool = False,
+                  allow_download: bool = True):
+    """The tokenizer a run trains with: from `tokenizer_config` (config key) when set, else from the
+    base model's directory, with the config's special_tokens set."""
+    directory = (resolve_aux("tokenizer_config", tokenizer_config, needs=TOKENIZER_FILES,
+                             allow_download=allow_download) if tokenizer_config else model_dir)
+    return load_tokenizer(directory, special_tokens=special_tokens, trust_remote_code=trust_remote_code)
+
+
+def set_special_tokens(tokenizer, special_tokens: tuple[tuple[str, str], ...]) -> None:
+    """Set bos/eos/pad/unk tokens (config key special_tokens) on a tokenizer; UserError naming the
+    key for a token the vocabulary lacks."""
+    vocab = tokenizer.get_vocab()
+    for kind, token in special_tokens:
+        if token not in vocab:
+            now = getattr(tokenizer, kind, None)
+            raise UserError(f"special_tokens.{kind}: {token!r} is not in the tokenizer's vocabulary "
+                            f"({len(vocab):,} tokens; its {kind} is {now!r}); a new token would need new "
+                            "embedding rows, which tutorforge does not add: pick a token the vocabulary has")
+        if getattr(tokenizer, kind, None) != token:
+            log.info("special_tokens.%s: %r -> %r (id %d)", kind, getattr(tokenizer, kind, None), token,
+                     vocab[token])
+            setattr(tokenizer, kind, token)
