@@ -104,7 +104,7 @@ def main() -> None:
              "position_ids": torch.arange(args.seq, device=device).expand(args.micro_batch, -1)}
     times = []
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    for step in range(args.steps + 1):  # the first step warms up
+    for _ in range(args.steps + 1):  # the first step warms up
         sync()
         start = time.perf_counter()
         for _ in range(args.accum):
@@ -151,7 +151,8 @@ def compare(results: Path) -> None:
         alloc = (r["predicted_allocated_gib"] - r["peak_allocated_gib"]) / r["peak_allocated_gib"]
         used = (r["predicted_total_gib"] - r["device_used_gib"]) / r["device_used_gib"]
         print(f"  micro batch {r['micro_batch']}: allocated: predicted {r['predicted_allocated_gib']:.2f} GB, "
-              f"measured {r['peak_allocated_gib']:.2f} GB ({alloc:+.1%}, {'within' if abs(alloc) <= 0.10 else 'OUTSIDE'} "
+              f"measured {r['peak_allocated_gib']:.2f} GB ({alloc:+.1%}, "
+              f"{'within' if abs(alloc) <= 0.10 else 'OUTSIDE'} "
               f"the 10% bar); in use on the device: predicted {r['predicted_total_gib']:.2f} GB, "
               f"measured {r['device_used_gib']:.2f} GB ({used:+.1%})")
 

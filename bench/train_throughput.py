@@ -69,7 +69,8 @@ def run_trl(data: list[dict], steps: int, workdir: Path) -> tuple[int, float]:
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     dataset = Dataset.from_list([{
-        "prompt": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user_turn(r["instruction"], r["input"])}],
+        "prompt": [{"role": "system", "content": SYSTEM},
+                   {"role": "user", "content": user_turn(r["instruction"], r["input"])}],
         "completion": [{"role": "assistant", "content": r["output"]}]} for r in data])
     marks: list[tuple[float, int]] = []
 
@@ -108,7 +109,8 @@ def main() -> None:
     for name, (tokens, seconds, rate) in results.items():
         print(f"{name:<28}{tokens:>10}{seconds:>10.1f}{rate:>10.1f}{rate / base:>8.2f}")
     print(f"(steps 2..{args.steps} of each, micro batch {MBS} x accumulation {ACCUM}, sequence_len {SEQ}, "
-          f"LoRA r {LORA['r']}, {len(data)} rows of {DATA.name}, torch threads {__import__('torch').get_num_threads()})")
+          f"LoRA r {LORA['r']}, {len(data)} rows of {DATA.name}, "
+          f"torch threads {__import__('torch').get_num_threads()})")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,10 @@ def main() -> int:
     others: set[str] = set()
     for path in args.against:  # every row, the unusable ones too (an empty answer, say)
         text = path.read_text(encoding="utf-8")
-        items = json.loads(text) if text.lstrip().startswith("[") else [json.loads(x) for x in text.splitlines() if x.strip()]
+        if text.lstrip().startswith("["):
+            items = json.loads(text)
+        else:
+            items = [json.loads(x) for x in text.splitlines() if x.strip()]
         for item in items:
             others |= {str(item.get(k) or "").strip() for k in ("instruction", "output")} - {""}
     rows = load_files([args.dataset]).rows

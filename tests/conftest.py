@@ -1,5 +1,8 @@
 """Shared fixtures. A skipped test fails the run: in CI nothing may be skipped for a missing
-dependency or file (install it, or the test fails)."""
+dependency or file (install it, or the test fails). A test that uses the bundled model (the
+`bundled` or `adapter` fixture, or base_model smollm2 resolved in process) must be marked slow, or
+it fails: the fast tier (`make test-fast`) never waits for the model's conversion. Tests that need
+only its tokenizer take `bundled_tokenizer` (a fresh tokenizer) or `bundled_tokenizer_dir`."""
 from __future__ import annotations
 
 import os
@@ -29,6 +32,47 @@ learning_rate: 0.0002
 """
 
 _skipped: list[str] = []
+
+
+SLOW_FIXTURES = ("bundled", "adapter")  # they load the bundled model's weights: slow tests only
+_unmarked = pytest.StashKey[list[str]]()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test that uses the bundled model (directly or through another fixture) without the slow
+    mark fails at setup: the fast tier (-m "not slow") never waits for the model's conversion."""
+    for item in items:
+        used = [name for name in SLOW_FIXTURES if name in getattr(item, "fixturenames", ())]
+        if used and item.get_closest_marker("slow") is None:
+            item.stash[_unmarked] = used
+
+
+@pytest.hookimpl(tryfirst=True)  # before the fixtures are set up: the conversion is never started
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if used := item.stash.get(_unmarked, None):
+        pytest.fail(f"{item.nodeid} uses the fixture(s) {', '.join(used)}, which load the bundled model: "
+                    "mark it @pytest.mark.slow, or use bundled_tokenizer / bundled_tokenizer_dir when "
+                    "only the tokenizer is needed", pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _fast_tests_never_convert_the_bundled_model(request, monkeypatch):
+    """The same rule for a test that reaches the bundled model through the code it calls (base_model:
+    smollm2 resolved in process): outside the slow mark, converting the bundled GGUF fails the test."""
+    if request.node.get_closest_marker("slow") is not None:
+        return
+    import tutorforge.models as models
+
+    convert = models.gguf_to_checkpoint
+
+    def guarded(gguf: Path) -> Path:
+        if Path(gguf).resolve() == models.bundled_gguf().resolve():
+            pytest.fail(f"{request.node.nodeid} resolves the bundled model (its ~40 s conversion on a fresh "
+                        "cache): mark it @pytest.mark.slow, or give it a tiny model built in the test",
+                        pytrace=False)
+        return convert(gguf)
+
+    monkeypatch.setattr(models, "gguf_to_checkpoint", guarded)
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
@@ -82,10 +126,32 @@ def parity_texts(tokenizer) -> list[str]:
 
 @pytest.fixture(scope="session")
 def bundled():
-    """The bundled SmolLM2-135M-Instruct, converted once into the cache."""
+    """The bundled SmolLM2-135M-Instruct, converted once into the cache (~40 s on a fresh cache):
+    only for tests marked slow (see pytest_collection_modifyitems)."""
     from tutorforge.models import resolve_base_model
 
     return resolve_base_model("HuggingFaceTB/SmolLM2-135M-Instruct")
+
+
+@pytest.fixture(scope="session")
+def bundled_tokenizer_dir(tmp_path_factory) -> Path:
+    """A directory holding only the bundled model's tokenizer, read from its GGUF as the conversion
+    reads it (models.gguf_to_checkpoint), without converting the weights (~9 s on 2 cores, not ~40 s);
+    test_models checks it holds the converted checkpoint's tokenizer files."""
+    from tutorforge.gguf_tokenizer import load_gguf_tokenizer
+    from tutorforge.models import bundled_gguf
+
+    out = tmp_path_factory.mktemp("bundled-tokenizer")
+    load_gguf_tokenizer(bundled_gguf()).save_pretrained(out)
+    return out
+
+
+@pytest.fixture
+def bundled_tokenizer(bundled_tokenizer_dir):
+    """The bundled model's tokenizer, a fresh copy for each test (a test may change its template)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(bundled_tokenizer_dir)
 
 
 @pytest.fixture(scope="session")

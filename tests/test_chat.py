@@ -42,6 +42,7 @@ def tutorforge(*args: str, **kwargs) -> subprocess.CompletedProcess:
                           env=env, timeout=600, **kwargs)
 
 
+@pytest.mark.slow
 def test_one_shot_answer_is_greedy_and_stops_at_the_end_of_turn(run_dir, bundled):
     from llama_cpp import Llama
     from transformers import AutoTokenizer
@@ -70,6 +71,7 @@ def test_one_shot_answer_is_greedy_and_stops_at_the_end_of_turn(run_dir, bundled
     assert "<|im_" not in first.stdout
 
 
+@pytest.mark.slow
 def test_interactive_chat_through_a_terminal(run_dir):
     main, replica = pty.openpty()
     proc = subprocess.Popen([sys.executable, "-m", "tutorforge", "chat", str(run_dir), "--max-tokens", "16"],

@@ -122,6 +122,7 @@ def test_validate_and_generate_on_the_shipped_recipe(bundled):
     assert second.stdout == first.stdout  # temperature 0: the same answer every time
 
 
+@pytest.mark.slow
 def test_data_prepare_with_and_without_skip_bad_rows(tmp_path, write_config, capsys, bundled):
     import json
 
@@ -190,3 +191,54 @@ def test_every_command_that_writes_an_output_dir_waits_for_none_and_names_the_ho
         os.kill(holder.pid, signal.SIGKILL)
         holder.wait()
     assert sorted(p.name for p in run_dir.iterdir()) == [".lock", "run.json"]  # nothing was written
+
+
+def test_cli_modules_import_one_way_stay_small_and_load_nothing_heavy_at_startup():
+    """cli -> cli_train, cli_model -> cli_locks, cli_terminal, never back (not even inside a function);
+    every module under 450 lines; at module level the command modules import only the standard
+    library and these helpers, so `tutorforge --help` loads no torch, transformers or config."""
+    import ast
+    from pathlib import Path
+
+    src = ROOT / "src" / "tutorforge"
+
+    def imports(name: str, top_only: bool = False) -> set[str]:
+        tree = ast.parse((src / f"{name}.py").read_text())
+        nodes = tree.body if top_only else list(ast.walk(tree))
+        found = {a.name for n in nodes if isinstance(n, ast.Import) for a in n.names}
+        found |= {n.module for n in nodes if isinstance(n, ast.ImportFrom) and n.module}
+        found |= {f"tutorforge.{a.name}" for n in nodes if isinstance(n, ast.ImportFrom) and n.module == "tutorforge"
+                  for a in n.names}
+        return {m.removeprefix("tutorforge.") for m in found if m.startswith("tutorforge")}
+
+    cli_modules = {p.stem for p in src.glob("cli*.py")}
+    assert cli_modules == {"cli", "cli_train", "cli_model", "cli_locks", "cli_terminal"}
+    assert imports("cli", top_only=True) >= {"cli_train", "cli_model"}
+    for commands in ("cli_train", "cli_model"):
+        assert imports(commands) & cli_modules == {"cli_locks", "cli_terminal"}, commands
+        assert imports(commands, top_only=True) == {"cli_locks", "cli_terminal", "errors"}, commands
+    for helper in ("cli_locks", "cli_terminal"):
+        assert not imports(helper) & cli_modules, helper
+    sizes = {name: len((src / f"{name}.py").read_text().splitlines()) for name in cli_modules}
+    assert max(sizes.values()) < 450, sizes
+    assert all(c.__module__ in {"tutorforge.cli_train", "tutorforge.cli_model"} for c in cli.COMMANDS.values())
+    assert Path(cli.__file__).stem == "cli" and callable(cli.main)  # the console entry point tutorforge.cli:main
+
+
+def test_run_prints_its_stages_as_a_table():
+    from pathlib import Path
+
+    from tutorforge.cli_terminal import render_stages
+    from tutorforge.pipeline import Outcome
+
+    table = render_stages([Outcome("validate", "done", 0.4),
+                           Outcome("train", "done", 61.6, Path("runs/x/adapter"), 3 * 2**20 + 2**19),
+                           Outcome("export", "skipped", 2.0, Path("runs/x/gguf/model.gguf"), 3 * 2**30),
+                           Outcome("package", "done", 0.0, Path("runs/x/gguf/Modelfile"), 1536)])
+    assert table.splitlines() == [  # sizes: 3.5 MiB, 3 GiB, 1536 bytes rounds to 2 KiB
+        "stage              time  output                      size",
+        "validate  done     0 s                                   ",
+        "train     done     62 s  runs/x/adapter           3.5 MiB",
+        "export    skipped  2 s   runs/x/gguf/model.gguf  3.00 GiB",
+        "package   done     0 s   runs/x/gguf/Modelfile      2 KiB",
+    ]

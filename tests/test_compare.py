@@ -222,6 +222,7 @@ class Fixed:
         return 5.0
 
 
+@pytest.mark.slow  # base_model smollm2: compare loads the bundled model's converted tokenizer
 def test_cli_compare_takes_its_defaults_from_the_config(tmp_path, monkeypatch, capsys):
     from tutorforge import cli
 

@@ -1,4 +1,5 @@
-"""config.py: Axolotl-style YAML into typed, frozen objects; every problem reported at once."""
+"""config.py (with config_yaml.py and config_build.py): Axolotl-style YAML into typed, frozen objects;
+every problem reported at once."""
 from __future__ import annotations
 
 import dataclasses
@@ -133,6 +134,7 @@ def test_ignored_keys_warn_with_their_reason_unless_they_ask_for_what_is_done():
     assert ignored["datasets[0].split"].startswith("'validation': ignored (tutorforge reads local files")
 
 
+@pytest.mark.slow  # validate resolves base_model smollm2: the bundled model's conversion
 def test_validate_shows_ignored_keys(write_config, capsys):
     from tutorforge.cli import validate
 
@@ -143,6 +145,7 @@ def test_validate_shows_ignored_keys(write_config, capsys):
     assert "config.yml:4: warning: dataset_prepared_path: 'last_run_prepared': ignored (the data is" in out
 
 
+@pytest.mark.slow  # validate resolves base_model smollm2: the bundled model's conversion
 def test_validate_refuses_a_special_token_outside_the_vocabulary(write_config, capsys):
     from tutorforge.cli import validate
 
@@ -480,3 +483,23 @@ def test_validate_refuses_the_filesystem_root_as_output_dir(write_config, capsys
     assert cli.main(["validate", str(path)]) == 2
     out = capsys.readouterr().out
     assert f"{path}:3: output_dir: '/': /: the filesystem root" in out
+
+
+def tutorforge_imports(module: str) -> set[str]:
+    """The tutorforge modules that src/tutorforge/<module>.py imports, at its top or inside a
+    function (an `if TYPE_CHECKING:` import counts too)."""
+    import ast
+
+    tree = ast.parse((ROOT / "src" / "tutorforge" / f"{module}.py").read_text())
+    names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    names |= {f"tutorforge.{a.name}" for n in ast.walk(tree)
+              if isinstance(n, ast.ImportFrom) and n.module == "tutorforge" for a in n.names}
+    return {name for name in names if name.startswith("tutorforge.")}
+
+
+def test_config_imports_its_reader_and_builder_and_neither_imports_config():
+    assert {"tutorforge.config_yaml", "tutorforge.config_build"} <= tutorforge_imports("config")
+    assert tutorforge_imports("config_yaml") == set()  # YAML only: no config key, no other module
+    assert tutorforge_imports("config_build") == {"tutorforge.axolotl_keys", "tutorforge.rules"}
+    assert "tutorforge.config" not in tutorforge_imports("rules") | tutorforge_imports("axolotl_keys")

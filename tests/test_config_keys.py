@@ -2,10 +2,10 @@
 validation warns that it is ignored): no key is accepted, typed, documented and never read.
 
 A field counts as read when some module of the library other than the config parser itself
-(config.py, rules.py, axolotl_keys.py) reads an attribute of that name (`x.sequence_len`), names
-it in `getattr(x, "name")`, or reads it as a key of the config written out as a dict (`x["num_ctx"]`,
-`x.get("num_ctx")`, as stages that read run.json do). A method call (`text.split(...)`) is not a
-read of a field.
+(config.py, config_yaml.py, config_build.py, rules.py, axolotl_keys.py) reads an attribute of that
+name (`x.sequence_len`), names it in `getattr(x, "name")`, or reads it as a key of the config written
+out as a dict (`x["num_ctx"]`, `x.get("num_ctx")`, as stages that read run.json do). A method call
+(`text.split(...)`) is not a read of a field.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from tutorforge import axolotl_keys as ax
 from tutorforge.config import Config
 
 PACKAGE = ROOT / "src" / "tutorforge"
-PARSER = {"config.py", "rules.py", "axolotl_keys.py"}
+PARSER = {"config.py", "config_yaml.py", "config_build.py", "rules.py", "axolotl_keys.py"}
 
 
 def config_fields(cls: type = Config, prefix: str = "") -> dict[str, str]:

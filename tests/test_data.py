@@ -1,4 +1,5 @@
-"""data.py: Alpaca loading where every row read is accepted or rejected with file:line and reason."""
+"""data.py: Alpaca loading where every row read is accepted or rejected with file:line and reason;
+prepare.py: what the rejects mean, and rows tokenised, filtered and split for training."""
 from __future__ import annotations
 
 import json
@@ -7,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from tutorforge.data import MAX_LINE_BYTES, DataError, accept, dataset_files, load_files, prepare
+from tutorforge.data import MAX_LINE_BYTES, dataset_files, load_files
 from tutorforge.errors import UserError
+from tutorforge.prepare import DataError, accept, prepare
 
 GOOD = {"instruction": "Say hi", "input": "", "output": "hi"}
 
@@ -167,10 +169,8 @@ def test_dataset_entries_are_concatenated(tmp_path, write_config, monkeypatch):
 
 
 @pytest.fixture
-def smol_tokenizer(bundled):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(bundled.path)
+def smol_tokenizer(bundled_tokenizer):
+    return bundled_tokenizer
 
 
 def _config(write_config, tmp_path, data: Path, extra: str = ""):
@@ -409,3 +409,14 @@ def test_ds_type_says_the_format_of_a_file_without_extension(write_config, tmp_p
     with pytest.raises(UserError, match=r"datasets\[0\].ds_type: 'csv': `csv` is not supported: CSV files are "
                                         r"not read"):
         load("path: rows.csv\n    ds_type: csv")
+
+
+def test_reading_never_imports_preparing():
+    """data.py reads rows and knows nothing of prepare.py (not even inside a function), which
+    imports it: the dependency points one way."""
+    import tutorforge.data
+    from test_config import tutorforge_imports
+
+    assert "tutorforge.prepare" not in tutorforge_imports("data")
+    assert "tutorforge.data" in tutorforge_imports("prepare")
+    assert not hasattr(tutorforge.data, "prepare") and not hasattr(tutorforge.data, "accept")

@@ -156,7 +156,7 @@ def tokenizer_fields(path: Path) -> dict:
     return {k: f.contents() for k, f in gguf.GGUFReader(str(path)).fields.items() if k.startswith("tokenizer.")}
 
 
-def test_the_pre_tokenizer_is_named_by_llama_cpp_probe_hash(bundled, tmp_path, caplog):
+def test_the_pre_tokenizer_is_named_by_llama_cpp_probe_hash(bundled_tokenizer_dir, tmp_path, caplog):
     """llama.cpp's converter names a pre-tokenizer by the sha256 of the token ids of its probe text;
     SmolLM2's is SmolLM's. A hash not in the table falls back to tokenizer.json's rules, said in the
     log; a tokenizer neither names is refused."""
@@ -164,9 +164,9 @@ def test_the_pre_tokenizer_is_named_by_llama_cpp_probe_hash(bundled, tmp_path, c
 
     from tutorforge.gguf_vocab import PRE_TOKENIZER_HASHES, pre_tokenizer, probe_hash
 
-    tokenizer = AutoTokenizer.from_pretrained(bundled.path)
+    tokenizer = AutoTokenizer.from_pretrained(bundled_tokenizer_dir)
     assert PRE_TOKENIZER_HASHES[probe_hash(tokenizer)] == "smollm"
-    assert pre_tokenizer(tokenizer, {}, bundled.path) == "smollm"  # no rules to read: the hash names it
+    assert pre_tokenizer(tokenizer, {}, bundled_tokenizer_dir) == "smollm"  # no rules to read: the hash names it
     small = words_tokenizer(tmp_path)
     byte_level = {"pre_tokenizer": {"type": "Sequence", "pretokenizers": [
         {"type": "Digits", "individual_digits": True}, {"type": "ByteLevel", "add_prefix_space": False}]}}
@@ -205,7 +205,7 @@ def test_merges_saved_as_pairs_with_spaces_are_written_as_llama_cpp_reads_them(t
     assert fields["tokenizer.ggml.pre"] == "smollm" and len(fields["tokenizer.ggml.tokens"]) == 10
 
 
-def test_an_embedding_lora_is_in_the_streamed_gguf(bundled, tmp_path):
+def test_an_embedding_lora_is_in_the_streamed_gguf(bundled_tokenizer_dir, tmp_path):
     """A LoRA on embed_tokens (lora_embedding_A/B) goes into token_embd: llama.cpp's f32 file
     predicts what the adapted PyTorch model does, which is not what the base predicts."""
     from transformers import AutoTokenizer
@@ -214,7 +214,7 @@ def test_an_embedding_lora_is_in_the_streamed_gguf(bundled, tmp_path):
     from tutorforge import verify
     from tutorforge.export import default_verify_rows
 
-    base = tiny_llama(tmp_path / "base", bundled.path, tied=False)
+    base = tiny_llama(tmp_path / "base", bundled_tokenizer_dir, tied=False)
     adapted = embedding_adapter(base, tmp_path / "adapter", embedding_only=True).merge_and_unload()
     path = write_gguf(Source(base, tmp_path / "adapter"), tmp_path / "m.F32.gguf", "f32")
     tokenizer = AutoTokenizer.from_pretrained(base)
@@ -240,6 +240,7 @@ def test_the_shipped_lessons_are_the_dataset(tmp_path):
     assert len(rows) == 400
 
 
+@pytest.mark.slow
 def test_a_killed_export_leaves_nothing_and_a_rerun_succeeds(bundled, tmp_path, monkeypatch):
     import tutorforge.gguf_write as ex
 
@@ -285,6 +286,7 @@ def test_quantizer_fallbacks_are_summed_up_in_one_clause():
     assert fallback_summary(["[   1/ 272] token_embd.weight ... size = 54 MiB\n"]) == ""
 
 
+@pytest.mark.slow
 def test_disk_space_is_checked_before_writing(bundled, tmp_path, monkeypatch):
     monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12 - 1000, 1000))
     with pytest.raises(UserError, match=r"the f16 GGUF needs 0.\d GiB but only 0.0 GiB are free"):
@@ -292,6 +294,7 @@ def test_disk_space_is_checked_before_writing(bundled, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_unsupported_outputs_are_refused(bundled, tmp_path):
     with pytest.raises(UserError, match="is not written directly"):
         write_gguf(Source(bundled.path), tmp_path / "x.gguf", "q4_k_m")
@@ -326,6 +329,7 @@ def test_a_failed_verification_stops_with_what_failed_and_where(tmp_path):
     assert "do not deploy them" in str(err.value) and str(tmp_path / "export.json") in str(err.value)
 
 
+@pytest.mark.slow
 def test_a_disk_that_fills_mid_export_says_so_and_leaves_nothing(bundled, tmp_path, monkeypatch):
     import errno
 
@@ -345,6 +349,7 @@ def test_a_disk_that_fills_mid_export_says_so_and_leaves_nothing(bundled, tmp_pa
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_export_never_writes_over_what_it_did_not_make(bundled, tmp_path, capsys):
     from tutorforge import cli
 

@@ -15,10 +15,10 @@ ROWS = [
 
 
 @pytest.fixture
-def tokenizer(bundled):
+def tokenizer(bundled_tokenizer_dir):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(bundled.path)
+    return AutoTokenizer.from_pretrained(bundled_tokenizer_dir)
 
 
 def answer_text(tokenizer, example) -> str:

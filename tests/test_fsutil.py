@@ -27,7 +27,8 @@ def test_a_second_run_on_the_same_output_dir_is_refused_until_the_first_dies(tmp
                                f"with exclusive({str(tmp_path)!r}):\n    print('held', flush=True); time.sleep(60)"],
                               stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
-    with pytest.raises(UserError, match=rf"tutorforge \(pid {holder.pid}, since [0-9:]+\) is already working on this output_dir"):
+    busy = rf"tutorforge \(pid {holder.pid}, since [0-9:]+\) is already working on this output_dir"
+    with pytest.raises(UserError, match=busy):
         with exclusive(tmp_path):
             pass
     os.kill(holder.pid, signal.SIGKILL)

@@ -16,6 +16,7 @@ def lint_file(tmp_path, rows, capsys, *extra):
     return code, capsys.readouterr().out, path
 
 
+@pytest.mark.slow
 def test_failures_are_listed_per_row_and_exit_1(tmp_path, capsys, bundled):
     rows = [
         {"instruction": "a", "input": "", "output": "Fine.\n\n```python\nprint(1 + 1)  # 2\n```"},
@@ -37,12 +38,14 @@ def test_failures_are_listed_per_row_and_exit_1(tmp_path, capsys, bundled):
     assert out.rstrip().endswith("FAIL")
 
 
+@pytest.mark.slow
 def test_clean_file_passes(tmp_path, capsys, bundled):
     rows = [{"instruction": "a", "input": "", "output": "Sum.\n\n```python\nprint(sum([1, 2]))  # 3\n```"}]
     code, out, _ = lint_file(tmp_path, rows, capsys)
     assert code == 0 and "OK: every row usable" in out
 
 
+@pytest.mark.slow
 def test_rows_over_sequence_len_are_counted(tmp_path, capsys, bundled, write_config):
     config = write_config("base_model: smollm2\nadapter: lora\nsequence_len: 64\n")
     rows = [{"instruction": "a", "input": "", "output": "word " * 100}, {"instruction": "b", "output": "ok"}]

@@ -144,6 +144,7 @@ print(json.dumps({"growth_mb": (peak_kib() - before) / 1024}))
 """
 
 
+@pytest.mark.slow  # merges models of 4 and 48 layers to measure their peak RSS: 13 s of the fast tier
 def test_peak_rss_does_not_grow_with_model_size(tmp_path):
     """Merging 12x more tensors of the same size costs the same peak RAM: the workspace's two buffers."""
     (tmp_path / "small").mkdir()
@@ -294,7 +295,7 @@ IDS = torch.tensor([[1, 9690, 198, 2683, 359, 253, 5356, 1351, 30, 2, 198, 1, 40
 
 
 @pytest.mark.parametrize("tied", [False, True])
-def test_an_embedding_lora_merges_like_peft(tmp_path, bundled, tied):
+def test_an_embedding_lora_merges_like_peft(tmp_path, bundled_tokenizer_dir, tied):
     """lora_embedding_A/B (and the base layer PEFT saves beside them) merge as W + scale * (B @ A).T:
     the merged model's logits are PEFT's, on an untied model and on one whose lm_head is tied to the
     embeddings (trained with ensure_weight_tying, so the update is the output projection's too). Tied,
@@ -302,7 +303,7 @@ def test_an_embedding_lora_merges_like_peft(tmp_path, bundled, tied):
     shared tensor twice, once for embed_tokens and once for lm_head (logits off by 2.8 here)."""
     from transformers import AutoModelForCausalLM
 
-    base = tiny_llama(tmp_path / "base", bundled.path, tied=tied)
+    base = tiny_llama(tmp_path / "base", bundled_tokenizer_dir, tied=tied)
     peft = embedding_adapter(base, tmp_path / "adapter", ensure_weight_tying=tied)
     with torch.no_grad():
         expected = peft(IDS).logits  # the adapter as trained, unmerged
@@ -320,10 +321,10 @@ def test_an_embedding_lora_merges_like_peft(tmp_path, bundled, tied):
     assert not torch.equal(load_file(out / "model.safetensors")["model.embed_tokens.weight"], original)
 
 
-def test_an_embedding_lora_on_tied_embeddings_trained_untied_is_refused(tmp_path, bundled):
+def test_an_embedding_lora_on_tied_embeddings_trained_untied_is_refused(tmp_path, bundled_tokenizer_dir):
     """Trained without ensure_weight_tying, the update reached the input embeddings only; one tied
     tensor cannot hold that, so merge says so instead of changing the output projection too."""
-    base = tiny_llama(tmp_path / "base", bundled.path, tied=True)
+    base = tiny_llama(tmp_path / "base", bundled_tokenizer_dir, tied=True)
     embedding_adapter(base, tmp_path / "adapter", embedding_only=True)
     with pytest.raises(UserError, match=r"tied to them, trained without PEFT's ensure_weight_tying.*"
                                         r"train again with ensure_weight_tying=True"):

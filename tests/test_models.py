@@ -49,6 +49,7 @@ def test_bundled_checkpoint_config_matches_the_gguf(bundled):
         [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
 
 
+@pytest.mark.slow
 def test_local_directory_and_gguf_file(bundled, tmp_path):
     assert resolve_base_model(str(bundled.path)).path == bundled.path
     copy = tmp_path / "copy.gguf"
@@ -89,6 +90,7 @@ def test_hub_id_offline_gives_instructions(monkeypatch, tmp_path, offline):
     assert "set base_model to its path" in text and "huggingface-cli download" in text
 
 
+@pytest.mark.slow
 def test_hub_id_found_in_local_cache(monkeypatch, tmp_path, bundled):
     """A model already in the Hugging Face cache resolves with no network."""
     hf = tmp_path / "hf" / "hub" / "models--someone--tiny"
@@ -154,6 +156,24 @@ def test_tokenizer_matches_llama_cpp_exactly(bundled):
     assert sum("<|im_start|>" in t for t in texts) >= 600
     bad = tokenizer_mismatches(tokenizer, bundled.gguf, texts)
     assert bad == [], f"{len(bad)} of {len(texts)} texts differ; first: {bad[0][0][:80]!r}"
+
+
+@pytest.mark.slow
+def test_the_fast_tier_s_tokenizer_is_the_converted_checkpoint_s(bundled, bundled_tokenizer_dir):
+    """conftest's bundled_tokenizer_dir (read from the GGUF, weights not converted) holds the converted
+    checkpoint's tokenizer: the same files, chat template, special ids and token ids on the parity texts."""
+    from transformers import AutoTokenizer
+
+    ours, converted = (AutoTokenizer.from_pretrained(d) for d in (bundled_tokenizer_dir, bundled.path))
+    names = sorted(p.name for p in bundled_tokenizer_dir.iterdir())
+    assert {"tokenizer.json", "tokenizer_config.json"} <= set(names)
+    assert [(bundled_tokenizer_dir / n).read_bytes() == (bundled.path / n).read_bytes() for n in names] == \
+        [True] * len(names), names
+    assert ours.chat_template == converted.chat_template and ours.chat_template
+    assert ours.all_special_ids == converted.all_special_ids and len(ours) == len(converted) == 49152
+    texts = parity_texts(converted)
+    assert len(texts) >= 1000
+    assert [ours(t).input_ids for t in texts] == [converted(t).input_ids for t in texts]
 
 
 @pytest.mark.slow

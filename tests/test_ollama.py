@@ -41,10 +41,10 @@ def go_render():
 
 
 @pytest.fixture
-def tokenizer(bundled):
+def tokenizer(bundled_tokenizer_dir):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(bundled.path)
+    return AutoTokenizer.from_pretrained(bundled_tokenizer_dir)
 
 
 @pytest.mark.parametrize("messages", CONVERSATIONS, ids=lambda m: f"{len(m)}-messages")
@@ -133,6 +133,7 @@ def test_modelfile_fields(tokenizer):
     assert parameters["repeat_penalty"] == 1.1 and parameters["repeat_last_n"] == 64
 
 
+@pytest.mark.slow
 def test_package_command_writes_the_modelfile(tmp_path, capsys, bundled):
     import dataclasses
 
@@ -208,6 +209,7 @@ class FakeOllama:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
+@pytest.mark.slow
 def test_deploy_through_the_rest_api(tmp_path, capsys, monkeypatch, bundled):
     import dataclasses
     import hashlib
@@ -246,6 +248,7 @@ def test_deploy_through_the_rest_api(tmp_path, capsys, monkeypatch, bundled):
     assert "ollama create python-tutor -f Modelfile" in out and "no server answers" in out
 
 
+@pytest.mark.slow
 def test_export_writes_the_modelfile_with_the_gguf(tmp_path, capsys, bundled, adapter):
     import dataclasses
     import shutil
@@ -263,6 +266,7 @@ def test_export_writes_the_modelfile_with_the_gguf(tmp_path, capsys, bundled, ad
     assert parsed["FROM"] == "./model.F16.gguf" and (tmp_path / "gguf" / "model.F16.gguf").is_file()
 
 
+@pytest.mark.slow
 def test_package_never_overwrites_a_modelfile_it_did_not_write(tmp_path, capsys, bundled):
     import dataclasses
 
@@ -286,6 +290,7 @@ def test_package_never_overwrites_a_modelfile_it_did_not_write(tmp_path, capsys,
     assert (tmp_path / "gguf" / "Modelfile").read_text() == written
 
 
+@pytest.mark.slow
 def test_package_refuses_a_gguf_that_failed_its_verification(tmp_path, capsys, bundled):
     import dataclasses
 

@@ -75,13 +75,13 @@ def test_packed_logits_equal_one_by_one(bundled):
     assert worst < 1e-4
 
 
-def test_packing_beats_padding_on_the_shipped_dataset(bundled):
+def test_packing_beats_padding_on_the_shipped_dataset(bundled_tokenizer_dir):
     from transformers import AutoTokenizer
 
     from tutorforge.data import load_files
     from tutorforge.formatting import encode_row, prompt_format
 
-    tokenizer = AutoTokenizer.from_pretrained(bundled.path)
+    tokenizer = AutoTokenizer.from_pretrained(bundled_tokenizer_dir)
     fmt = prompt_format(tokenizer, None, None)
     items = [encode_row(tokenizer, fmt, r) for r in load_files([ROOT / "data" / "python_tutor.jsonl"]).rows]
     padded = padded_efficiency([len(e.input_ids) for e in items], 4, sequence_len=512).ratio

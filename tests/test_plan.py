@@ -202,7 +202,8 @@ def test_embeddings_trained_in_full_are_dropped_before_the_sequence_is_cut():
     p = plan.plan_training(config(lora_modules_to_save=["embed_tokens", "lm_head"]), vram_gb=16)
     assert not p.fits
     assert [f.line() for f in p.fixes] == [
-        f"lora_modules_to_save [embed_tokens, lm_head] -> [] (no embeddings trained; plan: {p.peak_gb:.1f} GB > 16.0 GB)"]
+        "lora_modules_to_save [embed_tokens, lm_head] -> [] "
+        f"(no embeddings trained; plan: {p.peak_gb:.1f} GB > 16.0 GB)"]
     assert p.fixed_gb == pytest.approx(plan.plan_training(config(), vram_gb=16).peak_gb)
 
 

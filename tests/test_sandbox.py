@@ -113,7 +113,7 @@ def test_writing_outside_its_directory_is_contained(tmp_path, monkeypatch):
             leftover.unlink()
         visible.rmdir()
     shm = Path("/dev/shm") / f"tutorforge-escape-{uuid.uuid4().hex}"
-    result = check_block(_write(shm) + "print(open(%r).read())  # escaped\n" % str(shm))
+    result = check_block(_write(shm) + f"print(open({str(shm)!r}).read())  # escaped\n")
     assert result.kind == "ok"  # its /dev/shm is its own ...
     assert not shm.exists()  # ... and gone afterwards
 

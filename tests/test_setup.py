@@ -91,6 +91,29 @@ def test_a_skipped_test_fails_the_run(pytester):
     result.stdout.fnmatch_lines(["*1 test(s) skipped; nothing may be skipped*"])
 
 
+def test_a_test_on_the_bundled_model_without_the_slow_mark_fails_before_loading_it(pytester, monkeypatch,
+                                                                                     tmp_path):
+    """conftest's two guards: the bundled model's fixtures, or its resolution in process, in a test
+    without the slow mark fail that test before anything is converted."""
+    pytester.makeconftest((ROOT / "tests" / "conftest.py").read_text())
+    pytester.makeini("[pytest]\nmarkers =\n    slow: on the bundled model\naddopts = --strict-markers\n")
+    pytester.makepyfile(test_two="import pytest\n\ndef test_unmarked(bundled):\n    pass\n\n"
+                                 "def test_through_adapter(adapter):\n    pass\n\n"
+                                 "@pytest.mark.slow\ndef test_marked(bundled):\n    pass\n\n"
+                                 "def test_other(tmp_path):\n    pass\n\n"
+                                 "def test_resolves():\n    from tutorforge.models import resolve_base_model\n\n"
+                                 "    resolve_base_model('smollm2')\n")
+    (tmp_path / "cache").mkdir()
+    monkeypatch.setenv("TUTORFORGE_CACHE", str(tmp_path / "cache"))
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-m", "not slow")
+    result.assert_outcomes(passed=1, errors=2, failed=1, deselected=1)  # errors: at setup, before the fixture
+    result.stdout.fnmatch_lines(["*test_two.py::test_unmarked uses the fixture(s) bundled, which load the "
+                                 "bundled model: mark it @pytest.mark.slow*",
+                                 "*test_two.py::test_through_adapter uses the fixture(s) bundled, adapter,*",
+                                 "*test_two.py::test_resolves resolves the bundled model*"])
+    assert list((tmp_path / "cache").iterdir()) == []  # failed before the model was converted
+
+
 def test_ci_runs_make_test():
     ci = (ROOT / ".ci" / "run").read_text()
     assert "make test" in ci and "set -euo pipefail" in ci

@@ -18,11 +18,11 @@ from tutorforge.config import load_config
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, bundled) -> Path:
+def tiny_model(tmp_path_factory, bundled_tokenizer_dir) -> Path:
     """A 2-layer Llama (hidden 64) with random weights and the bundled tokenizer."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(bundled.path)
+    tokenizer = AutoTokenizer.from_pretrained(bundled_tokenizer_dir)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                          max_position_embeddings=1024, tie_word_embeddings=True,
@@ -63,6 +63,7 @@ def adapter_weights(adapter: Path) -> dict[str, torch.Tensor]:
     return load_file(adapter / "adapter_model.safetensors")
 
 
+@pytest.mark.slow  # spawns training runs
 def test_kill_9_then_resume_ends_with_the_same_adapter(tmp_path, tiny_model):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
@@ -97,6 +98,7 @@ def test_kill_9_then_resume_ends_with_the_same_adapter(tmp_path, tiny_model):
     assert steps == list(range(1, 25))  # every step logged once, none lost or doubled
 
 
+@pytest.mark.slow  # spawns training runs
 def test_outputs_and_log_lines(tmp_path, tiny_model):
     config = tiny_config(tmp_path, tiny_model, max_steps=6, val_set_size=5, evals_per_epoch=2)
     proc = tutorforge("train", str(config))
@@ -179,6 +181,7 @@ def test_every_offered_optimizer_steps(tmp_path, tiny_model, optimizer):
     assert changed
 
 
+@pytest.mark.slow  # spawns a training run
 def test_early_stopping_keeps_the_best_checkpoint(tmp_path, tiny_model):
     config = tiny_config(tmp_path, tiny_model, rows=16, val_set_size=4, num_epochs=40, max_steps=None,
                          learning_rate=0.05, evals_per_epoch=1, early_stopping_patience=2, save_steps=None,
@@ -252,6 +255,7 @@ def test_a_config_that_overfits_is_reported(tmp_path, bundled):
     assert info["overfitting"] and "overfitting" in out
 
 
+@pytest.mark.slow  # spawns training runs
 def test_two_processes_over_gloo_match_one_with_the_same_effective_batch(tmp_path, tiny_model):
     """DDP (accelerate, gloo on CPU): 2 processes x accumulation 1 train the same adapter as one
     process x accumulation 2 (same micro batches per step, loss normalised over the whole step)."""
@@ -277,6 +281,7 @@ def test_two_processes_over_gloo_match_one_with_the_same_effective_batch(tmp_pat
     assert moved > 1e-3  # the adapters did train
 
 
+@pytest.mark.slow  # spawns a training run
 def test_progress_bar_with_eta_on_a_terminal(tmp_path, tiny_model):
     import pty
 

@@ -1,6 +1,6 @@
 """Axolotl configuration keys that tutorforge knows of but does not implement.
 
-Data only. `config.py` consults these tables for every top-level key it does not support:
+Data only. `config_build.py` consults these tables for every top-level key it does not support:
 - TRAINING_KEYS change what training does: setting one is an error (tutorforge would otherwise
   train something other than what the config asks for).
 - INTEGRATION_KEYS only concern logging, hubs or performance knobs: setting one is a warning and

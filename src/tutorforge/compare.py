@@ -268,21 +268,21 @@ def load_prompts(path: Path) -> list:
 
 def heldout_rows(cfg: Config, config_dir: Path | None = None) -> list:
     """The config's held-out split: output_dir/heldout.jsonl (training writes it), else the split
-    recomputed exactly as training makes it (data.prepare: same filtering, same seed)."""
+    recomputed exactly as training makes it (prepare.prepare: same filtering, same seed)."""
     heldout = Path(cfg.output_dir) / "heldout.jsonl"
     if heldout.is_file():
         return load_prompts(heldout)
     if not cfg.val_set_size:
         raise UserError("val_set_size is 0, so the config holds no rows out to compare on; pass --prompts "
                         "FILE.jsonl, or set val_set_size (e.g. 0.1) and train again")
-    from transformers import AutoTokenizer
-
-    from tutorforge.data import prepare
     from tutorforge.models import resolve_base_model
+    from tutorforge.prepare import prepare
+    from tutorforge.tokenizer import tokenizer_for
 
     log.info("%s absent: the held-out split is recomputed from the datasets (val_set_size %g, seed %d)",
              heldout, cfg.val_set_size, cfg.seed)
-    tokenizer = AutoTokenizer.from_pretrained(str(resolve_base_model(cfg.base_model).path))
+    tokenizer = tokenizer_for(resolve_base_model(cfg.base_model).path, cfg.tokenizer_config,  # as training does
+                              special_tokens=cfg.special_tokens, trust_remote_code=cfg.trust_remote_code)
     return prepare(cfg, tokenizer, skip_bad_rows=cfg.tutorforge.skip_bad_rows, config_dir=config_dir).val_rows
 
 

@@ -10,20 +10,30 @@ warning when they only concern integrations, see `axolotl_keys.py`); keys that t
 that change nothing here (`axolotl_keys.IGNORED_FIELDS`) warn when set; other keys are errors with a
 "did you mean". tutorforge's own settings live under the `tutorforge:` section.
 
-A config is a few kB: a file over MAX_CONFIG_BYTES, or YAML that expands (aliases counted in full)
-to more than MAX_NODES values, is refused before it is built, so an alias bomb costs milliseconds.
+This module holds the dataclasses, the rules that involve several keys, and the entry points. The
+YAML is read within size caps by config_yaml.py (a file over MAX_CONFIG_BYTES, or an alias bomb, is
+refused before it is built) and turned node by node into the dataclasses by config_build.py.
 """
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
 from tutorforge import axolotl_keys as ax
+from tutorforge.config_build import build
+from tutorforge.config_yaml import (
+    MAX_CONFIG_BYTES,
+    CappedLoader,
+    TooLarge,
+    read_capped,
+    too_large_message,
+    too_many_nodes_message,
+    top_lines,
+)
 from tutorforge.errors import UserError
 from tutorforge.hardware import PROFILES as HARDWARE_PROFILES
 from tutorforge.rules import (
@@ -33,7 +43,6 @@ from tutorforge.rules import (
     Float,
     Int,
     IntList,
-    Invalid,
     OutputDir,
     Rule,
     Str,
@@ -65,6 +74,8 @@ SPECIAL_TOKENS = ("bos_token", "eos_token", "pad_token", "unk_token")
 @dataclass(frozen=True)
 class DatasetSpec:
     """One entry of `datasets:`."""
+
+    AXOLOTL_REFUSED: ClassVar[dict[str, str]] = ax.DATASET_KEYS  # Axolotl's keys here that tutorforge refuses
 
     path: str = key(None, Str(), "local .json/.jsonl file or directory, or a hub dataset id",
                     required=True)
@@ -130,6 +141,8 @@ class TutorforgeSettings:
 class Config:
     """A validated configuration. Field names are Axolotl's."""
 
+    AXOLOTL_REFUSED: ClassVar[dict[str, str]] = ax.TRAINING_KEYS  # Axolotl's keys that tutorforge refuses
+
     # model
     base_model: str = key(None, Str(), "hub id, local HF directory, .gguf file, or `smollm2` (bundled)",
                           required=True)
@@ -166,7 +179,8 @@ class Config:
     eval_sample_packing: bool | None = key(None, Bool(), "pack the evaluation set too")
     pad_to_sequence_len: bool = key(False, Bool(), "pad every training batch to sequence_len (static shapes)")
     train_on_inputs: bool = key(False, Bool(), "also train on prompt tokens")
-    chat_template: str | None = key(None, Choice(CHAT_TEMPLATES, tuple(ax.CHAT_TEMPLATES.items())), "prompt format (default: the tokenizer's chat template, else alpaca)")
+    chat_template: str | None = key(None, Choice(CHAT_TEMPLATES, tuple(ax.CHAT_TEMPLATES.items())),
+                                    "prompt format (default: the tokenizer's chat template, else alpaca)")
     default_system_message: str | None = key(None, Str(), "system prompt for every sample")
     special_tokens: tuple[tuple[str, str], ...] = key((), StrMap(SPECIAL_TOKENS), "bos/eos/pad/unk token "
                                                       "overrides; each must be in the vocabulary")
@@ -254,171 +268,6 @@ class ConfigError(UserError):
                          "fix them and run `tutorforge validate` again")
 
 
-MAX_CONFIG_BYTES = 1 << 20  # 1 MB; the largest config seen in the wild is about 10 kB, and PyYAML
-# reads about 4 MB a second: the limit bounds the time a wrong file can take
-MAX_NODES = 10_000  # values of the document written out in full; a large config has a few hundred
-
-
-class _TooLarge(Exception):
-    def __init__(self, mark: yaml.Mark):
-        self.mark = mark
-
-
-class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader, counting the values of the document as if every alias were written out
-    (an alias counts as all it points to, and so does a merge key's `<<: *name`). Past MAX_NODES it
-    stops: an alias bomb ("billion laughs") is refused after reading a few lines of it, in time and
-    memory linear in what was read. PyYAML itself has no such limit."""
-
-    def __init__(self, text: str):
-        super().__init__(text)
-        self._sizes: dict[int, int] = {}  # id(node) -> values in it, written out in full
-        self._expanded = 0
-
-    def compose_node(self, parent, index):
-        alias = self.check_event(yaml.AliasEvent)
-        mark = self.peek_event().start_mark
-        node = super().compose_node(parent, index)
-        if alias:  # an alias of a node still being read (recursive) counts 1; it is refused later
-            self._expanded += self._sizes.get(id(node), 1)
-        else:
-            children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else (
-                node.value if isinstance(node, yaml.SequenceNode) else [])
-            self._sizes[id(node)] = 1 + sum(self._sizes.get(id(child), 1) for child in children)
-            self._expanded += 1
-        if self._expanded > MAX_NODES:
-            raise _TooLarge(mark)
-        return node
-
-
-def _too_large(report: Report, size: int) -> Report:
-    report.add("error", "", None, f"{size:,} bytes: too large for a config (at most {MAX_CONFIG_BYTES:,} "
-               f"bytes, {MAX_CONFIG_BYTES >> 20} MB; a config is a few kB); is this the right file?")
-    return report
-
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _is_empty(value: Any) -> bool:
-    return value is None or value is False or value == "" or value == [] or value == {}
-
-
-def _construct(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
-    return loader.construct_object(node, deep=True)
-
-
-def _mapping_items(loader, node, path, report) -> list[tuple[str, yaml.Node, yaml.Node]]:
-    """The (key, key node, value node) pairs of a mapping node; bad or repeated keys reported."""
-    items, seen = [], {}
-    loader.flatten_mapping(node)  # YAML merge keys (`<<: *defaults`) become plain keys
-    for key_node, value_node in node.value:
-        name = _construct(loader, key_node) if isinstance(key_node, yaml.ScalarNode) else None
-        if not isinstance(name, str) or not name:
-            report.add("error", path, key_node, f"keys must be names, got {_show(name)}")
-            continue
-        if name in seen:
-            report.add("error", f"{path}.{name}".lstrip("."), key_node,
-                       f"appears twice (lines {seen[name]} and {key_node.start_mark.line + 1}); keep one")
-            continue
-        seen[name] = key_node.start_mark.line + 1
-        items.append((name, key_node, value_node))
-    return items
-
-
-def _prefixed(name: str, prefixes: dict[str, str]) -> str | None:
-    return next((reason for prefix, reason in prefixes.items() if name.startswith(prefix)), None)
-
-
-def _unknown_key(name: str, path: str, key_node: yaml.Node, value: Any, known: list[str],
-                 report: Report, refused: dict[str, str], *, top: bool = False) -> None:
-    """Report a key the dataclass does not have: Axolotl-known (error or warning) or unknown.
-
-    At the top level `refused` is Axolotl's training keys and the integration keys are
-    warnings; inside a section only `refused` applies."""
-    where = f"{path}.{name}".lstrip(".")
-    reason = refused.get(name) or (_prefixed(name, ax.TRAINING_PREFIXES) if top else None)
-    if reason is not None:
-        if not _is_empty(value):
-            report.add("error", where, key_node,
-                       f"{_show(value)}: Axolotl key not implemented by tutorforge: {reason}; remove it")
-        return
-    ignored = (ax.INTEGRATION_KEYS.get(name) or _prefixed(name, ax.INTEGRATION_PREFIXES)) if top else None
-    if ignored is not None:
-        if not _is_empty(value):
-            report.add("warning", where, key_node, f"ignored ({ignored})")
-        return
-    candidates = [*known, *refused, *(ax.INTEGRATION_KEYS if top else ())]
-    report.add("error", where, key_node, f"unknown key{did_you_mean(name, candidates)}")
-
-
-def _build(cls: type, loader, node: yaml.Node, path: str, report: Report, top: bool = False) -> Any:
-    """Validate a mapping node against dataclass `cls`; return an instance (defaults where bad)."""
-    if not isinstance(node, yaml.MappingNode):
-        report.add("error", path, node, f"expected a mapping of keys, got {_show(_construct(loader, node))}")
-        return cls(**{f.name: f.default for f in dataclasses.fields(cls)
-                      if f.default is not dataclasses.MISSING}) if not _has_required(cls) else None
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    values: dict[str, Any] = {}
-    for name, key_node, value_node in _mapping_items(loader, node, path, report):
-        where = f"{path}.{name}".lstrip(".")
-        f = fields.get(name)
-        if f is None:
-            value = _construct(loader, value_node)
-            refused = ax.TRAINING_KEYS if top else ax.DATASET_KEYS if cls is DatasetSpec else {}
-            _unknown_key(name, path, key_node, value, list(fields), report, refused, top=top)
-            continue
-        if "section" in f.metadata:
-            if not _is_empty(_construct(loader, value_node)):
-                values[name] = _build(f.metadata["section"], loader, value_node, where, report)
-            continue
-        if "list_of" in f.metadata:
-            values[name] = _build_list(f.metadata["list_of"], loader, value_node, where, report)
-            continue
-        value = _construct(loader, value_node)
-        if value is None or value == "":
-            continue  # Axolotl configs list keys with no value: keep the default
-        try:
-            values[name] = f.metadata["rule"](value)
-        except Invalid as exc:
-            report.add("error", where, value_node, f"{_show(value)}: {exc} ({f.metadata['doc']})")
-            continue
-        _warn_if_ignored(where, values[name], f.default, key_node, report)
-    missing = [n for n, f in fields.items() if f.metadata.get("required") and n not in values]
-    for name in missing:
-        report.add("error", f"{path}.{name}".lstrip("."), node, f"required: {fields[name].metadata['doc']}")
-    if missing:
-        return None
-    return cls(**values)
-
-
-def _warn_if_ignored(where: str, value: Any, default: Any, key_node: yaml.Node, report: Report) -> None:
-    """A warning for a key tutorforge accepts and ignores (axolotl_keys.IGNORED_FIELDS), unless its
-    value is empty or the default, which is what tutorforge does anyway."""
-    name = re.sub(r"\[\d+\]", "[]", where)
-    reason = ax.IGNORED_FIELDS.get(name)
-    if reason is not None and not _is_empty(value) and value != default and \
-            value not in ax.IGNORED_VALUES_DONE.get(name, ()):
-        report.add("warning", where, key_node, f"{_show(value)}: ignored ({reason})")
-
-
-def _has_required(cls: type) -> bool:
-    return any(f.metadata.get("required") for f in dataclasses.fields(cls))
-
-
-def _build_list(cls, loader, node, path, report) -> tuple:
-    if not isinstance(node, yaml.SequenceNode):
-        value = _construct(loader, node)
-        if _is_empty(value):
-            return ()
-        report.add("error", path, node, f"{_show(value)}: expected a list of entries like `- path: data.jsonl`")
-        return ()
-    items = (_build(cls, loader, item, f"{path}[{i}]", report) for i, item in enumerate(node.value))
-    return tuple(item for item in items if item is not None)
-
-
 def _cross_checks(cfg: Config, report: Report, lines: dict[str, yaml.Node]) -> None:
     """Rules that involve several keys. Each names the keys and how to make them agree."""
 
@@ -465,19 +314,14 @@ def _cross_checks(cfg: Config, report: Report, lines: dict[str, yaml.Node]) -> N
             "(- path: data/tutor.jsonl, type: alpaca)", "warning")
 
 
-def _top_lines(loader, root: yaml.Node) -> dict[str, yaml.Node]:
-    if not isinstance(root, yaml.MappingNode):
-        return {}
-    return {k.value: k for k, _ in root.value if isinstance(k, yaml.ScalarNode)}
-
-
 def parse(text: str, source: str) -> Report:
     """Validate YAML text; the report holds the Config when there is no error."""
     report = Report(source)
     if len(text) > MAX_CONFIG_BYTES // 4 and (size := len(text.encode("utf-8", "replace"))) > MAX_CONFIG_BYTES:
-        return _too_large(report, size)
+        report.add("error", "", None, too_large_message(size))
+        return report
     try:
-        loader = _Loader(text)
+        loader = CappedLoader(text)
     except yaml.YAMLError as exc:  # a control character: PyYAML refuses the text at once
         report.add("error", "", None, f"not readable as YAML: {exc}")
         return report
@@ -486,17 +330,15 @@ def parse(text: str, source: str) -> Report:
         if root is None:
             report.add("error", "", None, "the file is empty; start from a recipe in recipes/")
             return report
-        config = _build(Config, loader, root, "", report, top=True)
+        config = build(Config, loader, root, "", report, top=True)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
         report.problems.append(Problem("error", "", None, f"YAML{line}: {exc.problem or exc.context}; "
                                        "check indentation, colons and quotes"))
         return report
-    except _TooLarge as exc:
-        report.problems.append(Problem("error", "", exc.mark.line + 1, (
-            f"the YAML expands to more than {MAX_NODES:,} values (an alias `*name` counts as all it "
-            "repeats); a config has a few hundred: is this the right file?")))
+    except TooLarge as exc:
+        report.problems.append(Problem("error", "", exc.mark.line + 1, too_many_nodes_message()))
         return report
     except RecursionError:
         report.add("error", "", None, "nested too deeply to be a config; check the brackets")
@@ -507,7 +349,7 @@ def parse(text: str, source: str) -> Report:
     finally:
         loader.dispose()
     if config is not None:
-        _cross_checks(config, report, _top_lines(loader, root))
+        _cross_checks(config, report, top_lines(root))
     if not report.errors:
         report.config = config
     return report
@@ -516,10 +358,11 @@ def parse(text: str, source: str) -> Report:
 def validate_file(path: str | Path) -> Report:
     path = Path(path)
     try:
-        with path.open("rb") as fh:  # never more than the limit: the path may be a huge file or a device
-            raw = fh.read(MAX_CONFIG_BYTES + 1)
+        raw = read_capped(path)
         if len(raw) > MAX_CONFIG_BYTES:
-            return _too_large(Report(str(path)), max(path.stat().st_size, len(raw)))
+            report = Report(str(path))
+            report.add("error", "", None, too_large_message(max(path.stat().st_size, len(raw))))
+            return report
     except FileNotFoundError:
         raise UserError(f"{path}: no such file; give the path of a YAML config "
                         "(recipes/ has examples)") from None

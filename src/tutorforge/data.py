@@ -1,7 +1,8 @@
-"""Load Alpaca rows {instruction, input, output} from .jsonl and .json files, losing nothing silently.
+"""Read Alpaca rows {instruction, input, output} from .jsonl and .json files, losing nothing silently.
 
     report = load_files([Path("data/python_tutor.jsonl")])     # or load_datasets(cfg.datasets)
-    rows = accept(report, skip_bad_rows=False, rejects_path=None)   # DataError lists the problems
+    print(report.summary())                                    # rows read, accepted, rejected by kind
+    files = dataset_files(cfg.datasets)                        # the files `datasets:` names
 
 Every row read is either accepted or rejected with its file:line and reason: a malformed JSON line,
 a row that is not an object, a missing, empty or wrongly typed field, invalid UTF-8, a lone UTF-16
@@ -10,9 +11,10 @@ nesting too deep to parse, a huge line, or a duplicate of an earlier row: rows r
 rejected, always. A file is rejected whole when it is empty (or an empty array) or not UTF-8
 (UTF-16/32); a BOM, CRLF line ends and blank lines are noted. A .jsonl file is read line by line,
 always (or any file of a dataset with ds_type: jsonl); another file is one JSON array when it starts
-with [ and that array ends the file, else it too is read by lines. By default any problem stops
-loading with the first 20 problems and the counts per kind; with skip_bad_rows the rejects go,
-verbatim and with their reason, to rejected.jsonl.
+with [ and that array ends the file, else it too is read by lines. Reading raises nothing for a
+bad row; prepare.accept decides what the rejects mean (by default any problem stops loading with
+the first 20 problems and the counts per kind; with skip_bad_rows the rejects go, verbatim and with
+their reason, to rejected.jsonl). Tokenising, the held-out split and packing are in prepare.py.
 """
 from __future__ import annotations
 
@@ -24,13 +26,8 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from tutorforge.errors import UserError
-from tutorforge.fsutil import atomic_write
-
-if TYPE_CHECKING:
-    from tutorforge.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -116,23 +113,6 @@ class LoadReport:
             parts.append("extra keys ignored: " + ", ".join(f"{k} ({n} rows)" for k, n in
                                                              self.extra_keys.most_common()))
         return "\n".join(parts + self.notes)
-
-
-class DataError(UserError):
-    """Unusable rows and no permission to skip them: lists the first 20, with counts per kind."""
-
-    def __init__(self, report: LoadReport, limit: int = 20):
-        self.report = report
-        lines = [r.render() for r in report.rejects[:limit]]
-        if len(report.rejects) > limit:
-            lines.append(f"... and {len(report.rejects) - limit} more")
-        rows, files = report.row_rejects, report.file_rejects
-        counts = ", ".join(f"{kind}: {n}" for kind, n in report.counts().most_common())
-        found = [f"{len(rows)} unusable of {report.rows_read} rows read ({counts})"] if rows else []
-        found += [f"{len(files)} file(s) rejected whole"] if files else []
-        super().__init__("\n".join(lines) + f"\n{' and '.join(found)}. Fix them, or set `skip_bad_rows: "
-                         "true` under tutorforge: (or pass --skip-bad-rows) to train without them; they "
-                         "are then written to rejected.jsonl with their reasons.")
 
 
 @dataclass(frozen=True)
@@ -294,12 +274,18 @@ def _jsonl_items(path: Path, data: bytes, report: LoadReport) -> Iterator[tuple[
         report.notes.append(f"{path}: {blank} blank line(s) skipped")
 
 
+def _skip_space(text: str, pos: int) -> int:
+    """The first position at or after `pos` past JSON whitespace (SPACE also matches nothing)."""
+    match = SPACE.match(text, pos)
+    return match.end() if match else pos
+
+
 def _array_items(path: Path, text: str) -> list[tuple[int, str, object]] | None:
     """(line, raw text, parsed value or Unreadable) per element of a JSON array file, in time linear
     in its size; None when text follows the array's closing ] (the file is then read as lines)."""
     reader, items = _Reader(), []
     line, counted = 1, 0
-    pos = SPACE.match(text, text.index("[") + 1).end()
+    pos = _skip_space(text, text.index("[") + 1)
     while not text.startswith("]", pos):
         line += text.count("\n", counted, pos)
         counted = pos
@@ -316,9 +302,9 @@ def _array_items(path: Path, text: str) -> list[tuple[int, str, object]] | None:
         if size > MAX_LINE_BYTES:
             value = Unreadable("huge_line", f"a row of {size:,} bytes; {KINDS['huge_line']}")
         items.append((line, raw, value))
-        pos = SPACE.match(text, end).end()
+        pos = _skip_space(text, end)
         if text.startswith(",", pos):
-            pos = SPACE.match(text, pos + 1).end()
+            pos = _skip_space(text, pos + 1)
         elif not text.startswith("]", pos):
             line += text.count("\n", counted, pos)
             raise UserError(f"{path}:{line}: malformed JSON array (expected , or ] after the row at "
@@ -362,11 +348,12 @@ def _add(report: LoadReport, source: str, raw: str, value: object, seen: dict) -
     if isinstance(value, Unreadable):
         report.rejects.append(Reject(source, value.kind, value.reason, raw))
         return
-    checked = _check_row(value, raw)
-    if isinstance(checked[0], str):
-        report.rejects.append(Reject(source, checked[0], checked[1], raw))
-        return
-    (instruction, input_, output), extra = checked
+    match _check_row(value, raw):
+        case (str() as kind, str() as reason):
+            report.rejects.append(Reject(source, kind, reason, raw))
+            return
+        case ((instruction, input_, output), extra):
+            pass
     key = (instruction.strip(), input_.strip(), output.strip())
     if key in seen:
         report.rejects.append(Reject(source, "duplicate", f"duplicate of {seen[key]}; "
@@ -390,32 +377,8 @@ def load_files(paths: Iterable[Path], ds_types: Iterable[str | None] = ()) -> Lo
             raise UserError(f"{path}: no such file; check datasets[].path (relative paths start at "
                             f"the current directory, {Path.cwd()})") from None
         except IsADirectoryError:
-            raise UserError(f"{path}: a directory; name the .jsonl/.json file, or list it in data_files")
+            raise UserError(f"{path}: a directory; name the .jsonl/.json file, or list it in data_files") from None
     return report
-
-
-def write_rejects(rejects: list[Reject], path: Path) -> None:
-    """Write rejected rows, verbatim with their reasons, atomically to `path` (JSON lines)."""
-    with atomic_write(path) as fh:
-        for r in rejects:
-            fh.write(json.dumps({"source": r.source, "kind": r.kind, "reason": r.reason,
-                                 "raw": r.raw}) + "\n")
-
-
-def accept(report: LoadReport, *, skip_bad_rows: bool, rejects_path: Path | None) -> list[Row]:
-    """The usable rows: DataError if any row is unusable and skipping is off; else write rejects."""
-    if report.rejects and not skip_bad_rows:
-        raise DataError(report)
-    if rejects_path is not None:
-        write_rejects(report.rejects, rejects_path)
-    if report.rejects:
-        files = f", {len(report.file_rejects)} file(s) rejected whole" if report.file_rejects else ""
-        log.warning("%d of %d rows rejected (%s)%s; see %s", len(report.row_rejects), report.rows_read,
-                    ", ".join(f"{k} {n}" for k, n in report.counts().most_common()), files, rejects_path)
-    if not report.rows:
-        raise UserError(f"no usable rows in {', '.join(report.files) or 'the datasets'}")
-    assert len(report.rows) + len(report.row_rejects) == report.rows_read
-    return report.rows
 
 
 def load_datasets(specs, config_dir: Path | None = None) -> LoadReport:
@@ -456,61 +419,3 @@ def dataset_files(specs, config_dir: Path | None = None, *, first: int = 0) -> l
                             f"start at {Path.cwd()}); tutorforge reads local .jsonl/.json files: download "
                             "a hub dataset first and point path at the file")
     return files
-
-
-@dataclass
-class Prepared:
-    """A config's data, ready to train: examples (and packs), the held-out split, the report."""
-
-    train: list  # formatting.Example
-    val: list  # formatting.Example
-    val_rows: list[Row]
-    packs: list | None  # packing.Pack when sample_packing
-    load: LoadReport
-    fmt: object  # formatting.PromptFormat
-    efficiency: dict[str, float]
-
-    def summary(self) -> str:
-        eff = ", ".join(f"{k} {v:.1%}" for k, v in self.efficiency.items())
-        packs = f", {len(self.packs)} packs" if self.packs is not None else ""
-        return (f"{self.load.summary()}\nsplit: {len(self.train)} train, {len(self.val)} held out"
-                f"{packs}\npacking efficiency (real tokens / token slots): {eff}")
-
-
-def prepare(cfg: Config, tokenizer, *, skip_bad_rows: bool, config_dir: Path | None = None) -> Prepared:
-    """Load, check, format, tokenize, split and (when sample_packing) pack a config's datasets.
-    Rows over sequence_len are rejected like any other unusable row, never truncated."""
-    from tutorforge.formatting import encode_row, prompt_format, split_rows
-    from tutorforge.packing import pack, packed_efficiency, padded_efficiency
-
-    report = load_datasets(cfg.datasets, config_dir)
-    fmt = prompt_format(tokenizer, cfg.chat_template, cfg.default_system_message)
-    encoded = {}
-    for row in report.rows:
-        example = encode_row(tokenizer, fmt, row, train_on_inputs=cfg.train_on_inputs)
-        if len(example.input_ids) > cfg.sequence_len:
-            report.rejects.append(Reject(row.source, "too_long", f"{len(example.input_ids)} tokens > "
-                                         f"sequence_len {cfg.sequence_len}; {KINDS['too_long']}", row.raw))
-        else:
-            encoded[row.source] = example
-    report.rows = [r for r in report.rows if r.source in encoded]
-    rows = accept(report, skip_bad_rows=skip_bad_rows or cfg.tutorforge.skip_bad_rows,
-                  rejects_path=Path(cfg.output_dir) / "rejected.jsonl")
-    train_rows, val_rows = split_rows(rows, cfg.val_set_size, cfg.seed)
-    train = [encoded[r.source] for r in train_rows]
-    lengths = [len(e.input_ids) for e in train]
-    pad_to = cfg.sequence_len if cfg.pad_to_sequence_len else None  # what training's batches are padded to
-    efficiency = {"padded": padded_efficiency(lengths, cfg.micro_batch_size, sequence_len=pad_to).ratio}
-    packs = None
-    if cfg.sample_packing:
-        packs = pack(train, cfg.sequence_len)
-        efficiency["packed"] = packed_efficiency(packs, cfg.micro_batch_size, sequence_len=pad_to).ratio
-    return Prepared(train, [encoded[r.source] for r in val_rows], val_rows, packs, report, fmt, efficiency)
-
-
-def write_rows(rows: list[Row], path: Path) -> None:
-    """Write rows as Alpaca JSONL, atomically."""
-    with atomic_write(path) as fh:
-        for r in rows:
-            fh.write(json.dumps({"instruction": r.instruction, "input": r.input, "output": r.output,
-                                 "source": r.source}, ensure_ascii=False) + "\n")

@@ -62,7 +62,7 @@ def barrier() -> None:
 
 def device() -> torch.device:
     """This process's device: cuda:LOCAL_RANK, or the CPU."""
-    found = state().device
+    found = torch.device(state().device or "cpu")
     return torch.device("cuda", found.index or 0) if found.type == "cuda" else found
 
 
@@ -70,7 +70,9 @@ def all_sum(value: float) -> float:
     """`value` summed over the processes (in float64, on the device the backend reduces on)."""
     from accelerate.utils import reduce
 
-    return float(reduce(torch.tensor([float(value)], dtype=torch.float64, device=device()), "sum").item())
+    total = reduce(torch.tensor([float(value)], dtype=torch.float64, device=device()), "sum")
+    assert isinstance(total, torch.Tensor)
+    return float(total.item())
 
 
 def broadcast(obj):

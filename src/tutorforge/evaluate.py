@@ -64,14 +64,17 @@ class TorchGenerator:
     in memory) on CPU or the given device."""
 
     def __init__(self, model_dir: Path, *, adapter: Path | None = None, name: str | None = None,
-                 device: str = "cpu", chat_template: str | None = None, system: str | None = None):
+                 device: str = "cpu", chat_template: str | None = None, system: str | None = None,
+                 trust_remote_code: bool = False):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
+
+        from tutorforge.tokenizer import run_tokenizer
 
         self.name = name or (f"{Path(model_dir).name}+{Path(adapter).name}" if adapter else Path(model_dir).name)
         self.device, self.chat_template, self.system = device, chat_template, system
         self.formats: dict = {}
-        self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        self.tokenizer = run_tokenizer(model_dir, adapter, trust_remote_code=trust_remote_code)  # as trained
         model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
         if adapter is not None:
             from peft import PeftModel
@@ -203,10 +206,11 @@ class GGUFGenerator:
 def open_generator(spec: str | Path, *, adapter: Path | None = None, tokenizer_dir: Path | None = None,
                    chat_template: str | None = None, system: str | None = None,
                    name: str | None = None, threads: int | None = None,
-                   gpu_layers: int | None = None) -> Generator:
-    """A Generator for a .gguf file (llama.cpp, with these threads and GPU layers: see llamacpp), a
-    training output_dir (its base + adapter/), or anything base_model accepts (a model directory, a
-    hub id, `smollm2`), optionally + `adapter`."""
+                   gpu_layers: int | None = None, trust_remote_code: bool = False) -> Generator:
+    """A Generator for a .gguf file (llama.cpp, with these threads and GPU layers: see llamacpp;
+    prompted with the tokenizer in `tokenizer_dir` when given), a training output_dir (its base +
+    adapter/), or anything base_model accepts (a model directory, a hub id, `smollm2`), optionally +
+    `adapter`; a model's tokenizer is the run's (tokenizer.run_tokenizer)."""
     from tutorforge.models import resolve_base_model
     from tutorforge.rundir import RunDir
 
@@ -217,9 +221,9 @@ def open_generator(spec: str | Path, *, adapter: Path | None = None, tokenizer_d
                             "(`tutorforge export`), or give the base model directory with the adapter")
         tokenizer = None
         if tokenizer_dir is not None:
-            from transformers import AutoTokenizer
+            from tutorforge.tokenizer import run_tokenizer
 
-            tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+            tokenizer = run_tokenizer(Path(tokenizer_dir), trust_remote_code=trust_remote_code)
         return GGUFGenerator(path, tokenizer=tokenizer, chat_template=chat_template, system=system, name=name,
                              threads=threads, gpu_layers=gpu_layers)
     if (run := RunDir.find(path)) is not None:
@@ -228,10 +232,11 @@ def open_generator(spec: str | Path, *, adapter: Path | None = None, tokenizer_d
             raise UserError(f"{adapter}: no adapter in this training output_dir; run `tutorforge train` first")
         return TorchGenerator(resolve_base_model(run.cfg.base_model).path, adapter=adapter,
                               name=name or path.name, chat_template=chat_template or run.cfg.chat_template,
-                              system=system if system is not None else run.cfg.default_system_message)
+                              system=system if system is not None else run.cfg.default_system_message,
+                              trust_remote_code=run.cfg.trust_remote_code)
     if path.is_dir() and (path / "adapter_config.json").is_file() and adapter is None:
         raise UserError(f"{spec}: a PEFT adapter, not a model; give the base model and pass the adapter "
                         "with --tuned-adapter (or give the training output_dir)")
     resolved = resolve_base_model(str(spec))
     return TorchGenerator(resolved.path, adapter=adapter, name=name or str(spec), chat_template=chat_template,
-                          system=system)
+                          system=system, trust_remote_code=trust_remote_code)

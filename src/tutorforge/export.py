@@ -85,11 +85,10 @@ def export_model(source: Source, out_dir: Path, *, name: str, outtype: str = "f1
 def _verification(source: Source, files: dict[str, Path], out_dir: Path, rows: list, system: str | None) -> dict:
     """Every file checked by llama.cpp against the PyTorch model: the report's verification,
     failures and warnings (each file's numbers logged)."""
-    from transformers import AutoTokenizer
-
     from tutorforge import verify
+    from tutorforge.tokenizer import run_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(source.model_dir))
+    tokenizer = run_tokenizer(source.model_dir, source.adapter, trust_remote_code=source.trust_remote_code)
     lessons = tuple(t for r in default_verify_rows() for t in (r.instruction, r.input, r.output))
     texts, sequences = verify.probe_texts(tokenizer, rows, system, extra_texts=lessons)
     with verify.reference_model(source.model_dir, source.adapter, scratch=out_dir / ".reference") as model:
@@ -131,14 +130,15 @@ def run_source(run: RunDir, adapter: Path | None = None) -> Source:
 
     base = resolve_base_model(run.cfg.base_model).path
     adapter = adapter or run.adapter
+    trust = run.cfg.trust_remote_code
     if not (adapter / "adapter_config.json").is_file():
         raise UserError(f"{adapter}: no trained adapter here; run `tutorforge train` first")
     if run.merged.is_dir():
         if outputs.model_identity(run.merged) == outputs.model_identity(base, adapter):
-            return Source(run.merged)
-        log.info("export: %s was merged from another adapter or base (stale); exporting from the base "
-                 "and %s in one pass", run.merged, adapter)
-    return Source(base, adapter)
+            return Source(run.merged, trust_remote_code=trust)
+        log.info("export: %s was merged from another adapter, tokenizer or base (stale); exporting from the "
+                 "base and %s in one pass", run.merged, adapter)
+    return Source(base, adapter, trust_remote_code=trust)
 
 
 def export_run(run_dir: Path, *, adapter: Path | None = None, out: Path | None = None, outtype: str | None = None,

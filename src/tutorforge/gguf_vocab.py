@@ -1,10 +1,13 @@
 """The tokenizer of a GGUF file: tokens, merges, pre-tokenizer, special ids and chat template.
 
     add_tokenizer(writer, Path("merged"), vocab_size=49152)    # writer: a gguf.GGUFWriter
+    add_tokenizer(writer, base_dir, 49152, adapter_dir)       # the tokenizer training saved there
 
-A checkpoint converted from a GGUF file (the bundled model) gets that file's tokenizer fields copied
-as they are. Any other checkpoint's Hugging Face BPE tokenizer is written the way llama.cpp's
-converter (convert_hf_to_gguf.py) writes it: tokens and their types from the tokenizer; merges,
+The tokenizer is the run's (tokenizer.run_tokenizer): the one training saved in the adapter
+directory when it holds one, else the model directory's. A checkpoint converted from a GGUF file (the
+bundled model) gets that file's tokenizer fields copied as they are, but for the special token ids
+the run's tokenizer changed (config key special_tokens). Any other checkpoint's Hugging Face BPE
+tokenizer is written the way llama.cpp's converter (convert_hf_to_gguf.py) writes it: tokens and their types from the tokenizer; merges,
 special token ids and chat template by gguf-py's `SpecialVocab` (which also encodes merges saved as
 pairs whose tokens hold spaces); the pre-tokenizer named by the sha256 of the token ids of the
 converter's probe text, looked up in `PRE_TOKENIZER_HASHES`.
@@ -88,16 +91,41 @@ def pre_tokenizer(tokenizer, tokenizer_json: dict, model_dir: Path) -> str:
     return assumed
 
 
-def copy_tokenizer_from_gguf(writer: gguf.GGUFWriter, gguf_path: Path) -> None:
+def copy_tokenizer_from_gguf(writer: gguf.GGUFWriter, reader: gguf.GGUFReader,
+                             special_ids: dict[str, int] | None = None) -> None:
     """Tokenizer metadata copied field by field from the GGUF the checkpoint was converted from
-    (the chat template excepted: it comes from the checkpoint's own files)."""
-    reader = gguf.GGUFReader(str(gguf_path))
+    (the chat template excepted: it comes from the checkpoint's own files), with `special_ids`
+    ({"eos": 7, ...}: the run's special_tokens) in place of the file's own."""
+    special_ids = special_ids or {}
+    replaced = {_special_key(kind) for kind in special_ids}
     for key, field in reader.fields.items():
-        if key not in TOKENIZER_KEYS or key == gguf.Keys.Tokenizer.CHAT_TEMPLATE:
+        if key not in TOKENIZER_KEYS or key == gguf.Keys.Tokenizer.CHAT_TEMPLATE or key in replaced:
             continue
         value = field.contents()
         sub = field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
         writer.add_key_value(key, value, field.types[0], sub_type=sub)
+    for kind, token_id in special_ids.items():
+        getattr(writer, f"add_{kind}_token_id")(token_id)
+
+
+def _special_key(kind: str) -> str:
+    """gguf-py's key of a special token id: bos -> tokenizer.ggml.bos_token_id (Keys.Tokenizer)."""
+    return getattr(gguf.Keys.Tokenizer, {"pad": "PAD_ID"}.get(kind, f"{kind.upper()}_ID"))
+
+
+def changed_special_ids(tokenizer, reader: gguf.GGUFReader) -> dict[str, int] | None:
+    """The run tokenizer's bos/eos/unk/pad ids where they differ from the source GGUF's, or None when
+    its vocabulary is not the GGUF's (tokenizer_config named another tokenizer)."""
+    tokens = reader.fields[gguf.Keys.Tokenizer.LIST].contents()
+    if tokenizer.convert_ids_to_tokens(list(range(len(tokens)))) != tokens or len(tokenizer) > len(tokens):
+        return None
+    changed = {}
+    for kind in ("bos", "eos", "unk", "pad"):
+        token_id = getattr(tokenizer, f"{kind}_token_id", None)
+        field = reader.fields.get(_special_key(kind))
+        if token_id is not None and (field is None or field.contents() != token_id):
+            changed[kind] = token_id
+    return changed
 
 
 def _tokens_and_types(tokenizer, vocab_size: int) -> tuple[list[str], list[gguf.TokenType]]:
@@ -118,22 +146,29 @@ def _tokens_and_types(tokenizer, vocab_size: int) -> tuple[list[str], list[gguf.
     return tokens, types
 
 
-def tokenizer_from_hf(writer: gguf.GGUFWriter, model_dir: Path, vocab_size: int) -> gguf.SpecialVocab:
-    """Tokens, types and pre-tokenizer from the Hugging Face tokenizer (BPE); merges, special ids and
-    add_bos by SpecialVocab, which is returned (its chat template is not written yet)."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    spec = json.loads((model_dir / "tokenizer.json").read_text())
+def tokenizer_from_hf(writer: gguf.GGUFWriter, tokenizer, directory: Path, vocab_size: int,
+                      config_dir: Path | None = None) -> gguf.SpecialVocab:
+    """Tokens, types and pre-tokenizer from the Hugging Face tokenizer (BPE) saved in `directory`;
+    merges, special ids and add_bos by SpecialVocab, which is returned (its chat template is not
+    written yet). Special ids the tokenizer files lack come from `config_dir`'s config.json, as
+    SpecialVocab reads them from a model directory."""
+    spec = json.loads((directory / "tokenizer.json").read_text())
     if spec["model"]["type"] != "BPE":
-        raise UserError(f"{model_dir}: a {spec['model']['type']} tokenizer; export writes BPE tokenizers "
+        raise UserError(f"{directory}: a {spec['model']['type']} tokenizer; export writes BPE tokenizers "
                         "(Llama 3, SmolLM, Qwen2); export Llama 2 / Mistral v0.1 with llama.cpp's converter")
     tokens, types = _tokens_and_types(tokenizer, vocab_size)
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(pre_tokenizer(tokenizer, spec, model_dir))
+    writer.add_tokenizer_pre(pre_tokenizer(tokenizer, spec, directory))
     writer.add_token_list(tokens)
     writer.add_token_types(types)
-    vocab = gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=vocab_size)
+    vocab = gguf.SpecialVocab(directory, load_merges=True, n_vocab=vocab_size)
+    config = config_dir / "config.json" if config_dir is not None and config_dir != directory else None
+    if config is not None and config.is_file():  # the saved tokenizer has no config.json beside it:
+        model = json.loads(config.read_text())  # SpecialVocab._try_load_from_config_json's fallback
+        for kind in vocab.special_token_types:
+            token_id = model.get(f"{kind}_token_id")
+            if isinstance(token_id, int) and 0 <= token_id < vocab_size:
+                vocab.special_token_ids.setdefault(kind, token_id)
     bos = tokenizer.bos_token_id
     # what the PyTorch tokenizer does, which verification compares against (SpecialVocab reads a
     # flag in tokenizer_config.json or guesses from the post-processor; both can disagree with it)
@@ -144,17 +179,28 @@ def tokenizer_from_hf(writer: gguf.GGUFWriter, model_dir: Path, vocab_size: int)
     return vocab
 
 
-def add_tokenizer(writer: gguf.GGUFWriter, model_dir: Path, vocab_size: int) -> None:
-    """The tokenizer fields and chat template of `model_dir` (see the module doc)."""
+def add_tokenizer(writer: gguf.GGUFWriter, model_dir: Path, vocab_size: int, adapter: Path | None = None, *,
+                  trust_remote_code: bool = False) -> None:
+    """The tokenizer fields and chat template of the run's tokenizer: the one training saved in
+    `adapter` when it holds one, else `model_dir`'s (see the module doc)."""
     from tutorforge.models import source_gguf
+    from tutorforge.tokenizer import load_tokenizer, tokenizer_dir
 
+    directory = tokenizer_dir(model_dir, adapter)
     source = source_gguf(model_dir)
-    if source:
-        copy_tokenizer_from_gguf(writer, source)
-        template = gguf.SpecialVocab(model_dir, special_token_types=()).chat_template
+    reader = gguf.GGUFReader(str(source)) if source else None
+    own = directory == Path(model_dir)  # no tokenizer saved with the adapter
+    tokenizer = None if reader and own else load_tokenizer(directory, trust_remote_code=trust_remote_code)
+    # None: tokens from the Hugging Face tokenizer; else the source GGUF's, with these special ids
+    special = None if reader is None else {} if own else changed_special_ids(tokenizer, reader)
+    if special is not None:
+        if special:
+            log.info("export: special token ids of %s in place of the source GGUF's: %s", directory, special)
+        copy_tokenizer_from_gguf(writer, reader, special)
+        template = gguf.SpecialVocab(directory, special_token_types=()).chat_template
     else:
-        template = tokenizer_from_hf(writer, model_dir, vocab_size).chat_template
-    if template is None and (model_dir / "chat_template.jinja").is_file():  # no tokenizer_config.json
-        template = (model_dir / "chat_template.jinja").read_text()
+        template = tokenizer_from_hf(writer, tokenizer, directory, vocab_size, Path(model_dir)).chat_template
+    if template is None and (directory / "chat_template.jinja").is_file():  # no tokenizer_config.json
+        template = (directory / "chat_template.jinja").read_text()
     if template is not None:
         writer.add_chat_template(template)

@@ -74,10 +74,12 @@ def llama3_rope_factors(config: dict) -> np.ndarray | None:
 
 @dataclass(frozen=True)
 class Source:
-    """Where tensors come from: a checkpoint directory, optionally with a LoRA adapter merged in."""
+    """Where tensors come from: a checkpoint directory, optionally with a LoRA adapter merged in; the
+    tokenizer is the run's (tokenizer.run_tokenizer: the adapter's when it holds one)."""
 
     model_dir: Path
     adapter: Path | None = None
+    trust_remote_code: bool = False  # config key: for a tokenizer defined by the model's own code
 
 
 def _to_ggml(tensor: torch.Tensor, kind: str) -> np.ndarray:
@@ -91,8 +93,8 @@ def _to_ggml(tensor: torch.Tensor, kind: str) -> np.ndarray:
     return gguf.quants.quantize(tensor.float().numpy(), gguf.GGMLQuantizationType.Q8_0)
 
 
-def add_metadata(writer: gguf.GGUFWriter, model_dir: Path, config: dict, outtype: str, name: str) -> None:
-    """Architecture hyperparameters (rope included), tokenizer and chat template."""
+def add_metadata(writer: gguf.GGUFWriter, source: Source, config: dict, outtype: str, name: str) -> None:
+    """Architecture hyperparameters (rope included), the run's tokenizer and chat template."""
     heads = config["num_attention_heads"]
     head_dim = config.get("head_dim") or config["hidden_size"] // heads
     writer.add_name(name)
@@ -112,7 +114,8 @@ def add_metadata(writer: gguf.GGUFWriter, model_dir: Path, config: dict, outtype
         writer.add_rope_scaling_factor(scaling["factor"])
     writer.add_vocab_size(config["vocab_size"])
     writer.add_file_type(getattr(gguf.LlamaFileType, FILE_TYPES[outtype]))
-    add_tokenizer(writer, model_dir, config["vocab_size"])
+    add_tokenizer(writer, source.model_dir, config["vocab_size"], source.adapter,
+                  trust_remote_code=source.trust_remote_code)
 
 
 @dataclass(frozen=True)
@@ -187,7 +190,7 @@ def write_gguf(source: Source, out: Path, outtype: str = "f16", *, name: str = "
         tmp = out.with_name(f".{out.name}.tmp")
         writer = gguf.GGUFWriter(str(tmp), gguf.MODEL_ARCH_NAMES[arch])
         try:
-            add_metadata(writer, source.model_dir, config, outtype, name)
+            add_metadata(writer, source, config, outtype, name)
             for p in plan:
                 writer.add_tensor_info(p.gguf_name, p.byte_shape, np.dtype(p.np_dtype), p.nbytes,
                                        raw_dtype=getattr(gguf.GGMLQuantizationType, p.ggml_type))

@@ -19,13 +19,20 @@ from tutorforge.rules import did_you_mean
 # Memory is what nvidia-smi reports as memory.total (MiB / 1024); host RAM is a usual machine
 # with that card, overridden by --ram.
 PROFILES: dict[str, tuple[str, float | None, float | None, bool | None, str | None]] = {
-    "rtx3060-12gb": ("cuda", 12288 / 1024, 16.0, True, "RTX 3060"),  # 12288 MiB; 16 GB RAM: the reference machine (DESIGN.md)
-    "rtx4090-24gb": ("cuda", 24564 / 1024, 32.0, True, "RTX 4090"),  # 24564 MiB; 32 GB RAM: a usual desktop
-    "t4-16gb": ("cuda", 15360 / 1024, 12.7, False, "T4"),  # 15360 MiB; 12.7 GB RAM: Google Colab's T4 runtime; Turing: no bf16
-    "a100-40gb": ("cuda", 40960 / 1024, 85.0, True, "A100"),  # A100-SXM4-40GB 40960 MiB; 85 GB RAM: GCP a2-highgpu-1g
-    "a100-80gb": ("cuda", 81920 / 1024, 170.0, True, "A100"),  # A100-SXM4-80GB 81920 MiB; 170 GB RAM: GCP a2-ultragpu-1g
-    "h100-80gb": ("cuda", 81559 / 1024, 234.0, True, "H100"),  # H100 80GB HBM3 81559 MiB; 234 GB RAM: GCP a3-highgpu-1g
-    "cpu": ("cpu", None, None, None, None),  # training in RAM: this machine's RAM (/proc/meminfo), bf16 where oneDNN has it
+    # 12288 MiB; 16 GB RAM: the reference machine (DESIGN.md)
+    "rtx3060-12gb": ("cuda", 12288 / 1024, 16.0, True, "RTX 3060"),
+    # 24564 MiB; 32 GB RAM: a usual desktop
+    "rtx4090-24gb": ("cuda", 24564 / 1024, 32.0, True, "RTX 4090"),
+    # 15360 MiB; 12.7 GB RAM: Google Colab's T4 runtime; Turing: no bf16
+    "t4-16gb": ("cuda", 15360 / 1024, 12.7, False, "T4"),
+    # A100-SXM4-40GB 40960 MiB; 85 GB RAM: GCP a2-highgpu-1g
+    "a100-40gb": ("cuda", 40960 / 1024, 85.0, True, "A100"),
+    # A100-SXM4-80GB 81920 MiB; 170 GB RAM: GCP a2-ultragpu-1g
+    "a100-80gb": ("cuda", 81920 / 1024, 170.0, True, "A100"),
+    # H100 80GB HBM3 81559 MiB; 234 GB RAM: GCP a3-highgpu-1g
+    "h100-80gb": ("cuda", 81559 / 1024, 234.0, True, "H100"),
+    # training in RAM: this machine's RAM (/proc/meminfo), bf16 where oneDNN has it
+    "cpu": ("cpu", None, None, None, None),
 }
 
 
@@ -65,6 +72,7 @@ def profile(name: str, *, ram_gb: float | None = None) -> Hardware:
     if device == "cpu":
         ram = ram_gb or machine_ram_gb()
         return Hardware(name, "cpu", ram, ram, cpu_has_bf16(), "this machine's RAM" if not ram_gb else "--ram")
+    assert memory is not None and ram is not None and bf16 is not None, f"{name}: a GPU profile has every number"
     return Hardware(name, device, memory, ram_gb or ram, bf16, "profile")
 
 

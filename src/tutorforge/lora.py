@@ -75,7 +75,8 @@ def load_base(path: Path, *, quant: str | None, double_quant: bool, dtype: torch
     from tutorforge.tokenizer import check_remote_code
 
     kwargs: dict = {"attn_implementation": attention, "trust_remote_code": trust_remote_code}
-    for directory in dict.fromkeys([Path(path), *([Path(config_dir)] if config_dir else [])]):
+    directories: list[Path] = [Path(path), *([Path(config_dir)] if config_dir else [])]
+    for directory in dict.fromkeys(directories):
         check_remote_code(directory, trust_remote_code)
     if config_dir is not None:
         kwargs["config"] = AutoConfig.from_pretrained(str(config_dir), trust_remote_code=trust_remote_code)
@@ -98,7 +99,7 @@ def load_base(path: Path, *, quant: str | None, double_quant: bool, dtype: torch
     if gradient_checkpointing:  # non-reentrant: no need to make the embeddings' output require grad
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if not quant:
-        model.to(device)
+        model.to(device)  # pyright: ignore[reportArgumentType]  (transformers' stub types .to on the generate mixin)
     model.config.use_cache = False
     return model
 
@@ -118,7 +119,8 @@ def add_lora(model, *, r: int, alpha: float, dropout: float, target_linear: bool
     targets = "all-linear" if target_linear or not target_modules else list(target_modules)
     if layers and targets == "all-linear":  # peft wants names to restrict layers with
         targets = linear_module_names(model)
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
+    config = LoraConfig(r=r, lora_alpha=alpha,  # pyright: ignore[reportArgumentType]  (a float scales as well)
+                        lora_dropout=dropout, target_modules=targets,
                         modules_to_save=list(modules_to_save) or None, fan_in_fan_out=fan_in_fan_out,
                         layers_to_transform=list(layers) or None, task_type="CAUSAL_LM", bias="none")
     model = get_peft_model(model, config)

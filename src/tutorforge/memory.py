@@ -115,7 +115,7 @@ class Weights:
 
 def quant_bytes(s: Settings) -> float:
     """Bytes per weight of a quantised linear layer (0 without quantisation)."""
-    return QUANT_BYTES.get((s.quant, s.double_quant), 0.0)
+    return QUANT_BYTES.get((s.quant, s.double_quant), 0.0) if s.quant else 0.0
 
 
 def weights(s: Settings, shape: Shape, hw: Hardware) -> Weights:

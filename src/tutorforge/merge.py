@@ -11,7 +11,8 @@ lora.Embedding, whose update is (B @ A).T) is merged; the safetensors I/O is saf
 Peak RSS is the largest tensor's bytes plus the largest adapted tensor in fp32, plus a fixed
 overhead, whatever the model's size. A QLoRA adapter is merged onto the original 16-bit weights it
 was trained against, never into a 4-bit model. The output (sharded
-safetensors with index, config, tokenizer and chat template) is written under a temporary name and
+safetensors with index, config, and the run's tokenizer and chat template: the adapter's when
+training saved one there, else the base's) is written under a temporary name and
 renamed when complete.
 """
 from __future__ import annotations
@@ -212,9 +213,7 @@ def merge(base_dir: Path, adapter_dir: Path, out_dir: Path, *, shard_bytes: int 
     try:
         with disk_full_says_so(out_dir.parent, "the merged model"):
             _write_shards(tmp, refs, lora, full, shard_bytes, progress)
-            for path in base_dir.iterdir():  # config, generation config, tokenizer, chat template, license
-                if path.is_file() and not WEIGHT_FILES.fullmatch(path.name) and path.name != outputs.RECORD:
-                    shutil.copy2(path, tmp / path.name)
+            _copy_files(base_dir, adapter_dir, tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # a merge starts over: a partial one only takes space
         raise
@@ -227,6 +226,25 @@ def merge(base_dir: Path, adapter_dir: Path, out_dir: Path, *, shard_bytes: int 
     log.info("merge: %d LoRA updates and %d replaced tensors merged into %d tensors -> %s",
              len(lora), len(full), len(refs), out_dir)
     return out_dir
+
+
+def _copy_files(base_dir: Path, adapter_dir: Path, out: Path) -> None:
+    """The base's files beside its weights (config, generation config, license, tokenizer and chat
+    template), the tokenizer files taken from the adapter instead when training saved its tokenizer
+    there (tokenizer.run_tokenizer: special_tokens, tokenizer_config)."""
+    from tutorforge import outputs
+    from tutorforge.tokenizer import SAVED_TOKENIZER_FILES, tokenizer_dir
+
+    own_tokenizer = tokenizer_dir(base_dir, adapter_dir) != Path(base_dir)
+    for path in base_dir.iterdir():
+        if path.is_file() and not WEIGHT_FILES.fullmatch(path.name) and path.name != outputs.RECORD and not (
+                own_tokenizer and path.name in SAVED_TOKENIZER_FILES):
+            shutil.copy2(path, out / path.name)
+    if own_tokenizer:
+        for name in SAVED_TOKENIZER_FILES:
+            if (adapter_dir / name).is_file():
+                shutil.copy2(adapter_dir / name, out / name)
+        log.info("merge: the tokenizer training saved in %s (not the base's)", adapter_dir)
 
 
 def _write_shards(directory: Path, refs: list[TensorRef], lora: dict[str, LoraPair],

@@ -154,10 +154,10 @@ def _gguf_tensor_end(fh, size: int) -> tuple[int, int]:
     large vocabulary, where this walk seeks past it. Sizes of values and types are gguf-py's."""
     from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
-    scalars = {GGUFValueType.UINT8: 1, GGUFValueType.INT8: 1, GGUFValueType.BOOL: 1, GGUFValueType.UINT16: 2,
-               GGUFValueType.INT16: 2, GGUFValueType.UINT32: 4, GGUFValueType.INT32: 4,
-               GGUFValueType.FLOAT32: 4, GGUFValueType.UINT64: 8, GGUFValueType.INT64: 8,
-               GGUFValueType.FLOAT64: 8}
+    scalars: dict[int, int] = {GGUFValueType.UINT8: 1, GGUFValueType.INT8: 1, GGUFValueType.BOOL: 1,
+                               GGUFValueType.UINT16: 2, GGUFValueType.INT16: 2, GGUFValueType.UINT32: 4,
+                               GGUFValueType.INT32: 4, GGUFValueType.FLOAT32: 4, GGUFValueType.UINT64: 8,
+                               GGUFValueType.INT64: 8, GGUFValueType.FLOAT64: 8}
 
     def read(n: int) -> bytes:
         data = fh.read(n) if n <= size else b""

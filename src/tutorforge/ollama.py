@@ -195,9 +195,8 @@ def package(run: RunDir, gguf_path: Path | None = None) -> Path:
     tutorforge.ollama.quantization); returns its path. Refused for a GGUF that failed its
     verification or was exported from another adapter than the run's, and where a Modelfile that
     tutorforge did not write is in the way."""
-    from transformers import AutoTokenizer
-
     from tutorforge.models import resolve_base_model
+    from tutorforge.tokenizer import run_tokenizer
 
     cfg, settings = run.cfg, run.cfg.tutorforge.ollama
     gguf_path = gguf_path or run.gguf()
@@ -209,7 +208,7 @@ def package(run: RunDir, gguf_path: Path | None = None) -> Path:
     if path.exists() and not _ours(path):
         raise UserError(f"{path}: a Modelfile that tutorforge did not write is in the way; tutorforge never "
                         "overwrites it. Move it away (or rename it) and run `tutorforge package` again")
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    tokenizer = run_tokenizer(model_dir, run.adapter, trust_remote_code=cfg.trust_remote_code)  # as trained
     fmt, family, stops = prompt_template(tokenizer, cfg.chat_template, cfg.default_system_message)
     text = modelfile(gguf_path.name, family.template, system=fmt.system, stops=stops,
                      num_ctx=settings.num_ctx or cfg.sequence_len, temperature=settings.temperature,

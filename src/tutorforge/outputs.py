@@ -114,13 +114,19 @@ def directory_hashes(directory: Path, pattern: str = "*") -> dict[str, str]:
 
 
 def model_identity(model_dir: Path, adapter: Path | None = None) -> str:
-    """One hash naming the weights a checkpoint plus an optional LoRA adapter amount to. A merged
+    """One hash naming the weights and tokenizer a checkpoint plus an optional LoRA adapter amount to
+    (of an adapter: its adapter_* files and the tokenizer training saved beside them). A merged
     checkpoint has the identity of the base + adapter it was merged from (its record says which),
     so a GGUF exported from either carries the same name."""
     merged = _merged_identity(Path(model_dir))
+    if merged and adapter is None:  # the recorded identity itself, not a hash of it
+        return merged
     parts = {"model": merged or directory_hashes(model_dir)}
-    if adapter is not None:
-        parts["adapter"] = directory_hashes(adapter, "adapter_*")
+    if adapter is not None:  # its weights and config, and the tokenizer training saved beside them
+        from tutorforge.tokenizer import SAVED_TOKENIZER_FILES
+
+        parts["adapter"] = {name: digest for name, digest in directory_hashes(adapter).items()
+                            if name.startswith("adapter_") or name in SAVED_TOKENIZER_FILES}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 

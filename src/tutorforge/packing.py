@@ -25,7 +25,7 @@ class Pack:
 def pack(examples: list[Example], sequence_len: int) -> list[Pack]:
     """Pack examples (each at most sequence_len long) into sequences of at most sequence_len."""
     from datasets import Dataset, disable_progress_bars
-    from trl import pack_dataset
+    from trl import pack_dataset  # pyright: ignore[reportPrivateImportUsage]
 
     too_long = [e.source for e in examples if len(e.input_ids) > sequence_len]
     if too_long:

@@ -286,13 +286,12 @@ def _compare(p: Pipeline) -> Outcome:
 def generators(p: Pipeline):
     """Base and tuned, both as the GGUF that Ollama would run (the tuned export's quantisation,
     the base exported by the same writer), prompted exactly as in training."""
-    from transformers import AutoTokenizer
-
     from tutorforge.evaluate import GGUFGenerator
     from tutorforge.export import Source, export_model
     from tutorforge.llamacpp import shared_threads
     from tutorforge.models import resolve_base_model
     from tutorforge.rundir import gguf_file
+    from tutorforge.tokenizer import run_tokenizer
 
     quant = p.config.tutorforge.ollama.quantization
     base_dir = resolve_base_model(p.config.base_model).path
@@ -307,7 +306,8 @@ def generators(p: Pipeline):
                          progress=progress)
         if quant != "f16":
             gguf_file(base_out, "base", "f16").unlink(missing_ok=True)
-    tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
+    # the tokenizer the run trained with, for both: the same prompts, cut at the same end token
+    tokenizer = run_tokenizer(base_dir, run_dir_of(p).adapter, trust_remote_code=p.config.trust_remote_code)
     kwargs = {"tokenizer": tokenizer, "chat_template": p.config.chat_template, "system": p.config.default_system_message,
               "n_ctx": max(p.config.sequence_len, 1024), "repeat_penalty": p.config.tutorforge.ollama.repeat_penalty,
               "repeat_last_n": p.config.tutorforge.ollama.repeat_last_n,  # decoded as Ollama will

@@ -90,8 +90,10 @@ def _weights(s: Settings, shape: Shape, hw: Hardware) -> list[Line]:
     linear = shape.layers * shape.layer_linear_params
     per = quant_bytes(s)
     if hw.device == "cpu":
-        lines = [Line("base weights, fp32 (memory-mapped)", base.mapped / GB, f"{shape.params / 1e9:.3f}B params x 4 bytes")]
-        return lines + ([Line(f"quantised copy, {s.quant}", base.quantised / GB, f"{linear / 1e9:.3f}B x {per:.3f} bytes")]
+        lines = [Line("base weights, fp32 (memory-mapped)", base.mapped / GB,
+                      f"{shape.params / 1e9:.3f}B params x 4 bytes")]
+        return lines + ([Line(f"quantised copy, {s.quant}", base.quantised / GB,
+                              f"{linear / 1e9:.3f}B x {per:.3f} bytes")]
                         if s.quant else [])
     if not s.quant:
         return [Line(f"base weights, {'fp32' if w == 4 else '16-bit'}", base.stored / GB,
@@ -122,7 +124,8 @@ def _trainable(s: Settings, shape: Shape) -> list[Line]:
 
 def _moving_lines(s: Settings, shape: Shape, m: Moving) -> list[Line]:
     tokens, gc = s.micro_batch_size * s.sequence_len, s.gradient_checkpointing
-    size = f"{s.grad_layers} layers x {tokens} tokens (micro batch {s.micro_batch_size} x sequence_len {s.sequence_len})"
+    size = (f"{s.grad_layers} layers x {tokens} tokens "
+            f"(micro batch {s.micro_batch_size} x sequence_len {s.sequence_len})")
     other = f"; checkpointing {'off' if gc else 'on'}: {(m.all_layers if gc else m.checkpoints) / GB:.2f} GB"
     lines = [Line(f"activations, checkpointing {'on' if gc else 'off'}", (m.checkpoints if gc else m.all_layers) / GB,
                   f"{size}: {'each layer input' if gc else f'{m.layer / 2**20:.1f} MiB a layer'}{other}")]
@@ -143,7 +146,8 @@ def training(s: Settings, shape: Shape, hw: Hardware) -> tuple[list[Line], float
                     f"context {CUDA_CONTEXT_GB} GB + {CUDA_RESERVE:.0%} of the allocated peak")
     else:
         last = Line("framework (python, libraries, allocator)", overhead,
-                    f"imports and data {CPU_FRAMEWORK_GB} GB + glibc heap slack {cpu_slack(s)} x the layers' activations")
+                    f"imports and data {CPU_FRAMEWORK_GB} GB + glibc heap slack {cpu_slack(s)} x the layers' "
+                    "activations")
     lines = _weights(s, shape, hw) + _trainable(s, shape) + _moving_lines(s, shape, moving(s, shape, hw))
     return lines + [last], allocated + overhead
 
@@ -186,7 +190,9 @@ class Fix:
 
     def line(self) -> str:
         def show(v: object) -> str:
-            return str(v).lower() if isinstance(v, bool) else "[" + ", ".join(v) + "]" if isinstance(v, tuple) else str(v)
+            if isinstance(v, bool):
+                return str(v).lower()
+            return "[" + ", ".join(v) + "]" if isinstance(v, tuple) else str(v)
 
         return f"{self.key} {show(self.old)} -> {show(self.new)} ({self.why})"
 
@@ -230,7 +236,8 @@ class Plan:
         where = "VRAM" if self.hardware.device == "cuda" else "RAM"
         if self.fits:
             return f"fits: {self.peak_gb:.1f} GB of {self.capacity_gb:.1f} GB {where}, {self.margin_gb:.1f} GB to spare"
-        return f"does not fit: {self.peak_gb:.1f} GB > {self.capacity_gb:.1f} GB {where} ({-self.margin_gb:.1f} GB over)"
+        return (f"does not fit: {self.peak_gb:.1f} GB > {self.capacity_gb:.1f} GB {where} "
+                f"({-self.margin_gb:.1f} GB over)")
 
     def fixes_text(self) -> str:
         if self.fits:
@@ -251,7 +258,8 @@ class Plan:
                 f"model: {shape.name} ({shape.source}): {shape.params / 1e9:.2f}B params, {shape.layers} layers, "
                 f"hidden {shape.hidden}, vocab {shape.vocab}{', tied embeddings' if shape.tied else ''}",
                 f"training: {quant} base, LoRA r {s.lora_r} on {len(s.targets)} modules a layer, sequence_len "
-                f"{s.sequence_len} x micro batch {s.micro_batch_size} (x {s.gradient_accumulation_steps} accumulation), "
+                f"{s.sequence_len} x micro batch {s.micro_batch_size} "
+                f"(x {s.gradient_accumulation_steps} accumulation), "
                 f"checkpointing {'on' if s.gradient_checkpointing else 'off'}, {s.optimizer}, "
                 f"{'16-bit' if s.compute_bytes == 2 else 'fp32'} compute; worst case: full micro batches, "
                 "every position a label", ""]
@@ -261,7 +269,8 @@ class Plan:
         rows.append(f"  {'total':<{width}}{self.total_gb:6.2f}")
         verdict = [f"verdict: {self.verdict()}"] + ([self.fixes_text()] if not self.fits else [])
         ram_rows = [f"{f'RAM (of {hw.ram_gb:.1f} GB)':<{width + 2}}    GB"] + [
-            f"  {x.name:<{width}}{x.gb:6.2f}   {x.how}{'' if x.gb <= hw.ram_gb else '  DOES NOT FIT'}" for x in self.ram]
+            f"  {x.name:<{width}}{x.gb:6.2f}   {x.how}{'' if x.gb <= hw.ram_gb else '  DOES NOT FIT'}"
+            for x in self.ram]
         return "\n".join(head + rows + [""] + verdict + [""] + ram_rows)
 
 
@@ -298,7 +307,8 @@ def _fixes(cfg: Config, s: Settings, new: Settings, why: str) -> list[Fix]:
                 kept = tuple(m for m in getattr(cfg, key) if m not in EMBEDDINGS)
                 fixes.append(Fix(key, getattr(cfg, key), kept, f"no embeddings trained; {why}"))
     if new.sequence_len != s.sequence_len:
-        fixes.append(Fix("sequence_len", s.sequence_len, new.sequence_len, f"last resort, longer samples are cut; {why}"))
+        fixes.append(Fix("sequence_len", s.sequence_len, new.sequence_len,
+                         f"last resort, longer samples are cut; {why}"))
     return fixes
 
 

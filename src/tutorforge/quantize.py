@@ -45,7 +45,8 @@ def quantize(f16_path: Path, out: Path, kind: str, *, threads: int = 0, tied_emb
     lines: list[str] = []
     try:
         with llama_log(lines):
-            code = llama_cpp.llama_model_quantize(str(f16_path).encode(), str(tmp).encode(), params)
+            code = llama_cpp.llama_model_quantize(str(f16_path).encode(), str(tmp).encode(),
+                                                  params)  # pyright: ignore[reportArgumentType]  (ctypes passes the struct by reference)
         if code != 0:
             _disk_full_check(out.parent, f16_path.stat().st_size // 4, f"the {kind} GGUF {out.name}")
             raise UserError(f"{f16_path}: llama.cpp's quantizer failed (code {code}) making {kind}; its "

@@ -276,6 +276,7 @@ def compare_models(cfg: Config | None, config_dir: Path | None, *, base: str | N
     from tutorforge.models import resolve_base_model
     from tutorforge.outputs import rows_hash
     from tutorforge.rundir import RunDir
+    from tutorforge.tokenizer import tokenizer_dir as run_tokenizer_dir
 
     base, tuned = base or (cfg and cfg.base_model), tuned or (cfg and cfg.output_dir)
     if not (base and tuned):
@@ -288,9 +289,12 @@ def compare_models(cfg: Config | None, config_dir: Path | None, *, base: str | N
     out = out or (run.compare_dir if run else Path(cfg.output_dir) / "compare" if cfg else None)
     if out is None:
         raise UserError("compare: say where the report goes with --out DIR")
-    tokenizer_dir = resolve_base_model(source.base_model).path if source else None
+    trained = tuned_adapter or (run.adapter if run else Path(source.output_dir) / "adapter" if source else None)
+    tokenizer_dir = run_tokenizer_dir(resolve_base_model(source.base_model).path, trained) if source else None
     kwargs = {"tokenizer_dir": tokenizer_dir, "chat_template": source.chat_template if source else None,
               "system": source.default_system_message if source else None}
+    if source and source.trust_remote_code:  # config key: a tokenizer defined by the model's own code
+        kwargs["trust_remote_code"] = True
     names = [f"{Path(s).parent.name}/{Path(s).name}" if Path(s).suffix == ".gguf" else Path(s).name
              for s in (base, tuned)]
     max_new_tokens = max_new_tokens or settings.max_new_tokens

@@ -1,8 +1,8 @@
 """Value rules for configuration keys: each turns a YAML value into a typed one or says why not.
 
 A rule is a callable `rule(value) -> converted` that raises `Invalid(reason)` with a message a
-user can act on. `config.py` attaches one rule to every config field and collects the failures.
-Axolotl's configs are written by hand, so numbers may arrive as strings (`learning_rate: 2e-4` is
+user can act on. `config.py` attaches one rule to every config field; `config_build.py` collects
+the failures. Axolotl's configs are written by hand, so numbers may arrive as strings (`learning_rate: 2e-4` is
 a string to YAML 1.1): numeric strings are accepted, anything else is an error. `OutputDir` also
 looks at this machine's filesystem: a path where a run must not (or cannot) write is refused.
 """

@@ -411,7 +411,7 @@ def _launch(bwrap: str, tmp: str, files: tuple, timeout_s: int, memory_mb: int) 
     try:
         group = confine.make_cgroup(cg, _block_mb(memory_mb)) if cg else None
     except OSError as exc:  # it worked when probed: fail closed rather than run without it
-        raise SandboxUnavailable(f"the code sandbox cannot make the block's memory cgroup below {cg.parent}: "
+        raise SandboxUnavailable(f"the code sandbox cannot make the block's memory cgroup below {cg and cg.parent}: "
                                  f"{exc}") from exc
     seccomp, feed = os.pipe()  # bwrap reads the filter from it
     with os.fdopen(feed, "wb") as fh:
@@ -424,7 +424,7 @@ def _launch(bwrap: str, tmp: str, files: tuple, timeout_s: int, memory_mb: int) 
             cmd = ["/bin/sh", "-c", confine.PLACE, os.path.join(group, "cgroup.procs"), *cmd]
         returncode = _run(cmd, env=env, stdout=out, stderr=err, keep=(trace.fileno(), info.fileno(), seccomp),
                           info=info.name, timeout_s=timeout_s)
-        return returncode, confine.oom_kills(group, cg.version) if group else 0
+        return returncode, confine.oom_kills(group, cg.version) if group and cg else 0
     finally:
         os.close(seccomp)
         if group:
@@ -459,7 +459,8 @@ def _read(path: str) -> str:
 def _failure(run: _Run, timeout_s: int, memory_mb: int) -> Result:
     last = (run.stderr.strip().splitlines() or [""])[-1][:200]
     # bwrap exits 128 + N when the block died of signal N
-    sig = run.returncode - 128 if run.returncode > 128 else -run.returncode if run.returncode < 0 else 0
+    code = run.returncode or 0  # None (still running at the wall-clock limit) is handled before this
+    sig = code - 128 if code > 128 else -code if code < 0 else 0
     if run.oom_kills:
         return Result("memory", f"over the sandbox limit of {_block_mb(memory_mb)} MB for the block and all its "
                       f"processes together (the kernel ended {run.oom_kills} of them)", run.stdout)

@@ -2,8 +2,11 @@
 
     tokenizer = tokenizer_for(model_dir, cfg.tokenizer_config, special_tokens=cfg.special_tokens)
     check_remote_code(model_dir, trust_remote_code=False)   # UserError if it needs its own code
+    tokenizer = run_tokenizer(base_dir, run_dir / "adapter", trust_remote_code=cfg.trust_remote_code)
 
-The tokenizer comes from the directory tokenizer_config names (resolved as base_model is, by
+Training saves the tokenizer it used beside the adapter (train._finish); every later stage (merge,
+export, package, chat, compare) loads it back with `run_tokenizer`, so special_tokens and
+tokenizer_config reach the merged checkpoint, the GGUF and the Modelfile. The tokenizer comes from the directory tokenizer_config names (resolved as base_model is, by
 models.resolve_aux) or else from the base model's; special_tokens must already be in its
 vocabulary. `check_remote_code` is what the model loader (lora.load_base) calls too.
 """
@@ -19,6 +22,24 @@ from tutorforge.models import resolve_aux
 log = logging.getLogger(__name__)
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+# every file a tokenizer's save_pretrained may write (transformers tokenization_utils_base,
+# PreTrainedTokenizerBase.save_pretrained and the slow tokenizers' save_vocabulary)
+SAVED_TOKENIZER_FILES = (*TOKENIZER_FILES, "merges.txt", "special_tokens_map.json", "added_tokens.json",
+                         "chat_template.jinja", "chat_template.json")
+
+
+def tokenizer_dir(model_dir: Path, adapter: Path | None = None) -> Path:
+    """Where the tokenizer a run trained with is: its adapter directory when training saved it there
+    (train._finish), else the model directory (base or merged)."""
+    if adapter is not None and any((Path(adapter) / name).is_file() for name in TOKENIZER_FILES):
+        return Path(adapter)
+    return Path(model_dir)
+
+
+def run_tokenizer(model_dir: Path, adapter: Path | None = None, *, trust_remote_code: bool = False):
+    """The tokenizer a run trained with (special_tokens and tokenizer_config applied): the one saved
+    in `adapter` when it holds one, else `model_dir`'s. What every stage after training loads."""
+    return load_tokenizer(tokenizer_dir(model_dir, adapter), trust_remote_code=trust_remote_code)
 
 
 def remote_code_needed(directory: Path) -> str | None:

@@ -23,8 +23,10 @@ import math
 import random
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -102,7 +104,8 @@ def epoch_order(n_items: int, seed: int, epoch: int) -> list[int]:
     return order
 
 
-def step_batches(sched: Schedule, cfg: Config, n_items: int, step: int, world: int = 1, rank: int = 0) -> list[list[int]]:
+def step_batches(sched: Schedule, cfg: Config, n_items: int, step: int, world: int = 1,
+                 rank: int = 0) -> list[list[int]]:
     """The micro batches (item indices) of optimizer step `step` (0-based) for process `rank`:
     a step takes accumulation x world micro batches of the epoch's order, dealt round-robin."""
     epoch, within = divmod(step, sched.steps_per_epoch)
@@ -152,7 +155,7 @@ def guard_cpu_4bit(model) -> int:
     """Stop bitsandbytes from repacking 4-bit weights for its CPU inference kernel (which it does
     on any no-grad eval-mode forward, and which silently breaks LoRA gradients afterwards)."""
     try:
-        from bitsandbytes.nn import Linear4bit
+        from bitsandbytes.nn import Linear4bit  # pyright: ignore[reportPrivateImportUsage]
     except ImportError:
         return 0
     guarded = 0
@@ -209,10 +212,10 @@ class Run:
 
     cfg: Config
     run_dir: Path
-    model: object  # what the loop calls: DDP-wrapped when there are several processes
-    core: object  # the PEFT model itself: saved, evaluated
-    optimizer: object
-    scheduler: object
+    model: torch.nn.Module  # what the loop calls: DDP-wrapped when there are several processes
+    core: Any  # the PEFT model itself (PeftModel): saved, evaluated
+    optimizer: torch.optim.Optimizer
+    scheduler: Any  # a transformers LR scheduler (torch.optim.lr_scheduler.LambdaLR)
     items: list
     val: list
     sched: Schedule
@@ -220,7 +223,7 @@ class Run:
     device: torch.device
     dtype: torch.dtype
     decisions: list[str]
-    tokenizer: object = None  # saved with the adapter: special_tokens and tokenizer_config reach merge and export
+    tokenizer: Any = None  # saved with the adapter: special_tokens and tokenizer_config reach merge and export
     pad_to: int | None = None  # pad_to_sequence_len: every training batch is sequence_len wide
 
 
@@ -345,13 +348,13 @@ def _versions() -> dict[str, str]:
 
 
 def build_run(cfg: Config, *, config_dir: Path | None, skip_bad_rows: bool, device: torch.device | None = None,
-              decisions: list[str] = ()) -> Run:
+              decisions: Sequence[str] = ()) -> Run:
     """Resolve the model, prepare the data and build model, optimizer and schedule. `decisions`
     are choices made before (the memory plan's): they lead run.json's list and the log."""
     import transformers
 
-    from tutorforge.data import prepare
     from tutorforge.models import model_config_dir, resolve_base_model
+    from tutorforge.prepare import prepare
     from tutorforge.tokenizer import tokenizer_for
 
     device = device or dist.device()
@@ -361,7 +364,7 @@ def build_run(cfg: Config, *, config_dir: Path | None, skip_bad_rows: bool, devi
     prepared = prepare(cfg, tokenizer, skip_bad_rows=skip_bad_rows, config_dir=config_dir)
     log.info("%s", prepared.summary())
     if dist.is_main():  # the held-out rows, never trained on: export verifies and compare asks on them
-        from tutorforge.data import write_rows
+        from tutorforge.prepare import write_rows
 
         write_rows(prepared.val_rows, Path(cfg.output_dir) / "heldout.jsonl")
     items = prepared.packs if prepared.packs is not None else prepared.train
@@ -405,7 +408,7 @@ def build_run(cfg: Config, *, config_dir: Path | None, skip_bad_rows: bool, devi
 
 
 def train(cfg: Config, *, config_dir: Path | None = None, skip_bad_rows: bool = False, resume: bool = True,
-          progress=None, decisions: list[str] = ()) -> Path:
+          progress=None, decisions: Sequence[str] = ()) -> Path:
     """Train the config's adapter into output_dir/adapter; resume from the newest checkpoint."""
     from tutorforge.checkpoints import latest_checkpoint, load_checkpoint, read_metrics, truncate_metrics
     from tutorforge.data import dataset_files
