@@ -197,6 +197,9 @@ def test_prompts_file_with_optional_references(tmp_path):
     path.write_text('{"instruction": "ok"\n')
     with pytest.raises(UserError, match=r"p.jsonl:1: not JSON"):
         load_prompts(path)
+    path.write_text('{"instruction": "ok", "input": ' + "1" * 5000 + "}\n")  # past int()'s 4300-digit limit
+    with pytest.raises(UserError, match=r"p.jsonl:1: not JSON \(Exceeds the limit \(4300 digits\)"):
+        load_prompts(path)
     with pytest.raises(UserError, match="no such prompts file"):
         load_prompts(tmp_path / "missing.jsonl")
 
@@ -286,8 +289,8 @@ def test_compare_reuses_its_report_only_for_the_same_inputs_and_never_writes_ove
         return Fixed(name, f"answer of {identity['tuned'] if spec == 'T' else 'base'}")
 
     monkeypatch.setattr("tutorforge.evaluate.open_generator", fake_open)
-    monkeypatch.setattr("tutorforge.compare.model_inputs",
-                        lambda spec, adapter=None: {"spec": str(spec), "content": identity["tuned"] if spec == "T" else 0})
+    monkeypatch.setattr("tutorforge.compare.model_inputs", lambda spec, adapter=None: {
+        "spec": str(spec), "content": identity["tuned"] if spec == "T" else 0})
     out = tmp_path / "report"
     argv = ["compare", "--base", "B", "--tuned", "T", "--prompts", str(prompts), "--out", str(out)]
     assert cli.main(argv) == 0
@@ -307,4 +310,5 @@ def test_compare_reuses_its_report_only_for_the_same_inputs_and_never_writes_ove
     (foreign / "notes.txt").write_text("keep me")
     assert cli.main([*argv[:-1], str(foreign)]) == 2
     assert "not written by tutorforge" in capsys.readouterr().err
-    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"] and (foreign / "notes.txt").read_text() == "keep me"
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+    assert (foreign / "notes.txt").read_text() == "keep me"

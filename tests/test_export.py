@@ -108,7 +108,8 @@ def test_metadata_is_complete(exported):
     value = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("tokenizer.ggml.tok")
              and k != "tokenizer.ggml.merges"}
     assert value["general.architecture"] == "llama" and value["general.name"] == "tutor"
-    assert (value["llama.block_count"], value["llama.embedding_length"], value["llama.feed_forward_length"]) == (30, 576, 1536)
+    assert (value["llama.block_count"], value["llama.embedding_length"],
+            value["llama.feed_forward_length"]) == (30, 576, 1536)
     assert (value["llama.attention.head_count"], value["llama.attention.head_count_kv"]) == (9, 3)
     assert value["llama.rope.freq_base"] == pytest.approx(100000.0)
     assert value["llama.rope.dimension_count"] == 64 and value["llama.context_length"] == 8192

@@ -201,7 +201,8 @@ class FakeOllama:
                         return self._reply(400, json.dumps({"error": f"unknown blob {missing[0]}"}).encode())
                     fake.created.append(request)
                     lines = [{"status": "using existing layer"}, {"status": "writing manifest"}, {"status": "success"}]
-                    return self._reply(200, "".join(json.dumps(x) + "\n" for x in lines).encode(), "application/x-ndjson")
+                    ndjson = "".join(json.dumps(x) + "\n" for x in lines).encode()
+                    return self._reply(200, ndjson, "application/x-ndjson")
                 self._reply(404)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

@@ -89,5 +89,6 @@ def test_a_reference_too_big_for_ram_is_read_from_disk_and_predicts_the_same(bun
     assert runs["disk"]["top"] == runs["ram"]["top"]
     assert not runs["disk"]["scratch_left"]  # the merged copy and offload folder are removed
     fp32_mb = verify.fp32_bytes(Path(bundled.path)) / 2**20  # 513 MiB
-    print(f"reference peak RAM: in RAM {runs['ram']['peak_mb']:.0f} MB, read from disk {runs['disk']['peak_mb']:.0f} MB")
+    print(f"reference peak RAM: in RAM {runs['ram']['peak_mb']:.0f} MB, "
+          f"read from disk {runs['disk']['peak_mb']:.0f} MB")
     assert runs["disk"]["peak_mb"] < runs["ram"]["peak_mb"] - fp32_mb / 2, runs

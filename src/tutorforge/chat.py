@@ -14,12 +14,18 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tutorforge.errors import UserError
+
+if TYPE_CHECKING:
+    from llama_cpp import Llama, llama_vocab_p
+
+    from tutorforge.ollama import Family
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +51,8 @@ class Outcome:
 
 @dataclass
 class ChatModel:
-    llm: object  # llama_cpp.Llama
-    family: object  # ollama.Family
+    llm: Llama
+    family: Family
     stops: list[str]
     system: str | None
     name: str
@@ -58,11 +64,22 @@ class ChatModel:
         return self.llm.n_ctx()
 
     @cached_property
+    def vocab(self) -> llama_vocab_p:
+        """llama.cpp's vocabulary handle of the loaded model."""
+        import llama_cpp
+
+        vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
+        if vocab is None:  # llama_model_get_vocab's C pointer is NULL
+            raise UserError(f"{self.name}: llama.cpp loaded the model but found no vocabulary in it; "
+                            "re-export the GGUF with `tutorforge export`")
+        return vocab
+
+    @cached_property
     def markers(self) -> list[str]:
         """The vocabulary's control tokens (what llama.cpp's special parsing would read)."""
         import llama_cpp
 
-        vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
+        vocab = self.vocab
         return [self.llm.detokenize([i], special=True).decode("utf-8", errors="replace")
                 for i in range(self.llm.n_vocab())
                 if llama_cpp.llama_vocab_get_attr(vocab, i) & llama_cpp.LLAMA_TOKEN_ATTR_CONTROL]
@@ -84,8 +101,7 @@ class ChatModel:
         def encode(text: str, special: bool) -> list[int]:
             return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)
 
-        vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
-        bos = [self.llm.token_bos()] if llama_cpp.llama_vocab_get_add_bos(vocab) else []
+        bos = [self.llm.token_bos()] if llama_cpp.llama_vocab_get_add_bos(self.vocab) else []
         return bos + encode_segments(render_segments(self.family.render, messages), self.markers, encode)
 
     def pieces(self, ids: list[int], outcome: Outcome, *, max_tokens: int = 512, temperature: float = 0.0,
@@ -109,6 +125,9 @@ class ChatModel:
         chunks = self.llm.create_completion(ids, max_tokens=max_tokens, temperature=temperature,
                                             repeat_penalty=self.repeat_penalty, stop=self.stops, stream=True,
                                             seed=self.seed, stopping_criteria=StoppingCriteriaList([stop_now]))
+        if not isinstance(chunks, Generator):  # stream=True: a generator (annotated as either kind)
+            raise TypeError(f"llama-cpp-python's create_completion(stream=True) returned {type(chunks).__name__}, "
+                            "not a generator of chunks; install the llama-cpp-python version in pyproject.toml")
         with ollama_penalty_window(self.llm, ids):  # the sampler is built at the first chunk
             try:
                 for chunk in chunks:

@@ -20,6 +20,7 @@ import math
 import re
 import statistics
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -115,12 +116,12 @@ def target_words_from(outputs: list[str]) -> int:
     return math.ceil(statistics.quantiles(counts, n=100, method="inclusive")[89])
 
 
-def _pct(flags: list[bool | None]) -> float | None:
+def _pct(flags: Sequence[bool | None]) -> float | None:
     known = [f for f in flags if f is not None]
     return 100.0 * sum(known) / len(known) if known else None
 
 
-def _mean(values: list[float | None]) -> float | None:
+def _mean(values: Sequence[float | None]) -> float | None:
     known = [v for v in values if v is not None]
     return float(statistics.fmean(known)) if known else None
 
@@ -207,14 +208,15 @@ def run_comparison(base, tuned, rows: list, *, max_new_tokens: int, target_words
         t0 = time.perf_counter()
         out = gen.generate(row.instruction, row.input, system=system, max_new_tokens=max_new_tokens)
         elapsed = time.perf_counter() - t0
-        return side, _answer_record(out, elapsed, score_answer(out, row.output or None, target_words=target_words)), elapsed
+        metrics = score_answer(out, row.output or None, target_words=target_words)
+        return side, _answer_record(out, elapsed, metrics), elapsed
 
     # the two models answer side by side, one thread each (llama.cpp and torch release the GIL)
     with ThreadPoolExecutor(max_workers=2) as pool:
         for i, row in enumerate(rows):
             record = {"index": i, "source": row.source, "instruction": row.instruction, "input": row.input,
                       "reference": row.output or None}
-            for side, result, elapsed in pool.map(lambda sg: answer(sg, row), sides):
+            for side, result, elapsed in pool.map(answer, sides, [row] * len(sides)):
                 record[side] = result
                 seconds[side].append(elapsed)
             records.append(record)
@@ -222,7 +224,8 @@ def run_comparison(base, tuned, rows: list, *, max_new_tokens: int, target_words
                      record["base"]["words"], record["tuned"]["words"])
             if progress:
                 progress(i + 1, len(rows))
-        perplexities = dict(zip(("base", "tuned"), pool.map(lambda sg: _perplexity(sg[1], rows, system), sides), strict=False))
+        perplexity_of = pool.map(lambda sg: _perplexity(sg[1], rows, system), sides)
+        perplexities: dict[str, float | None] = dict(zip(("base", "tuned"), perplexity_of, strict=False))
     aggregates = {side: aggregate([r[side] for r in records], perplexities[side], seconds[side])
                   for side, _ in sides}
     settings = {"target_words": target_words, "max_new_tokens": max_new_tokens, "system": system,
@@ -250,8 +253,9 @@ def load_prompts(path: Path) -> list:
             if line.strip():
                 try:
                     items.append((n, json.loads(line)))
-                except ValueError as exc:
-                    raise UserError(f"{path}:{n}: not JSON ({exc.msg}); one Alpaca object per line") from None
+                except ValueError as exc:  # a JSONDecodeError, or int()'s digit limit on a long number
+                    detail = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+                    raise UserError(f"{path}:{n}: not JSON ({detail}); one Alpaca object per line") from None
     rows = []
     for n, value in items:
         instruction = value.get("instruction") if isinstance(value, dict) else None
@@ -304,8 +308,9 @@ def prompts_and_target(cfg: Config | None, config_dir: Path | None, *, settings:
     prompts = prompts or (Path(settings.prompts) if settings.prompts else None)
     if prompts is None and cfg is None:
         raise UserError("compare without a config needs --prompts FILE.jsonl (Alpaca rows)")
-    has_split = cfg is not None and (prompts is None or (Path(cfg.output_dir) / "heldout.jsonl").is_file())
-    held = heldout_rows(cfg, config_dir) if has_split else []
+    held = []
+    if cfg is not None and (prompts is None or (Path(cfg.output_dir) / "heldout.jsonl").is_file()):
+        held = heldout_rows(cfg, config_dir)
     rows = load_prompts(prompts) if prompts else held
     target = target_words or settings.target_words
     if not target:

@@ -84,7 +84,8 @@ class TorchGenerator:
                                 "adapter/ directory of a training run, or the run's output_dir")
             model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
             log.info("%s: adapter %s merged in memory", self.name, adapter)
-        self.model = model.to(device).eval()
+        # transformers wraps PreTrainedModel.to in functools.wraps, which pyright sees as unbound
+        self.model = model.to(device).eval()  # pyright: ignore[reportArgumentType] -- device is not self
 
     def _prompt_ids(self, fmt, instruction: str, input: str):
         import torch
@@ -102,8 +103,10 @@ class TorchGenerator:
         ids = self._prompt_ids(fmt, instruction, input)
         eos = fmt.end_token_id
         with torch.inference_mode():
-            out = self.model.generate(**ids, do_sample=False, max_new_tokens=max_new_tokens,
-                                      eos_token_id=eos, pad_token_id=self.tokenizer.pad_token_id or eos)
+            # GenerationMixin.generate types `self` as a Protocol (transformers._typing) no model class meets
+            out = self.model.generate(  # pyright: ignore[reportAttributeAccessIssue] -- transformers' self type
+                **ids, do_sample=False, max_new_tokens=max_new_tokens,
+                eos_token_id=eos, pad_token_id=self.tokenizer.pad_token_id or eos)
         return _answer(self.tokenizer, out[0, ids["input_ids"].shape[1]:].tolist(), eos)
 
     def perplexity(self, rows: list, *, system: str | None = None) -> float:

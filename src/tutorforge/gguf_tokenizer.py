@@ -76,9 +76,9 @@ def compare_tokenization(llm, tokenizer, texts: list[str]) -> list[tuple[str, li
 
 def tokenizer_mismatches(tokenizer, gguf: Path, texts: list[str]) -> list[tuple[str, list[int], list[int]]]:
     """Texts whose token ids differ between `tokenizer` and llama.cpp's tokenizer of `gguf`."""
-    from llama_cpp import Llama
+    from tutorforge.llamacpp import open_llama
 
-    llm = Llama(model_path=str(gguf), vocab_only=True, verbose=False)
+    llm = open_llama(gguf, n_ctx=512, gpu_layers=0, vocab_only=True)  # the vocabulary only: no weights load
     try:
         return compare_tokenization(llm, tokenizer, texts)
     finally:

@@ -7,10 +7,11 @@ The tokenizer is the run's (tokenizer.run_tokenizer): the one training saved in 
 directory when it holds one, else the model directory's. A checkpoint converted from a GGUF file (the
 bundled model) gets that file's tokenizer fields copied as they are, but for the special token ids
 the run's tokenizer changed (config key special_tokens). Any other checkpoint's Hugging Face BPE
-tokenizer is written the way llama.cpp's converter (convert_hf_to_gguf.py) writes it: tokens and their types from the tokenizer; merges,
-special token ids and chat template by gguf-py's `SpecialVocab` (which also encodes merges saved as
-pairs whose tokens hold spaces); the pre-tokenizer named by the sha256 of the token ids of the
-converter's probe text, looked up in `PRE_TOKENIZER_HASHES`.
+tokenizer is written the way llama.cpp's converter (convert_hf_to_gguf.py) writes it: tokens and
+their types from the tokenizer; merges, special token ids and chat template by gguf-py's
+`SpecialVocab` (which also encodes merges saved as pairs whose tokens hold spaces); the
+pre-tokenizer named by the sha256 of the token ids of the converter's probe text, looked up in
+`PRE_TOKENIZER_HASHES`.
 """
 from __future__ import annotations
 
@@ -191,14 +192,13 @@ def add_tokenizer(writer: gguf.GGUFWriter, model_dir: Path, vocab_size: int, ada
     reader = gguf.GGUFReader(str(source)) if source else None
     own = directory == Path(model_dir)  # no tokenizer saved with the adapter
     tokenizer = None if reader and own else load_tokenizer(directory, trust_remote_code=trust_remote_code)
-    # None: tokens from the Hugging Face tokenizer; else the source GGUF's, with these special ids
-    special = None if reader is None else {} if own else changed_special_ids(tokenizer, reader)
-    if special is not None:
+    if reader is not None:  # the source GGUF's tokens, with these special ids in place of its own
+        special = {} if own else changed_special_ids(tokenizer, reader)
         if special:
             log.info("export: special token ids of %s in place of the source GGUF's: %s", directory, special)
         copy_tokenizer_from_gguf(writer, reader, special)
         template = gguf.SpecialVocab(directory, special_token_types=()).chat_template
-    else:
+    else:  # the tokens of the Hugging Face tokenizer
         template = tokenizer_from_hf(writer, tokenizer, directory, vocab_size, Path(model_dir)).chat_template
     if template is None and (directory / "chat_template.jinja").is_file():  # no tokenizer_config.json
         template = (directory / "chat_template.jinja").read_text()

@@ -125,7 +125,7 @@ class Planned:
     heads: int | None  # permute q/k rows for this many heads
     ggml_type: str
     byte_shape: tuple[int, ...]
-    np_dtype: object
+    np_dtype: type[np.generic]  # np.uint8 (quantized bytes), np.float32, np.float16, np.uint16 (BF16 bits)
 
     @property
     def nbytes(self) -> int:

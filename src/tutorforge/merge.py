@@ -128,7 +128,7 @@ class Workspace:
     def read(self, ref: TensorRef) -> torch.Tensor:
         """`ref`'s tensor, read into the workspace: valid until the next read."""
         n = ref.end - ref.start
-        pread_into(ref, memoryview(self.raw.numpy())[:n])
+        pread_into(ref, self.raw.numpy().data[:n])  # ndarray.data: a memoryview of its buffer
         return self.raw[:n].view(DTYPES[ref.dtype]).reshape(ref.shape)
 
     def merged(self, ref: TensorRef, pair: LoraPair | None, replacement: torch.Tensor | None) -> torch.Tensor:

@@ -156,7 +156,8 @@ def modelfile(gguf_name: str, template: str, *, system: str | None, stops: list[
 
 def parse_modelfile(text: str) -> dict[str, object]:
     """FROM, TEMPLATE, SYSTEM, LICENSE and the PARAMETERs of a Modelfile written by `modelfile`."""
-    out: dict[str, object] = {"PARAMETER": []}
+    parameters: list[tuple[str, ...]] = []  # (name, value) of each PARAMETER line, in order
+    out: dict[str, object] = {"PARAMETER": parameters}
     rest = text
     while rest.strip():
         rest = rest.lstrip("\n")
@@ -169,7 +170,7 @@ def parse_modelfile(text: str) -> dict[str, object]:
         else:
             value, _, rest = after.partition("\n")
         if word == "PARAMETER":
-            out["PARAMETER"].append(tuple(value.split(" ", 1)))
+            parameters.append(tuple(value.split(" ", 1)))
         else:
             out[word] = value
     return out
@@ -300,7 +301,8 @@ def verify_template(tokenizer, fmt: PromptFormat, family: Family, render=None) -
             got = render(family.template, {"messages": system + [{"role": "user",
                                                                  "content": user_turn(instruction, input)}]})
         if got != expected:
-            at = next((i for i, (a, b) in enumerate(zip(got, expected, strict=False)) if a != b), min(len(got), len(expected)))
+            at = next((i for i, (a, b) in enumerate(zip(got, expected, strict=False)) if a != b),
+                      min(len(got), len(expected)))
             raise UserError(f"the Ollama TEMPLATE ({family.name}) renders {got[at:at + 40]!r} where training "
                             f"had {expected[at:at + 40]!r} (character {at}); the model would not see its "
                             "training prompt in Ollama; please report this template")

@@ -20,9 +20,11 @@ from tutorforge.ollama import parse_modelfile
 def create_request(name: str, parsed: dict, gguf_name: str, digest: str) -> dict:
     """The body of Ollama's POST /api/create for a Modelfile written by `modelfile`."""
     parameters: dict[str, object] = {}
+    stops: list[str] = []  # parameters["stop"], placed where the first stop line is
     for key, value in parsed["PARAMETER"]:
         if key == "stop":
-            parameters.setdefault("stop", []).append(value.strip('"'))
+            parameters["stop"] = stops
+            stops.append(value.strip('"'))
         else:
             parameters[key] = float(value) if "." in value or key == "temperature" else int(value)
     body = {"model": name, "files": {gguf_name: f"sha256:{digest}"}, "template": parsed["TEMPLATE"],

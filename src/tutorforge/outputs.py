@@ -53,16 +53,20 @@ def _hash_cache_path() -> Path:
     return cache_root() / "file-hashes.json"
 
 
+def _read_hash_cache() -> dict[str, list]:
+    try:
+        return json.loads(_hash_cache_path().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def _hash(path: Path) -> tuple[str, bool]:
     """(the SHA-256 of a file's content, whether it had to be read now). A file is read once: its
     identity (device, inode, size, modification time) finds the hash later, and any change to the
     file alters it. One entry per file: a changed file's new hash replaces its old one."""
     global _hashes
     if _hashes is None:
-        try:
-            _hashes = json.loads(_hash_cache_path().read_text())
-        except (OSError, ValueError):
-            _hashes = {}
+        _hashes = _read_hash_cache()
     st = Path(path).stat()
     real, identity = os.path.realpath(path), f"{st.st_dev}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}"
     known = _hashes.get(real)
@@ -172,7 +176,7 @@ def _inside(path: Path, parent: Path) -> bool:
     return path == parent or parent in path.parents
 
 
-def _check_not_protected(out: Path, protect: Iterable[Path], option: str = "--out") -> None:
+def _check_not_protected(out: Path, protect: Iterable[Path | None], option: str = "--out") -> None:
     """Refuse an output that is, holds or lies inside a protected directory (the inputs)."""
     target = Path(os.path.realpath(out))
     for guarded in protect:
@@ -255,7 +259,7 @@ def _foreign_entries(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir() if not _is_own(p.name))
 
 
-def claim(out: Path, kind: str, *, protect: Iterable[Path] = (), option: str = "--out",
+def claim(out: Path, kind: str, *, protect: Iterable[Path | None] = (), option: str = "--out",
           create: bool = True) -> OutputDir:
     """`out` as an output directory of `kind`, created (unless not `create`: one built elsewhere and
     renamed into place) if absent. Refused, with what to do: a file; a directory that holds anything

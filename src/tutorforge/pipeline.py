@@ -308,8 +308,9 @@ def generators(p: Pipeline):
             gguf_file(base_out, "base", "f16").unlink(missing_ok=True)
     # the tokenizer the run trained with, for both: the same prompts, cut at the same end token
     tokenizer = run_tokenizer(base_dir, run_dir_of(p).adapter, trust_remote_code=p.config.trust_remote_code)
-    kwargs = {"tokenizer": tokenizer, "chat_template": p.config.chat_template, "system": p.config.default_system_message,
-              "n_ctx": max(p.config.sequence_len, 1024), "repeat_penalty": p.config.tutorforge.ollama.repeat_penalty,
+    kwargs = {"tokenizer": tokenizer, "chat_template": p.config.chat_template,
+              "system": p.config.default_system_message, "n_ctx": max(p.config.sequence_len, 1024),
+              "repeat_penalty": p.config.tutorforge.ollama.repeat_penalty,
               "repeat_last_n": p.config.tutorforge.ollama.repeat_last_n,  # decoded as Ollama will
               "threads": shared_threads(2)}  # base and tuned answer side by side
     return (GGUFGenerator(base_gguf, name=f"{quant} GGUF", **kwargs),

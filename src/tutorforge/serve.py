@@ -28,6 +28,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Literal, TypeAlias
 
 from tutorforge.chat import ChatModel, Outcome, PromptTooLong
 
@@ -51,6 +52,11 @@ class ApiError(Exception):
 
     def body(self) -> dict:
         return {"error": {"message": str(self), "type": self.kind, "param": self.param, "code": self.code}}
+
+
+# what the worker puts on a Job's events: start (the prompt's ids), pieces, then end or error
+Event: TypeAlias = (tuple[Literal["start"], list[int]] | tuple[Literal["piece"], str]
+                    | tuple[Literal["end"], Outcome] | tuple[Literal["error"], ApiError])
 
 
 @dataclass(frozen=True)
@@ -105,7 +111,7 @@ class Job:
     """One request's generation; the worker puts ("start", ids), ("piece", text), then ("end",
     Outcome) or ("error", ApiError) on `events`."""
     request: Request
-    events: queue.Queue = field(default_factory=queue.Queue)
+    events: queue.Queue[Event] = field(default_factory=queue.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
 
 
@@ -174,8 +180,8 @@ class Handler(BaseHTTPRequestHandler):
     server: ChatServer
 
     def setup(self) -> None:
-        self.timeout = self.server.io_timeout  # StreamRequestHandler sets it on the socket
         super().setup()
+        self.connection.settimeout(self.server.io_timeout)  # as StreamRequestHandler.timeout would
         # the whole request must arrive by the deadline; past it the socket is shut (reads return b"")
         self.deadline = threading.Timer(self.server.read_deadline, self._cut_off)
         self.deadline.daemon = True
@@ -244,7 +250,7 @@ class Handler(BaseHTTPRequestHandler):
         self.deadline.cancel()
         return parse_request(body)
 
-    def _events(self, job: Job) -> Iterator[tuple[str, object]]:
+    def _events(self, job: Job) -> Iterator[Event]:
         """The job's events as they come; when the client goes away, the job is cancelled and
         the events end."""
         while True:
@@ -263,13 +269,14 @@ class Handler(BaseHTTPRequestHandler):
 
     def _complete(self, job: Job) -> None:
         text, outcome = [], None
-        for kind, value in self._events(job):
-            if kind == "error":
-                return self._error(value)
-            if kind == "piece":
-                text.append(value)
-            if kind == "end":
-                outcome = value
+        for event in self._events(job):
+            match event:
+                case ("error", error):
+                    return self._error(error)
+                case ("piece", piece):
+                    text.append(piece)
+                case ("end", ended):
+                    outcome = ended
         if outcome is None:
             return
         self._send(200, {**self._envelope("chat.completion"), "choices": [
@@ -284,23 +291,24 @@ class Handler(BaseHTTPRequestHandler):
             return b"data: " + json.dumps(body).encode() + b"\n\n"
 
         started = False
-        for kind, value in self._events(job):
-            if kind == "error" and started:  # after the headers: an error event ends the stream
-                self.wfile.write(b"data: " + json.dumps(value.body()).encode() + b"\n\n")
-            elif kind == "error":
-                return self._error(value)
-            elif kind == "start":
-                started = True
-                self.send_response(200)
-                self.send_header("Content-Type", "text/event-stream")
-                self.send_header("Cache-Control", "no-cache")
-                self.end_headers()  # no Content-Length: the events end when the connection closes
-                self.close_connection = True
-                self.wfile.write(chunk({"role": "assistant", "content": ""}))
-            elif kind == "piece":
-                self.wfile.write(chunk({"content": value}))
-            elif kind == "end" and value.finish_reason:
-                self.wfile.write(chunk({}, value.finish_reason) + b"data: [DONE]\n\n")
+        for event in self._events(job):
+            match event:
+                case ("error", error) if started:  # after the headers: an error event ends the stream
+                    self.wfile.write(b"data: " + json.dumps(error.body()).encode() + b"\n\n")
+                case ("error", error):
+                    return self._error(error)
+                case ("start", _):
+                    started = True
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/event-stream")
+                    self.send_header("Cache-Control", "no-cache")
+                    self.end_headers()  # no Content-Length: the events end when the connection closes
+                    self.close_connection = True
+                    self.wfile.write(chunk({"role": "assistant", "content": ""}))
+                case ("piece", piece):
+                    self.wfile.write(chunk({"content": piece}))
+                case ("end", outcome) if outcome.finish_reason:
+                    self.wfile.write(chunk({}, outcome.finish_reason) + b"data: [DONE]\n\n")
 
     def _envelope(self, kind: str) -> dict:
         return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": kind, "created": int(time.time()),

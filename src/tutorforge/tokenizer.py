@@ -6,9 +6,10 @@
 
 Training saves the tokenizer it used beside the adapter (train._finish); every later stage (merge,
 export, package, chat, compare) loads it back with `run_tokenizer`, so special_tokens and
-tokenizer_config reach the merged checkpoint, the GGUF and the Modelfile. The tokenizer comes from the directory tokenizer_config names (resolved as base_model is, by
-models.resolve_aux) or else from the base model's; special_tokens must already be in its
-vocabulary. `check_remote_code` is what the model loader (lora.load_base) calls too.
+tokenizer_config reach the merged checkpoint, the GGUF and the Modelfile. The tokenizer comes from
+the directory tokenizer_config names (resolved as base_model is, by models.resolve_aux) or else from
+the base model's; special_tokens must already be in its vocabulary. `check_remote_code` is what the
+model loader (lora.load_base) calls too.
 """
 from __future__ import annotations
 
@@ -45,8 +46,8 @@ def run_tokenizer(model_dir: Path, adapter: Path | None = None, *, trust_remote_
 def remote_code_needed(directory: Path) -> str | None:
     """What in a model directory needs the model's own Python code (an `auto_map` naming a class
     this transformers lacks), or None. Read from config.json and tokenizer_config.json, as
-    transformers itself decides (CONFIG_MAPPING_NAMES, tokenizer_class_from_name)."""
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+    transformers itself decides (AutoConfig's `model_type in CONFIG_MAPPING`, tokenizer_class_from_name)."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
     from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
 
     def read(name: str) -> dict:
@@ -55,7 +56,7 @@ def remote_code_needed(directory: Path) -> str | None:
         return value if isinstance(value, dict) else {}
 
     config, tok = read("config.json"), read("tokenizer_config.json")
-    if config.get("auto_map") and config.get("model_type") not in CONFIG_MAPPING_NAMES:
+    if config.get("auto_map") and config.get("model_type") not in CONFIG_MAPPING:
         return f"config.json: model_type {config.get('model_type')!r} is defined by the model's own code"
     tok_map = tok.get("auto_map") or {}
     tok_class = tok.get("tokenizer_class")

@@ -38,7 +38,8 @@ class Verification:
 
     def line(self) -> str:
         agree = f"top-1 agreement {self.top1_agreement:.2%} " if self.top1_agreement is not None else ""
-        return (f"{Path(self.path).name}: loads in llama.cpp; tokenization {self.texts_tokenized - self.tokenization_mismatches}"
+        identical = self.texts_tokenized - self.tokenization_mismatches
+        return (f"{Path(self.path).name}: loads in llama.cpp; tokenization {identical}"
                 f"/{self.texts_tokenized} texts identical; {agree}over {self.positions} positions: "
                 f"perplexity {self.perplexity:.3f}")
 
@@ -122,7 +123,7 @@ def reference_predictions(model, sequences: list[list[int]], *, batch_tokens: in
 
     decoder, head = model.get_decoder(), model.get_output_embeddings()
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
-    out: list[np.ndarray | None] = [None] * len(sequences)
+    out: dict[int, np.ndarray] = {}  # sequence index -> its top-1 ids, longest sequences first
     with torch.inference_mode():
         while order:
             width, batch = len(sequences[order[-1]]), []
@@ -138,7 +139,7 @@ def reference_predictions(model, sequences: list[list[int]], *, batch_tokens: in
             for row, i in enumerate(batch):
                 start = int(mask[:row].sum())
                 out[i] = top[start:start + len(sequences[i])].numpy()
-    return out
+    return [out[i] for i in range(len(sequences))]
 
 
 def verify_gguf(path: Path, tokenizer, texts: list[str], sequences: list[list[int]],
