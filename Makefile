@@ -24,7 +24,7 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench scripts
-	$(VENV)/bin/pyright
+	$(VENV)/bin/pyright --project pyproject.toml
 
 test: $(STAMP) lint
 	bash scripts/system_deps.sh --test
