@@ -96,7 +96,7 @@ def package(run_dir: Path, *, gguf: Path | None = None) -> int:
     run = RunDir.open(run_dir, "a run directory")
     with writing(run_dir, gguf.parent if gguf else None):
         path = write_modelfile(run, gguf)
-    name = run.cfg.tutorforge.ollama.model_name or run_dir.name
+    name = run.model_name
     print(f"Modelfile: {path}\nto deploy: cd {path.parent} && ollama create {name} -f Modelfile")
     return 0
 
@@ -118,7 +118,7 @@ def deploy(run_dir: Path, *, name: str | None = None) -> int:
     modelfile_path = run.modelfile
     if not modelfile_path.is_file():
         raise UserError(f"{modelfile_path}: no Modelfile; run `tutorforge package {run_dir}` first")
-    name = name or run.cfg.tutorforge.ollama.model_name or run_dir.name
+    name = name or run.model_name
     if shutil.which("ollama"):
         return subprocess.run(["ollama", "create", name, "-f", "Modelfile"], cwd=modelfile_path.parent).returncode
     host = ollama_host()

@@ -153,12 +153,13 @@ def data_prepare(config: Path, *, skip_bad_rows: bool = False) -> int:
     """
     from tutorforge.config import load_config
     from tutorforge.prepare import prepare, write_rows
+    from tutorforge.rundir import RunDir
 
     cfg = load_config(config)
     with writing(Path(cfg.output_dir)):
         tokenizer = _tokenizer_for(cfg)[0]
         prepared = prepare(cfg, tokenizer, skip_bad_rows=skip_bad_rows, config_dir=config.parent)
-        held_out = Path(cfg.output_dir) / "heldout.jsonl"
+        held_out = RunDir.for_config(cfg).heldout
         write_rows(prepared.val_rows, held_out)
     print(prepared.summary())
     print(f"held-out rows (never trained on): {held_out}")
@@ -210,13 +211,14 @@ def run(config: Path, *, from_: str | None = None, ignore_plan: bool = False) ->
     ignore_plan: train even when the memory plan says it will not fit
     """
     from tutorforge.pipeline import run as run_pipeline
+    from tutorforge.pipeline import run_dir_of
 
     p = run_pipeline(config, start=from_, ignore_plan=ignore_plan, progress=progress_bar)
+    run, name = run_dir_of(p), run_dir_of(p).model_name
     print(f"\n{render_stages(p.outcomes)}")
     if p.comparison:
-        print(f"\nbase vs tuned on {p.run_dir / 'compare'} (report.html):\n{p.comparison}")
-    name = p.config.tutorforge.ollama.model_name or p.run_dir.name
+        print(f"\nbase vs tuned on {run.compare_dir} (report.html):\n{p.comparison}")
     print(f"\nchat with it:  tutorforge chat {p.run_dir}\n"
-          f"deploy it:     tutorforge deploy {p.run_dir}   (or: cd {p.run_dir / 'gguf'} && ollama create {name} "
+          f"deploy it:     tutorforge deploy {p.run_dir}   (or: cd {run.gguf_dir} && ollama create {name} "
           f"-f Modelfile && ollama run {name})")
     return 0

@@ -273,7 +273,9 @@ def load_prompts(path: Path) -> list:
 def heldout_rows(cfg: Config, config_dir: Path | None = None) -> list:
     """The config's held-out split: output_dir/heldout.jsonl (training writes it), else the split
     recomputed exactly as training makes it (prepare.prepare: same filtering, same seed)."""
-    heldout = Path(cfg.output_dir) / "heldout.jsonl"
+    from tutorforge.rundir import RunDir
+
+    heldout = RunDir.for_config(cfg).heldout
     if heldout.is_file():
         return load_prompts(heldout)
     if not cfg.val_set_size:
@@ -305,11 +307,13 @@ def prompts_and_target(cfg: Config | None, config_dir: Path | None, *, settings:
     """The rows to ask (prompts, else tutorforge.compare.prompts, else the config's held-out split; at
     most max_prompts) and the brevity target (target_words, else tutorforge.compare.target_words,
     else p90 of the training answers; without a config, p90 of the prompts' references)."""
+    from tutorforge.rundir import RunDir
+
     prompts = prompts or (Path(settings.prompts) if settings.prompts else None)
     if prompts is None and cfg is None:
         raise UserError("compare without a config needs --prompts FILE.jsonl (Alpaca rows)")
     held = []
-    if cfg is not None and (prompts is None or (Path(cfg.output_dir) / "heldout.jsonl").is_file()):
+    if cfg is not None and (prompts is None or RunDir.for_config(cfg).heldout.is_file()):
         held = heldout_rows(cfg, config_dir)
     rows = load_prompts(prompts) if prompts else held
     target = target_words or settings.target_words

@@ -26,7 +26,7 @@ from pathlib import Path
 from tutorforge.config import Config
 from tutorforge.errors import UserError
 from tutorforge.fsutil import sha256_file
-from tutorforge.rundir import RunDir, read_run_json, save_stages
+from tutorforge.rundir import RunDir, save_stages
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ def _validate(p: Pipeline) -> Outcome:
 
     check_base_model(p.config.base_model)  # a damaged base model stops the run here, named
     p.run_dir = Path(p.config.output_dir)
-    p.stages = dict((read_run_json(p.run_dir) or {}).get("stages", {}))
+    p.stages = run_dir_of(p).stages
     return Outcome("validate", "done", 0.0, p.config_path, p.config_path.stat().st_size)
 
 
@@ -207,12 +207,13 @@ def _merge(p: Pipeline) -> Outcome:
     from tutorforge.merge import merge
     from tutorforge.models import resolve_base_model
 
-    out = p.run_dir / "merged"
+    run = run_dir_of(p)
+    out = run.merged
 
     def work(resume: bool) -> Path:  # merge itself rebuilds a merged/ of other inputs
         _forget(p, "merge", out, "merged")
         with p.progress("merging", "tensors") as progress:
-            return merge(resolve_base_model(p.config.base_model).path, p.run_dir / "adapter", out, progress=progress)
+            return merge(resolve_base_model(p.config.base_model).path, run.adapter, out, progress=progress)
 
     return _stage(p, "merge", {"adapter": digest(p.stages.get("train"))}, work,
                   lambda d: sorted(f for f in d.iterdir() if f.is_file()))
@@ -222,14 +223,15 @@ def _export(p: Pipeline) -> Outcome:
     from tutorforge.export import check_verification, export_run
 
     settings = dataclasses.asdict(p.config.tutorforge.export)
-    out = p.run_dir / "gguf"
+    run = run_dir_of(p)
+    out = run.gguf_dir
 
     def work(resume: bool) -> Path:  # export keeps only the files made from this same model
         _forget(p, "export", out, "gguf", "package")
         with p.progress("exporting", "tensors") as progress:
             report = export_run(p.run_dir, verify=p.config.tutorforge.export.verify, progress=progress)
         check_verification(report, out)
-        return run_dir_of(p).gguf()
+        return run.gguf()
 
     def outputs(_: Path) -> list[Path]:
         report = json.loads((out / "export.json").read_text())
@@ -242,12 +244,13 @@ def _export(p: Pipeline) -> Outcome:
 def _package(p: Pipeline) -> Outcome:
     from tutorforge.ollama import package
 
-    gguf = run_dir_of(p).gguf()
+    run = run_dir_of(p)
+    gguf = run.gguf()
     settings = {"ollama": dataclasses.asdict(p.config.tutorforge.ollama), "chat_template": p.config.chat_template,
                 "system": p.config.default_system_message, "sequence_len": p.config.sequence_len}
 
     def work(resume: bool) -> Path:
-        return package(run_dir_of(p), gguf)
+        return package(run, gguf)
 
     return _stage(p, "package", {"gguf": digest(p.stages.get("export")).get(gguf.name), "settings": settings},
                   work, lambda path: [path])
@@ -257,7 +260,8 @@ def _compare(p: Pipeline) -> Outcome:
     from tutorforge import compare as ab
     from tutorforge.report import write_outputs
 
-    out = p.run_dir / "compare"
+    run = run_dir_of(p)
+    out = run.compare_dir
     rows, target = ab.prompts_and_target(p.config, p.config_path.parent, settings=p.config.tutorforge.compare)
     settings = {**dataclasses.asdict(p.config.tutorforge.compare), "target_words": target}
     inputs = {"tuned": digest(p.stages.get("export")), "rows": [(r.instruction, r.input, r.output) for r in rows],
@@ -273,7 +277,7 @@ def _compare(p: Pipeline) -> Outcome:
                 return write_outputs(comparison, out)
 
         _forget(p, "compare", out, "compare")
-        result = ab.compare_once(out, inputs, compare, protect=[p.run_dir / "adapter"])
+        result = ab.compare_once(out, inputs, compare, protect=[run.adapter])
         (out / "table.txt").write_text(result.table() + "\n")
         return out / "report.html"
 
@@ -298,7 +302,8 @@ def generators(p: Pipeline):
     identity = [str(base_dir.resolve()), quant] + [(f.name, f.stat().st_size, f.stat().st_mtime_ns)
                                                    for f in sorted(base_dir.glob("*.safetensors"))]
     key = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:12]
-    base_out = p.run_dir / "compare" / f"base-{key}"  # one export of the base, reused while it is the same
+    run = run_dir_of(p)
+    base_out = run.compare_dir / f"base-{key}"  # one export of the base, reused while it is the same
     base_gguf = gguf_file(base_out, "base", quant)
     if not base_gguf.is_file():
         with p.progress("exporting the base", "tensors") as progress:
@@ -307,11 +312,11 @@ def generators(p: Pipeline):
         if quant != "f16":
             gguf_file(base_out, "base", "f16").unlink(missing_ok=True)
     # the tokenizer the run trained with, for both: the same prompts, cut at the same end token
-    tokenizer = run_tokenizer(base_dir, run_dir_of(p).adapter, trust_remote_code=p.config.trust_remote_code)
+    tokenizer = run_tokenizer(base_dir, run.adapter, trust_remote_code=p.config.trust_remote_code)
     kwargs = {"tokenizer": tokenizer, "chat_template": p.config.chat_template,
               "system": p.config.default_system_message, "n_ctx": max(p.config.sequence_len, 1024),
               "repeat_penalty": p.config.tutorforge.ollama.repeat_penalty,
               "repeat_last_n": p.config.tutorforge.ollama.repeat_last_n,  # decoded as Ollama will
               "threads": shared_threads(2)}  # base and tuned answer side by side
     return (GGUFGenerator(base_gguf, name=f"{quant} GGUF", **kwargs),
-            GGUFGenerator(run_dir_of(p).gguf(), name=f"{quant} GGUF", **kwargs))
+            GGUFGenerator(run.gguf(), name=f"{quant} GGUF", **kwargs))

@@ -286,10 +286,10 @@ def compare_models(cfg: Config | None, config_dir: Path | None, *, base: str | N
     settings = source.tutorforge.compare if source else CompareSettings()
     rows, target = compare.prompts_and_target(cfg, config_dir, settings=settings, prompts=prompts,
                                               target_words=target_words, max_prompts=max_prompts)
-    out = out or (run.compare_dir if run else Path(cfg.output_dir) / "compare" if cfg else None)
+    out = out or (run.compare_dir if run else RunDir.for_config(cfg).compare_dir if cfg else None)
     if out is None:
         raise UserError("compare: say where the report goes with --out DIR")
-    trained = tuned_adapter or (run.adapter if run else Path(source.output_dir) / "adapter" if source else None)
+    trained = tuned_adapter or (run.adapter if run else RunDir.for_config(source).adapter if source else None)
     tokenizer_dir = run_tokenizer_dir(resolve_base_model(source.base_model).path, trained) if source else None
     kwargs = {"tokenizer_dir": tokenizer_dir, "chat_template": source.chat_template if source else None,
               "system": source.default_system_message if source else None}

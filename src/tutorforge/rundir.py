@@ -91,9 +91,8 @@ class RunDir:
 
     @classmethod
     def for_config(cls, cfg: Config) -> RunDir:
-        """The output_dir a config trains into (run.json may not exist yet)."""
-        path = Path(cfg.output_dir)
-        return cls(path, cfg, read_run_json(path) or {})
+        """The output_dir a config trains into (it may hold no run yet)."""
+        return cls(Path(cfg.output_dir), cfg)
 
     @classmethod
     def find(cls, path: Path) -> RunDir | None:
@@ -156,7 +155,7 @@ class RunDir:
     @property
     def model_name(self) -> str:
         """The Ollama model name (tutorforge.ollama.model_name, default the directory's name)."""
-        return self.cfg.tutorforge.ollama.model_name or self.path.resolve().name
+        return self.cfg.tutorforge.ollama.model_name or self.path.name
 
     # --- run.json -----------------------------------------------------------------------------
 

@@ -36,6 +36,7 @@ from tutorforge.config import Config
 from tutorforge.errors import UserError
 from tutorforge.formatting import IGNORE
 from tutorforge.lora import add_lora, attention_implementation, build_optimizer, compute_dtype, load_base
+from tutorforge.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -366,7 +367,7 @@ def build_run(cfg: Config, *, config_dir: Path | None, skip_bad_rows: bool, devi
     if dist.is_main():  # the held-out rows, never trained on: export verifies and compare asks on them
         from tutorforge.prepare import write_rows
 
-        write_rows(prepared.val_rows, Path(cfg.output_dir) / "heldout.jsonl")
+        write_rows(prepared.val_rows, RunDir.for_config(cfg).heldout)
     items = prepared.packs if prepared.packs is not None else prepared.train
     sched = make_schedule(cfg, len(items), bool(prepared.val), dist.world_size())
     dtype = compute_dtype(cfg.bf16, cfg.fp16, device)
