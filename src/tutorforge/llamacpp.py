@@ -52,7 +52,7 @@ def _env_int(name: str, minimum: int) -> int | None:
 
 def default_threads() -> int:
     """TUTORFORGE_THREADS, else the number of CPUs this process may run on."""
-    return _env_int(THREADS_ENV, 1) or len(os.sched_getaffinity(0))
+    return shared_threads(1)
 
 
 def shared_threads(models: int) -> int:
