@@ -15,6 +15,20 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 pytest_plugins = ["pytester"]
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def tutorforge_imports(module: str, *, top_only: bool = False) -> set[str]:
+    """The tutorforge modules (as "tutorforge.NAME") that src/tutorforge/<module>.py imports: inside
+    functions and `if TYPE_CHECKING:` too, or with top_only the module's own top-level statements."""
+    import ast
+
+    tree = ast.parse((ROOT / "src" / "tutorforge" / f"{module}.py").read_text())
+    nodes = tree.body if top_only else list(ast.walk(tree))
+    names = {a.name for n in nodes if isinstance(n, ast.Import) for a in n.names}
+    names |= {n.module for n in nodes if isinstance(n, ast.ImportFrom) and n.module}
+    names |= {f"tutorforge.{a.name}" for n in nodes
+              if isinstance(n, ast.ImportFrom) and n.module == "tutorforge" for a in n.names}
+    return {name for name in names if name.startswith("tutorforge.")}
 MISSION_CONFIG = """\
 base_model: NousResearch/Meta-Llama-3-8B
 adapter: qlora

@@ -197,19 +197,14 @@ def test_cli_modules_import_one_way_stay_small_and_load_nothing_heavy_at_startup
     """cli -> cli_train, cli_model -> cli_locks, cli_terminal, never back (not even inside a function);
     every module under 450 lines; at module level the command modules import only the standard
     library and these helpers, so `tutorforge --help` loads no torch, transformers or config."""
-    import ast
     from pathlib import Path
+
+    from conftest import tutorforge_imports
 
     src = ROOT / "src" / "tutorforge"
 
     def imports(name: str, top_only: bool = False) -> set[str]:
-        tree = ast.parse((src / f"{name}.py").read_text())
-        nodes = tree.body if top_only else list(ast.walk(tree))
-        found = {a.name for n in nodes if isinstance(n, ast.Import) for a in n.names}
-        found |= {n.module for n in nodes if isinstance(n, ast.ImportFrom) and n.module}
-        found |= {f"tutorforge.{a.name}" for n in nodes if isinstance(n, ast.ImportFrom) and n.module == "tutorforge"
-                  for a in n.names}
-        return {m.removeprefix("tutorforge.") for m in found if m.startswith("tutorforge")}
+        return {m.removeprefix("tutorforge.") for m in tutorforge_imports(name, top_only=top_only)}
 
     cli_modules = {p.stem for p in src.glob("cli*.py")}
     assert cli_modules == {"cli", "cli_train", "cli_model", "cli_locks", "cli_terminal"}

@@ -11,7 +11,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import MISSION_CONFIG, ROOT
+from conftest import MISSION_CONFIG, ROOT, tutorforge_imports
 from tutorforge.config import Config, ConfigError, load_config, parse, reference, validate_file
 from tutorforge.errors import UserError
 
@@ -483,19 +483,6 @@ def test_validate_refuses_the_filesystem_root_as_output_dir(write_config, capsys
     assert cli.main(["validate", str(path)]) == 2
     out = capsys.readouterr().out
     assert f"{path}:3: output_dir: '/': /: the filesystem root" in out
-
-
-def tutorforge_imports(module: str) -> set[str]:
-    """The tutorforge modules that src/tutorforge/<module>.py imports, at its top or inside a
-    function (an `if TYPE_CHECKING:` import counts too)."""
-    import ast
-
-    tree = ast.parse((ROOT / "src" / "tutorforge" / f"{module}.py").read_text())
-    names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-    names |= {f"tutorforge.{a.name}" for n in ast.walk(tree)
-              if isinstance(n, ast.ImportFrom) and n.module == "tutorforge" for a in n.names}
-    return {name for name in names if name.startswith("tutorforge.")}
 
 
 def test_config_imports_its_reader_and_builder_and_neither_imports_config():

@@ -415,7 +415,7 @@ def test_reading_never_imports_preparing():
     """data.py reads rows and knows nothing of prepare.py (not even inside a function), which
     imports it: the dependency points one way."""
     import tutorforge.data
-    from test_config import tutorforge_imports
+    from conftest import tutorforge_imports
 
     assert "tutorforge.prepare" not in tutorforge_imports("data")
     assert "tutorforge.data" in tutorforge_imports("prepare")

@@ -147,19 +147,10 @@ def test_report_renders_in_chromium_without_console_errors(comparison, tmp_path)
 
 def test_compare_computes_and_report_writes_with_no_import_cycle():
     """compare.py never imports report.py (not even inside a function); report.py imports compare."""
-    import ast
-
     import tutorforge.compare
     import tutorforge.report
+    from conftest import tutorforge_imports
 
-    def imported(module) -> set[str]:
-        tree = ast.parse(Path(module.__file__).read_text())
-        names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-        names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-        names |= {f"tutorforge.{a.name}" for n in ast.walk(tree)
-                  if isinstance(n, ast.ImportFrom) and n.module == "tutorforge" for a in n.names}
-        return names
-
-    assert "tutorforge.report" not in imported(tutorforge.compare)
-    assert "tutorforge.compare" in imported(tutorforge.report)
+    assert "tutorforge.report" not in tutorforge_imports("compare")
+    assert "tutorforge.compare" in tutorforge_imports("report")
     assert not hasattr(tutorforge.compare, "write_outputs") and hasattr(tutorforge.report, "write_outputs")

@@ -1,31 +1,18 @@
 """The shape of the code: imports point one way, modules stay small, the README maps every module."""
-import ast
 import re
 from pathlib import Path
+
+from conftest import tutorforge_imports
 
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src" / "tutorforge"
 MAX_LINES = 500  # CONVENTIONS.md: modules under about 500 lines
 
 
-def _imports(path: Path, modules: set[str]) -> set[str]:
-    """The tutorforge modules `path` imports, at module level or inside functions."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "tutorforge":
-            parts = node.module.split(".")
-            if len(parts) > 1:
-                found.add(parts[1])
-            else:  # from tutorforge import x
-                found |= {alias.name for alias in node.names if alias.name in modules}
-        elif isinstance(node, ast.Import):
-            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("tutorforge.")}
-    return found - {path.stem}
-
-
 def import_graph() -> dict[str, set[str]]:
+    """Module -> the tutorforge modules it imports, at module level or inside functions."""
     modules = {p.stem for p in SRC.glob("*.py")}
-    return {p.stem: _imports(p, modules) & modules for p in SRC.glob("*.py")}
+    return {m: ({name.split(".")[1] for name in tutorforge_imports(m)} & modules) - {m} for m in modules}
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
