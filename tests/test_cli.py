@@ -106,6 +106,19 @@ def test_the_readme_documents_every_supported_key(capsys):
     missing = [name for name, *_ in reference() if f"| `{name}` |" not in readme]
     assert not missing, f"README's configuration reference lacks {missing}; paste `tutorforge keys --markdown`"
     assert table.strip() in readme, "README's key table differs from `tutorforge keys --markdown`"
+    assert cli.main(["keys", "--axolotl", "--markdown"]) == 0
+    axolotl = capsys.readouterr().out
+    assert axolotl.count("\n| `") > 400 and "| `deepspeed` | refused | DeepSpeed" in axolotl
+    for part in axolotl.strip().split("\n\n"):  # the counts, then the table
+        assert part in readme, "README's Axolotl key list differs from `tutorforge keys --axolotl --markdown`"
+
+
+def test_keys_says_what_tutorforge_does_with_each_axolotl_key(capsys):
+    assert cli.main(["keys", "--axolotl"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.split()[:2] == ["liger_rms_norm", "ignored:speed"] for line in lines)
+    assert any(line.split()[:2] == ["rl", "refused"] for line in lines)
+    assert not any(line.split()[1] == "implemented" for line in lines)  # those are in `tutorforge keys`
 
 
 @pytest.mark.slow
@@ -174,7 +187,7 @@ def test_every_command_that_writes_an_output_dir_waits_for_none_and_names_the_ho
     config.write_text(f"base_model: {base}\nadapter: lora\ndatasets:\n  - path: {data}\noutput_dir: {run_dir}\n"
                       "tutorforge: {compare: {target_words: 10}}\n")
     run_dir.mkdir()
-    (run_dir / "run.json").write_text(json.dumps({"config": {"base_model": str(base)}}))
+    (run_dir / "run.json").write_text(json.dumps({"config": {"base_model": str(base), "adapter": "lora"}}))
     holder = subprocess.Popen(
         [sys.executable, "-c", "import time\nfrom tutorforge import fsutil\nfsutil.HOLDER = 'tutorforge export'\n"
          f"with fsutil.exclusive({str(run_dir)!r}):\n    print('held', flush=True); time.sleep(120)"],

@@ -1,5 +1,6 @@
-"""Every key a config accepts has an effect, or is listed in axolotl_keys.IGNORED_FIELDS (and then
-validation warns that it is ignored): no key is accepted, typed, documented and never read.
+"""Every key a config accepts has an effect, or Axolotl's schema table marks it ignored
+(axolotl_keys.schema; validation then warns that it is ignored): no key is accepted, typed,
+documented and never read.
 
 A field counts as read when some module of the library other than the config parser itself
 (config.py, config_yaml.py, config_build.py, rules.py, axolotl_keys.py) reads an attribute of that
@@ -26,6 +27,8 @@ def config_fields(cls: type = Config, prefix: str = "") -> dict[str, str]:
     for f in dataclasses.fields(cls):
         if "section" in f.metadata:
             out |= config_fields(f.metadata["section"], f"{prefix}{f.name}.")
+        elif f.metadata.get("internal"):
+            continue  # set by validation, not a key of the YAML
         elif "list_of" in f.metadata:
             out[prefix + f.name] = f.name
             out |= config_fields(f.metadata["list_of"], f"{prefix}{f.name}[].")
@@ -63,6 +66,11 @@ def _named(call: ast.Call, keys: bool) -> str | None:
     return None
 
 
+def ignored_fields() -> set[str]:
+    """The config fields whose Axolotl key the table marks ignored."""
+    return set(ax.ignored_fields()) & set(config_fields())
+
+
 def unread_fields() -> set[str]:
     read = attributes_read()
     return {path for path, attr in config_fields().items() if attr not in read}
@@ -78,18 +86,18 @@ def test_the_walk_finds_fields_and_reads():
 
 
 def test_every_accepted_key_is_read_or_declared_ignored():
-    unread = unread_fields() - set(ax.IGNORED_FIELDS)
+    unread = unread_fields() - ignored_fields()
     assert unread == set(), (f"accepted config keys that nothing reads: {sorted(unread)}; make them "
-                             "do what Axolotl does, or add them to axolotl_keys.IGNORED_FIELDS with a reason")
+                             "do what Axolotl does, or mark them ignored in axolotl_schema.tsv with a reason")
 
 
 def test_ignored_keys_are_config_fields_that_nothing_reads():
     """The ignored list names real fields, and none that the code reads as an attribute (the warning
     would then be false). `name` is every Path's attribute, so it cannot be told apart."""
     fields = config_fields()
-    assert set(ax.IGNORED_FIELDS) <= set(fields)
+    assert len(ignored_fields()) >= 8  # model_type, strict, datasets[].split, ...
     read = attributes_read(keys=False)
-    assert {k for k in ax.IGNORED_FIELDS if fields[k] in read and fields[k] != "name"} == set()
+    assert {k for k in ignored_fields() if fields[k] in read and fields[k] != "name"} == set()
 
 
 # --- the keys reach training: a tiny Llama and a word-level tokenizer, built here ----------------

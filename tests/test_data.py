@@ -180,19 +180,6 @@ def _config(write_config, tmp_path, data: Path, extra: str = ""):
                                     f"datasets:\n  - path: {data}\noutput_dir: {tmp_path / 'out'}\n{extra}"))
 
 
-def test_prepare_rejects_rows_over_sequence_len(write_config, tmp_path, smol_tokenizer):
-    long_row = {**GOOD, "output": "word " * 400}
-    data = jsonl(tmp_path, [GOOD, long_row, {**GOOD, "output": "short"}])
-    cfg = _config(write_config, tmp_path, data)
-    with pytest.raises(DataError, match=r"d.jsonl:2: \d+ tokens > sequence_len 128"):
-        prepare(cfg, smol_tokenizer, skip_bad_rows=False)
-    prepared = prepare(cfg, smol_tokenizer, skip_bad_rows=True)
-    assert len(prepared.train) == 2
-    rejected = [json.loads(x) for x in (tmp_path / "out" / "rejected.jsonl").read_text().splitlines()]
-    assert rejected[0]["kind"] == "too_long" and rejected[0]["raw"] == json.dumps(long_row)
-    assert all(len(e.input_ids) <= 128 for e in prepared.train)
-
-
 def test_skip_bad_rows_config_key(write_config, tmp_path, smol_tokenizer):
     data = jsonl(tmp_path, [GOOD, "{bad"])
     cfg = _config(write_config, tmp_path, data, "tutorforge:\n  skip_bad_rows: true\n")

@@ -54,7 +54,7 @@ def saved_bytes_per_layer(model, batch, autocast: bool) -> list[int]:
             per[where[0]] = per.get(where[0], 0) + x.untyped_storage().nbytes()
         return x
 
-    layers = model.base_model.model.model.layers
+    layers = next(m for n, m in model.named_modules() if n.endswith(".layers") and isinstance(m, torch.nn.ModuleList))
     for j, layer in enumerate(layers):
         layer.register_forward_pre_hook(lambda m, a, j=j: where.__setitem__(0, j))
         layer.register_forward_hook(lambda m, a, o: where.__setitem__(0, None))
@@ -64,12 +64,19 @@ def saved_bytes_per_layer(model, batch, autocast: bool) -> list[int]:
     return [per[j] for j in range(len(layers))]
 
 
+EAGER = {"attn_implementation": "eager"}
+
+
 @pytest.mark.parametrize("mode", ["fp32", "fp32 packed", "fp32 dropout", "nf4", "nf4 bf16", "nf4 bf16 packed",
-                                  "bf16 autocast", "bf16 weights", "nf4 bf16 dropout q_proj v_proj"])
+                                  "bf16 autocast", "bf16 weights", "nf4 bf16 dropout q_proj v_proj",
+                                  "fp32 eager", "fp32 packed eager", "bf16 autocast eager",
+                                  "bf16 autocast packed eager", "bf16 weights eager", "nf4 bf16 eager",
+                                  "fp32 eager q_proj v_proj"])
 def test_layer_activations_are_what_autograd_keeps(tmp_path, mode):
     """Each term of memory.layer_activations against the tensors autograd saves, on CPU: fp32 and
     bf16 autocast, a 4-bit base, packed samples (a mask), dropout, some modules only; "bf16
-    weights" is how CUDA stores a 16-bit base (compute dtype weights)."""
+    weights" is how CUDA stores a 16-bit base (compute dtype weights); "eager": eager attention,
+    which keeps the attention probabilities (the plan reads it from attn_implementation)."""
     from tutorforge.lora import add_lora, load_base
 
     words = mode.split()
@@ -78,7 +85,8 @@ def test_layer_activations_are_what_autograd_keeps(tmp_path, mode):
     targets = tuple(w for w in words if w.endswith("_proj"))
     model = load_base(tiny_llama(tmp_path), quant=quant, double_quant=True,
                       dtype=torch.bfloat16 if half else torch.float32, device=torch.device("cpu"),
-                      gradient_checkpointing=False)
+                      gradient_checkpointing=False, attention="eager" if "eager" in words else None)
+    assert model.config._attn_implementation == ("eager" if "eager" in words else "sdpa")
     if "weights" in words:
         model.to(torch.bfloat16)
     model = add_lora(model, r=4, alpha=8, dropout=0.1 if "dropout" in words else 0.0, target_linear=not targets,
@@ -93,8 +101,36 @@ def test_layer_activations_are_what_autograd_keeps(tmp_path, mode):
                                 "load_in_4bit": bool(quant), "lora_r": 4, "lora_target_linear": not targets,
                                 "lora_target_modules": list(targets), "sequence_len": seq,
                                 "lora_dropout": 0.1 if "dropout" in words else 0.0, "micro_batch_size": mb,
-                                "sample_packing": "packed" in words, "bf16": half}), "t.yml").config
+                                "sample_packing": "packed" in words, "bf16": half,
+                                **(EAGER if "eager" in words else {})}), "t.yml").config
     hw = hardware.Hardware("t", "cuda" if "weights" in words else "cpu", 1, 1, half, "test")
     shape = shapes.shape_from_config(tmp_path / "config.json")
     predicted = memory.layer_activations(plan.settings(cfg, hw, 3), shape, hw, mb * seq)
+    assert measured[1:] == [predicted, predicted], (mode, measured, predicted)
+
+
+@pytest.mark.parametrize("mode", ["fp32", "bf16", "fp32 packed", "bf16 packed", "fp32 eager", "bf16 packed eager"])
+def test_full_fine_tune_activations_are_what_autograd_keeps(tmp_path, mode):
+    """A full fine-tune (every weight trainable, fp32 master weights, bf16 autocast or fp32): the
+    norms' normalised inputs and every linear's input are kept for the weights' gradients."""
+    from tutorforge.finetune import unfreeze
+    from tutorforge.lora import load_base
+
+    half, packed, eager = "bf16" in mode, "packed" in mode, "eager" in mode
+    model = load_base(tiny_llama(tmp_path), quant=None, double_quant=False, dtype=torch.float32,
+                      device=torch.device("cpu"), gradient_checkpointing=False, attention="eager" if eager else None)
+    unfreeze(model, ())
+    model.train()
+    seq, mb = 48, 2
+    positions = torch.cat([torch.arange(20), torch.arange(seq - 20)]) if packed else torch.arange(seq)
+    ids = torch.randint(0, 320, (mb, seq))
+    batch = {"input_ids": ids, "labels": ids.clone(), "position_ids": positions.expand(mb, -1)}
+    measured = saved_bytes_per_layer(model, batch, autocast=half)
+    cfg = parse(yaml.safe_dump({"base_model": "x/y", "sequence_len": seq, "micro_batch_size": mb,
+                                "sample_packing": packed, "bf16": half, **(EAGER if eager else {})}), "t.yml").config
+    hw = hardware.Hardware("t", "cpu", 1, 1, half, "test")
+    shape = shapes.shape_from_config(tmp_path / "config.json")
+    s = plan.settings(cfg, hw, 3, shape)
+    assert s.full and memory.dtypes(s, hw)[1] == 4 and s.attention == ("eager" if eager else "sdpa")
+    predicted = memory.layer_activations(s, shape, hw, mb * seq)
     assert measured[1:] == [predicted, predicted], (mode, measured, predicted)

@@ -214,3 +214,67 @@ def test_lora_in_the_upper_layers_only():
     assert line(top, "LoRA parameters").gb == pytest.approx(line(full, "LoRA parameters").gb / 8)
     layer = memory.moving(full.settings, full.shape, full.hardware).layer
     assert (line(full, "activations").gb - line(top, "activations").gb) * GB == pytest.approx(28 * layer)
+
+
+def test_a_full_fine_tune_counts_weights_gradients_and_optimizer_states(capsys):
+    """Llama 3.2 1B (1,235,814,400 parameters, tied), adapter unset, on an A100 in bf16: fp32 master
+    weights (4 bytes), fp32 gradients (4) and AdamW's two fp32 moments (8): 16 bytes a parameter
+    before activations, far above LoRA's plan of the same model; 8-bit Adam, SGD and Adafactor as
+    their states are; unfrozen_parameters shrink gradients, states and the layers backward runs through."""
+    n = 1_235_814_400
+    one_b = {"base_model": "meta-llama/Llama-3.2-1B", "load_in_4bit": False, "optimizer": "adamw_torch"}
+    full = plan.plan_training(config(**one_b, adapter=None), hardware="a100-80gb")
+    lora = plan.plan_training(config(**one_b, adapter="lora"), hardware="a100-80gb")
+    assert full.shape.params == n and full.settings.full and sum(r * c for r, c in full.settings.full_tensors) == n
+    assert line(full, "weights, fp32 master weights").gb * GB == n * 4
+    assert line(full, "gradients (fp32)").gb * GB == n * 4
+    assert line(full, "optimizer states, adamw_torch").gb * GB == n * 8
+    static = sum(line(full, k).gb for k in ("weights", "gradients", "optimizer")) * GB
+    assert static >= 16 * n
+    assert full.peak_gb > lora.peak_gb + 15  # LoRA: a 16-bit base (2.3 GB), small adapter, no fp32 copy
+    assert not any(x.name == "merging" for x in full.ram)  # model/ is exported as it is
+    text = full.render()
+    assert "training: full fine-tune, 1.236B of 1.236B params trainable, fp32 master weights" in text
+    norms = 33 * 2048  # 33 vectors of 2048 < bitsandbytes' 4096: 32-bit states
+    eight = plan.plan_training(config(**{**one_b, "optimizer": "adamw_bnb_8bit"}, adapter=None), hardware="a100-80gb")
+    assert line(eight, "optimizer states").gb * GB == pytest.approx((n - norms) * (2 + 8 / 256) + norms * 8)
+    sgd = plan.plan_training(config(**{**one_b, "optimizer": "sgd"}, adapter=None), hardware="a100-80gb")
+    assert line(sgd, "optimizer states").gb == 0
+    top = plan.plan_training(config(**one_b, adapter=None, unfrozen_parameters=[r"layers\.15\."]),
+                             hardware="a100-80gb")
+    layer = 60_817_408 + 2 * 2048
+    assert line(top, "gradients").gb * GB == layer * 4 and line(top, "optimizer states").gb * GB == layer * 8
+    assert top.settings.grad_layers == 1 and top.peak_gb < full.peak_gb
+    assert cli.main(["plan", "--gpu", "a100-80gb", str(_write_full_config())]) in (0, 1)
+    out = capsys.readouterr().out
+    for name in ("weights, fp32 master weights", "gradients (fp32)", "optimizer states, adamw_torch", "activations"):
+        assert name in out
+
+
+def test_ignored_memory_savings_are_listed_and_not_counted_on():
+    """Axolotl keys that save memory there and do nothing here are named in the plan, which counts
+    the memory as if they were absent (the same peak)."""
+    text = "base_model: NousResearch/Meta-Llama-3-8B\nadapter: qlora\nload_in_4bit: true\n"
+    plain = parse(text, "c.yml").config
+    offload = parse(text + "activation_offloading: true\n", "c.yml").config
+    assert plain.ignored_memory_savings == () and offload.ignored_memory_savings == ("activation_offloading",)
+    with_key, without = (plan.plan_training(c, hardware="rtx3060-12gb") for c in (offload, plain))
+    assert with_key.peak_gb == without.peak_gb
+    expected = ("ignored, not counted on: activation_offloading (tutorforge does not do what they save; "
+                "this plan assumes no saving)")
+    assert expected in with_key.render().splitlines()
+    assert "ignored, not counted on" not in without.render()
+
+
+def _write_full_config():
+    import tempfile
+    from pathlib import Path
+
+    settings = yaml.safe_load(RECIPE.read_text())
+    settings.update(base_model="meta-llama/Llama-3.2-1B", load_in_4bit=False, optimizer="adamw_torch",
+                    datasets=[{"path": str(ROOT / "data" / "python_tutor.jsonl")}])
+    for key in [k for k in settings if k.startswith(("lora_", "bnb_")) or k == "adapter"]:
+        settings.pop(key)
+    path = Path(tempfile.mkdtemp()) / "full.yml"
+    path.write_text(yaml.safe_dump(settings))
+    return path

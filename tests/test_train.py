@@ -57,6 +57,19 @@ def tutorforge(*args: str, **kwargs) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True, env=env, **kwargs)
 
 
+def train_and_kill_at(config: Path, metrics: Path, step: int) -> None:
+    """Start `tutorforge train config` and kill -9 it once metrics.jsonl has reached `step`."""
+    proc = tutorforge("train", str(config))
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines()] if metrics.exists() else []
+        if steps and max(steps) >= step:
+            break
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 def adapter_weights(adapter: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
@@ -74,15 +87,7 @@ def test_kill_9_then_resume_ends_with_the_same_adapter(tmp_path, tiny_model):
 
     killed = tiny_config(tmp_path / "b", tiny_model)
     metrics = tmp_path / "b" / "out" / "metrics.jsonl"
-    proc = tutorforge("train", str(killed))
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines()] if metrics.exists() else []
-        if steps and max(steps) >= 7:
-            break
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    train_and_kill_at(killed, metrics, 7)
     assert not (tmp_path / "b" / "out" / "adapter").exists()
     proc = tutorforge("train", str(killed))
     out, _ = proc.communicate(timeout=600)
@@ -325,7 +330,8 @@ def test_lora_and_precision_keys_reach_the_model(tmp_path, tiny_model):
     assert run.optimizer.param_groups[0]["weight_decay"] == 0.1
     assert run.dtype == torch.float32
     text = " ".join(run.decisions)
-    assert "flash_attention: true needs CUDA" in text and "fp16: true needs CUDA" in text
+    assert "attn_implementation flash_attention_2 needs CUDA" in text and "fp16: true needs CUDA" in text
+    assert "attention sdpa" in text  # the tiny Llama supports SDPA: the default falls back to it
 
 
 def test_evaluations_and_saves_are_spread_evenly_and_end_the_run():

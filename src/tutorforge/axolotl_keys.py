@@ -1,173 +1,141 @@
-"""Axolotl configuration keys that tutorforge knows of but does not implement.
+"""What tutorforge does with each key of Axolotl's config schema, and with Axolotl's values it
+does not offer. Data only.
 
-Data only. `config_build.py` consults these tables for every top-level key it does not support:
-- TRAINING_KEYS change what training does: setting one is an error (tutorforge would otherwise
-  train something other than what the config asks for).
-- INTEGRATION_KEYS only concern logging, hubs or performance knobs: setting one is a warning and
-  the key is ignored.
-- IGNORED_FIELDS are keys tutorforge accepts and types (real configs set them) but that change
-  nothing here: a value other than the default is a warning naming the reason.
-Empty values (null, "", false, [], {}) are accepted silently for both: Axolotl's example configs
-list many keys with no value. Source of the key names: Axolotl's config reference
-(docs/config-reference.qmd) and its examples/.
+`axolotl_schema.tsv` (package data) holds every key of Axolotl's schema at one pinned commit, one a
+line, with its status: *implemented* (a Config or DatasetSpec field with Axolotl's meaning),
+*ignored* (accepted with a warning, because it changes only speed, memory or logging here, or
+nothing at all: `ignored:speed`, `ignored:memory`, `ignored:logging`, `ignored:moot`) or *refused*
+(it would change what is trained, and tutorforge does not do it: an error naming the reason and what
+to do). `scripts/axolotl_schema.py` lists the schema's keys and checks the table against it;
+tests/test_axolotl_schema.py checks that the code handles each key as the table says.
+
+    from tutorforge.axolotl_keys import schema
+    schema()["liger_rms_norm"].status    # 'ignored:speed'
+
+Empty values (null, "", false, [], {}) of ignored and refused keys pass silently: Axolotl's example
+configs list many keys with no value. The prefix tables catch keys of a known family that the
+pinned schema does not list (a newer Axolotl's `dpo_*`, `wandb_*`, ...).
 """
 from __future__ import annotations
 
-TRAINING_KEYS: dict[str, str] = {
-    "deepspeed": "DeepSpeed is not supported; on several GPUs use `accelerate launch` (DDP/FSDP)",
-    "fsdp": "FSDP through Axolotl's keys is not supported; use `accelerate launch` with an FSDP config",
-    "fsdp_config": "FSDP through Axolotl's keys is not supported; use `accelerate launch` with an FSDP config",
-    "fsdp_version": "FSDP through Axolotl's keys is not supported",
-    "rl": "preference training (DPO/KTO/ORPO/GRPO) is not supported; tutorforge does supervised fine-tuning",
-    "rl_beta": "preference training is not supported",
-    "trl": "preference training is not supported",
-    "orpo_alpha": "ORPO is not supported",
-    "simpo_gamma": "SimPO is not supported",
-    "cpo_alpha": "CPO is not supported",
-    "reward_model": "reward-model training is not supported",
-    "process_reward_model": "reward-model training is not supported",
-    "gptq": "GPTQ base models are not supported; use a 16-bit base with load_in_4bit",
-    "lora_model_dir": "continuing from an existing adapter is not supported yet",
-    "peft_use_dora": "DoRA is not supported",
-    "peft_use_rslora": "rsLoRA is not supported",
-    "peft_init_lora_weights": "custom LoRA initialisation is not supported",
-    "loraplus_lr_ratio": "LoRA+ is not supported",
-    "loraplus_lr_embedding": "LoRA+ is not supported",
-    "relora_steps": "ReLoRA is not supported",
-    "lisa_n_layers": "LISA is not supported",
-    "unfrozen_parameters": "full fine-tuning of chosen parameters is not supported; use LoRA",
-    "neftune_noise_alpha": "NEFTune is not supported",
-    "noisy_embedding_alpha": "NEFTune is not supported",
-    "tokens": "adding tokens to the vocabulary is not supported",
-    "added_tokens_overrides": "changing the vocabulary is not supported",
-    "resize_token_embeddings_to_32x": "resizing the embeddings is not supported",
-    "shrink_embeddings": "resizing the embeddings is not supported",
-    "rope_scaling": "overriding the model's RoPE scaling is not supported",
-    "overrides_of_model_config": "overriding the model's config is not supported",
-    "model_config": "overriding the model's config is not supported",
-    "pretraining_dataset": "streaming pretraining datasets are not supported; use datasets: with type: alpaca",
-    "test_datasets": "a separate test dataset is not supported; use val_set_size",
-    "torch_compile": "torch.compile is not supported",
-    "s2_attention": "shifted-sparse attention is not supported",
-    "sequence_parallel_degree": "sequence parallelism is not supported",
-    "context_parallel_size": "context parallelism is not supported",
-    "tensor_parallel_size": "tensor parallelism is not supported",
-    "curriculum_sampling": "curriculum sampling is not supported",
-    "lr_quadratic_warmup": "quadratic warmup is not supported",
-    "cosine_min_lr_ratio": "a minimum-LR cosine schedule is not supported; use lr_scheduler: cosine",
-    "cosine_constant_lr_ratio": "a constant-tail cosine schedule is not supported",
-    "lr_div_factor": "one-cycle schedules are not supported",
-    "optim_args": "optimizer arguments are not supported",
-    "optim_target_modules": "GaLore-style optimizer targets are not supported",
-    "plugins": "Axolotl plugins are not supported",
-    "max_memory": "a per-device memory map is not supported; tutorforge plans memory itself",
-    "gpu_memory_limit": "a per-device memory map is not supported; tutorforge plans memory itself",
-    "unsloth_lora_mlp": "Unsloth kernels are not supported",
-    "unsloth_lora_qkv": "Unsloth kernels are not supported",
-    "unsloth_lora_o": "Unsloth kernels are not supported",
-    "unsloth_cross_entropy_loss": "Unsloth kernels are not supported",
-    "unsloth_rms_norm": "Unsloth kernels are not supported",
-    "unsloth_rope": "Unsloth kernels are not supported",
-    "chat_template_jinja": "a custom Jinja chat template is not supported yet; use chat_template",
-    "dataset_exact_deduplication": "deduplication happens in `tutorforge data lint`, not while training",
+import functools
+from dataclasses import dataclass
+from importlib import resources
+
+STATUSES = ("implemented", "ignored:speed", "ignored:memory", "ignored:logging", "ignored:moot", "refused")
+
+
+@dataclass(frozen=True)
+class AxolotlKey:
+    """One key of Axolotl's schema: `name` (`datasets[].KEY` inside a dataset entry), `status`
+    (one of STATUSES) and `reason` (shown to users; for implemented keys, where tutorforge differs)."""
+
+    name: str
+    status: str
+    reason: str
+
+    @property
+    def ignored(self) -> bool:
+        return self.status.startswith("ignored:")
+
+    @property
+    def saves_memory(self) -> bool:
+        """Axolotl uses it to save memory: ignoring it, tutorforge's memory plan does not count on that."""
+        return self.status == "ignored:memory"
+
+
+SCHEMA_FILE = "axolotl_schema.tsv"
+
+
+@functools.cache
+def schema() -> dict[str, AxolotlKey]:
+    """Every key of the pinned Axolotl schema, in the table's order."""
+    text = resources.files("tutorforge").joinpath(SCHEMA_FILE).read_text(encoding="utf-8")
+    rows = [line.split("\t") for line in text.splitlines() if line and not line.startswith("#")]
+    header, *rows = rows
+    assert header == ["key", "status", "reason"], f"{SCHEMA_FILE}: header {header}"
+    keys = {}
+    for row in rows:
+        name, status, reason = (row + [""] * 3)[:3]
+        assert status in STATUSES, f"{SCHEMA_FILE}: {name}: status {status!r}"
+        keys[name] = AxolotlKey(name, status, reason)
+    return keys
+
+
+def schema_commit() -> str:
+    """The Axolotl commit the table lists the keys of (from its header)."""
+    text = resources.files("tutorforge").joinpath(SCHEMA_FILE).read_text(encoding="utf-8")
+    return next(word for line in text.splitlines() if line.startswith("#") for word in line.split()
+                if len(word) == 40 and all(c in "0123456789abcdef" for c in word))
+
+
+def entry(where: str) -> AxolotlKey | None:
+    """What tutorforge does with the key at a config path (`lora_r`, `datasets[2].field_messages`):
+    the table's entry, else an older Axolotl's key, else a known family's (by prefix), else None."""
+    import re
+
+    name = re.sub(r"\[\d+\]", "[]", where)
+    if name in schema():
+        return schema()[name]
+    found = OLDER_KEYS.get(name) or next((v for p, v in PREFIXES.items() if name.startswith(p)), None)
+    return AxolotlKey(name, *found) if found else None
+
+
+@functools.cache
+def ignored_fields() -> dict[str, str]:
+    """Axolotl keys that Config accepts and types but that change nothing here, and why
+    (tests/test_config_keys.py checks that no stage reads them)."""
+    return {name: key.reason for name, key in schema().items() if key.ignored}
+
+# Keys of older Axolotl versions that the pinned schema no longer lists: real configs still carry
+# them (source: Axolotl's docs/config.qmd and examples/ before the keys were removed).
+OLDER_KEYS: dict[str, tuple[str, str]] = {
+    "gptq_groupsize": ("refused", "GPTQ base models are not supported; use a 16-bit base with load_in_4bit"),
+    "gptq_model_v1": ("refused", "GPTQ base models are not supported; use a 16-bit base with load_in_4bit"),
+    "gptq_disable_exllama": ("refused", "GPTQ base models are not supported; use a 16-bit base with load_in_4bit"),
+    "relora_steps": ("refused", "ReLoRA is not supported"),
+    "torch_dtype": ("refused", "choosing the weights' dtype is not supported; tutorforge picks it from bf16/fp16 "
+                    "and the hardware"),
+    "sample_packing_seq_len_multiplier": ("ignored:moot", "packing fills sequence_len from the data itself"),
+    "debug": ("ignored:moot", "use --debug on the command line"),
+    "eval_table_max_new_tokens": ("ignored:logging", "prediction tables are for W&B; use `tutorforge compare`"),
+    "rl_adapter_ref_model": ("refused", "preference training (DPO/KTO/ORPO/GRPO) is not supported"),
+    "gpu": ("ignored:moot", "devices are chosen by tutorforge and `accelerate launch`"),
+    "hub_private_repo": ("ignored:logging", "pushing to the Hugging Face Hub is not supported"),
+    "flash_attn_fuse_qkv": ("ignored:speed", "fused flash-attn kernels are not used"),
+    "unsloth_lora_mlp": ("ignored:speed", "Unsloth's kernels are not used; the model's own PyTorch modules run"),
+    "unsloth_lora_qkv": ("ignored:speed", "Unsloth's kernels are not used; the model's own PyTorch modules run"),
+    "unsloth_lora_o": ("ignored:speed", "Unsloth's kernels are not used; the model's own PyTorch modules run"),
+    "unsloth_cross_entropy_loss": ("ignored:memory", "Unsloth's cross-entropy kernel is not used; the loss is "
+                                   "computed from the full logits, which the memory plan counts"),
+    "unsloth_rms_norm": ("ignored:speed", "Unsloth's kernels are not used; the model's own PyTorch modules run"),
+    "unsloth_rope": ("ignored:speed", "Unsloth's kernels are not used; the model's own PyTorch modules run"),
 }
 
-# Prefixes of families of training keys (dpo_beta, kto_desirable_weight, relora_*, ...).
-TRAINING_PREFIXES: dict[str, str] = {
-    "dpo_": "DPO is not supported",
-    "kto_": "KTO is not supported",
-    "grpo_": "GRPO is not supported",
-    "relora_": "ReLoRA is not supported",
-    "lisa_": "LISA is not supported",
-    "liger_": "Liger kernels are not supported",
-    "unsloth_": "Unsloth kernels are not supported",
-    "fsdp_": "FSDP through Axolotl's keys is not supported; use `accelerate launch` with an FSDP config",
+# Refused keys whose given value is what tutorforge does anyway (Axolotl's default): no error then.
+REFUSED_DONE_VALUES: dict[str, tuple] = {
+    "shuffle_merged_datasets": (True,),  # tutorforge always shuffles the rows of all datasets together
+    "tokenizer_use_fast": (True,),       # AutoTokenizer loads the fast tokenizer
 }
 
-INTEGRATION_KEYS: dict[str, str] = {
-    "hub_model_id": "pushing to the Hugging Face Hub is not supported",
-    "hub_strategy": "pushing to the Hugging Face Hub is not supported",
-    "hub_private_repo": "pushing to the Hugging Face Hub is not supported",
-    "push_dataset_to_hub": "pushing to the Hugging Face Hub is not supported",
-    "hf_use_auth_token": "tutorforge uses the token of `huggingface-cli login` when it downloads",
-    "use_tensorboard": "metrics go to metrics.jsonl and loss.png",
-    "eval_table_size": "prediction tables are for W&B; use `tutorforge compare`",
-    "eval_causal_lm_metrics": "generation metrics come from `tutorforge compare`",
-    "do_causal_lm_eval": "generation metrics come from `tutorforge compare`",
-    "local_rank": "set by the launcher",
-    "debug": "use --debug on the command line",
-    "is_llama_derived_model": "the architecture is read from the model's own config",
-    "is_mistral_derived_model": "the architecture is read from the model's own config",
-    "is_falcon_derived_model": "the architecture is read from the model's own config",
-    "is_qwen_derived_model": "the architecture is read from the model's own config",
-    "xformers_attention": "attention uses PyTorch SDPA (or flash_attention on CUDA)",
-    "flash_attn_cross_entropy": "fused flash-attn kernels are not used",
-    "flash_attn_rms_norm": "fused flash-attn kernels are not used",
-    "flash_attn_fuse_qkv": "fused flash-attn kernels are not used",
-    "flash_attn_fuse_mlp": "fused flash-attn kernels are not used",
-    "flash_optimum": "BetterTransformer is not used",
-    "dataset_processes": "tokenisation runs in-process",
-    "dataset_num_proc": "tokenisation runs in-process",
-    "dataset_keep_in_memory": "datasets are small enough to keep in memory",
-    "dataloader_num_workers": "the data loader runs in-process",
-    "dataloader_pin_memory": "the data loader runs in-process",
-    "dataloader_prefetch_factor": "the data loader runs in-process",
-    "ddp_timeout": "set through `accelerate launch`",
-    "ddp_bucket_cap_mb": "set through `accelerate launch`",
-    "ddp_broadcast_buffers": "set through `accelerate launch`",
-    "ddp_find_unused_parameters": "set through `accelerate launch`",
-    "save_safetensors": "adapters are always saved as safetensors",
-    "save_total_limit": "tutorforge keeps the checkpoints it needs to resume",
-    "save_strategy": "use saves_per_epoch or save_steps",
-    "save_only_model": "checkpoints always hold what resuming needs",
-    "evaluation_strategy": "use evals_per_epoch or eval_steps",
-    "eval_strategy": "use evals_per_epoch or eval_steps",
-    "eval_batch_size": "evaluation uses micro_batch_size",
-    "max_packed_sequence_len": "deprecated in Axolotl; use sample_packing with sequence_len",
-    "sample_packing_eff_est": "packing is planned from the data itself",
-    "total_num_tokens": "counted from the data itself",
-    "pretrain_multipack_attn": "packing isolates samples through position_ids",
-    "loss_watchdog_threshold": "a non-finite loss always stops training",
-    "loss_watchdog_patience": "a non-finite loss always stops training",
-    "gc_steps": "garbage collection is left to Python",
-    "low_cpu_mem_usage": "models are always loaded lazily",
-    "lora_on_cpu": "device placement is planned by tutorforge",
-    "remove_unused_columns": "only instruction, input and output are used",
-    "include_tokens_per_second": "tokens/s is always in metrics.jsonl",
-    "profiler_steps": "profiling is not built in",
-    "group_by_length": "batches follow the dataset order (or packing)",
-    "shuffle_merged_datasets": "merged datasets are always shuffled with the seed",
-    "gradient_checkpointing_kwargs": "non-reentrant checkpointing is always used",
-    "ddp": "set through `accelerate launch`",
-    "gpu": "devices are chosen by tutorforge and `accelerate launch`",
-    "torchdistx_path": "not used",
-    "hub_revision": "pushing to the Hugging Face Hub is not supported",
-    "revision_of_model": "the base model's default revision is used",
+# Prefixes of families of keys that the pinned schema does not list (a newer Axolotl's): status, reason.
+PREFIXES: dict[str, tuple[str, str]] = {
+    "dpo_": ("refused", "DPO is not supported"),
+    "kto_": ("refused", "KTO is not supported"),
+    "grpo_": ("refused", "GRPO is not supported"),
+    "relora_": ("refused", "ReLoRA is not supported"),
+    "lisa_": ("refused", "LISA is not supported"),
+    "fsdp_": ("refused", "FSDP through Axolotl's keys is not supported; use `accelerate launch` with an FSDP config"),
+    "liger_": ("ignored:speed", "Liger's fused kernels are not used; the model's own PyTorch modules run"),
+    "unsloth_": ("ignored:speed", "Unsloth's kernels are not used; the model's own PyTorch modules run"),
+    "wandb_": ("ignored:logging", "Weights & Biases logging is not built in; metrics go to metrics.jsonl and loss.png"),
+    "mlflow_": ("ignored:logging", "MLflow logging is not built in; metrics go to metrics.jsonl and loss.png"),
+    "hf_mlflow_": ("ignored:logging", "MLflow logging is not built in"),
+    "comet_": ("ignored:logging", "Comet logging is not built in; metrics go to metrics.jsonl and loss.png"),
+    "swanlab_": ("ignored:logging", "SwanLab logging is not built in"),
+    "trackio_": ("ignored:logging", "Trackio logging is not built in; metrics go to metrics.jsonl and loss.png"),
 }
 
-INTEGRATION_PREFIXES: dict[str, str] = {
-    "wandb_": "Weights & Biases logging is not built in; metrics go to metrics.jsonl and loss.png",
-    "mlflow_": "MLflow logging is not built in; metrics go to metrics.jsonl and loss.png",
-    "hf_mlflow_": "MLflow logging is not built in",
-    "comet_": "Comet logging is not built in; metrics go to metrics.jsonl and loss.png",
-    "swanlab_": "SwanLab logging is not built in",
-}
-
-# Accepted config fields (dotted paths as `tutorforge validate` prints them, `[]` for any list
-# entry) that have no effect in tutorforge, and why. tests/test_config_keys.py checks that every
-# other field is read by the library, and that these are not.
-IGNORED_FIELDS: dict[str, str] = {
-    "model_type": "the model is always loaded with AutoModelForCausalLM from its own config",
-    "tokenizer_type": "the tokenizer class is read from the tokenizer's own files (AutoTokenizer)",
-    "eval_sample_packing": "the held-out set is evaluated unpacked, a row per sample",
-    "eval_max_new_tokens": "evaluation during training is a loss, not generations; `tutorforge compare` "
-                           "generates up to tutorforge.compare.max_new_tokens",
-    "dataset_prepared_path": "the data is tokenised afresh on every run (seconds); nothing is cached",
-    "sdp_attention": "attention is PyTorch SDPA already (flash_attention: true picks flash-attn 2 on CUDA)",
-    "strict": "unknown keys are always errors",
-    "datasets[].split": "tutorforge reads local files, which have no splits; hold rows out with val_set_size",
-    "datasets[].name": "tutorforge reads local files; a hub dataset's configuration name does not apply",
-}
 
 # Values of ignored fields that ask for what tutorforge does anyway: no warning.
 IGNORED_VALUES_DONE: dict[str, tuple] = {
@@ -175,25 +143,30 @@ IGNORED_VALUES_DONE: dict[str, tuple] = {
     "tokenizer_type": ("AutoTokenizer",),
 }
 
-# Keys of one `datasets:` entry that Axolotl knows and tutorforge does not implement.
-DATASET_KEYS: dict[str, str] = {
-    "field_instruction": "column renaming is not supported; rows must have instruction, input, output",
-    "field_input": "column renaming is not supported; rows must have instruction, input, output",
-    "field_output": "column renaming is not supported; rows must have instruction, input, output",
-    "field_system": "column renaming is not supported",
-    "field_messages": "chat-format datasets are not supported; use type: alpaca",
-    "message_field_role": "chat-format datasets are not supported; use type: alpaca",
-    "message_field_content": "chat-format datasets are not supported; use type: alpaca",
-    "roles_to_train": "chat-format datasets are not supported; use type: alpaca",
-    "conversation": "chat-format datasets are not supported; use type: alpaca",
-    "format": "custom prompt formats are not supported; use type: alpaca",
-    "no_input_format": "custom prompt formats are not supported; use type: alpaca",
-    "system_prompt": "set default_system_message at the top level instead",
-    "shards": "dataset sharding is not supported",
-    "preprocess_shards": "dataset sharding is not supported",
-    "revision": "the dataset's default revision is used",
-    "trust_remote_code": "remote dataset code is never run",
+# Axolotl's plugins (`plugins:` entries, src/axolotl/integrations/*), by the integration's package
+# name: those that change only speed, memory or logging are accepted and ignored (status, reason);
+# the others change training and are refused.
+PLUGINS: dict[str, tuple[str, str]] = {
+    "cut_cross_entropy": ("ignored:memory", "cut cross-entropy is not used: the loss is computed from the "
+                          "full logits, which the memory plan counts"),
+    "liger": ("ignored:speed", "Liger's fused kernels are not used; the model's own PyTorch modules run "
+              "(liger_fused_linear_cross_entropy would also have saved the logits' memory; the plan counts them)"),
+    "kernels": ("ignored:speed", "hub kernels are not downloaded; the model's own PyTorch modules run"),
+    "swanlab": ("ignored:logging", "SwanLab logging is not built in; metrics go to metrics.jsonl and loss.png"),
+    "lm_eval": ("ignored:logging", "lm-eval benchmarks after training are not run; `tutorforge compare` "
+                "compares base and tuned"),
+    "densemixer": ("refused", "DenseMixer changes how MoE routers are trained"),
+    "diffusion": ("refused", "diffusion language-model training is not supported"),
+    "expert_parallel": ("refused", "expert parallelism is not supported; use `accelerate launch` (DDP/FSDP)"),
+    "grokfast": ("refused", "Grokfast changes the gradients"),
+    "hatchery": ("refused", "the hatchery integration is not supported"),
+    "kd": ("refused", "knowledge distillation is not supported"),
+    "llm_compressor": ("refused", "LLM Compressor (sparsity/quantisation-aware training) is not supported"),
+    "mora": ("refused", "MoRA adapters are not supported; use adapter: lora"),
+    "nemo_gym": ("refused", "NeMo Gym (RL environments) is not supported"),
+    "spectrum": ("refused", "Spectrum's choice of layers is not supported; list them in unfrozen_parameters"),
 }
+PLUGIN_OTHER = "only Axolotl's own integrations are known; a third-party plugin's code is not run"
 
 # Axolotl's `ds_type` file formats that tutorforge does not read (it reads JSON and JSON lines).
 DS_TYPES: dict[str, str] = {
@@ -240,6 +213,34 @@ OPTIMIZERS: dict[str, str] = {
     "adagrad": "Adagrad is not offered",
     "rmsprop": "RMSprop is not offered",
     "dion": "Dion is not offered",
+    # transformers' other OptimizerNames (training_args.py), which Axolotl accepts too
+    "adamw_torch_4bit": "torchao's 4-bit AdamW is not offered; adamw_bnb_8bit is the smallest AdamW offered",
+    "adamw_torch_npu_fused": "NPU optimizers are not offered",
+    "lion_32bit": "Lion is not offered",
+    "paged_ademamix_32bit": "AdEMAMix is not offered",
+    "rmsprop_bnb": "RMSprop is not offered",
+    "rmsprop_bnb_8bit": "RMSprop is not offered",
+    "rmsprop_bnb_32bit": "RMSprop is not offered",
+    "galore_adafactor": "GaLore is not offered",
+    "galore_adamw_layerwise": "GaLore is not offered",
+    "galore_adamw_8bit_layerwise": "GaLore is not offered",
+    "galore_adafactor_layerwise": "GaLore is not offered",
+    "lomo": "LOMO is not offered",
+    "adalomo": "AdaLOMO is not offered",
+    "grokadamw": "GrokAdamW is not offered",
+    "schedule_free_radam": "schedule-free optimizers are not offered",
+    "schedule_free_sgd": "schedule-free optimizers are not offered",
+    "apollo_adamw": "APOLLO is not offered",
+    "apollo_adamw_layerwise": "APOLLO is not offered",
+    "stable_adamw": "StableAdamW is not offered",
+    # Axolotl's CustomSupportedOptimizers (utils/schemas/enums.py) not listed above
+    "sinkgd": "SinkGD is not offered",
+    "flash_adamw": "flash-optim optimizers are not offered",
+    "flash_adam": "flash-optim optimizers are not offered",
+    "flash_sgd": "flash-optim optimizers are not offered",
+    "flash_sgdw": "flash-optim optimizers are not offered",
+    "flash_lion": "flash-optim optimizers are not offered",
+    "q_galore_adamw8bit": "Q-GaLore is not offered",
 }
 
 LR_SCHEDULERS: dict[str, str] = {
@@ -250,11 +251,28 @@ LR_SCHEDULERS: dict[str, str] = {
 }
 
 # Axolotl chat_template names that tutorforge does not carry: the model's own template is used.
-CHAT_TEMPLATES: dict[str, str] = {
+CHAT_TEMPLATES: dict[str, str] = {  # Axolotl's ChatTemplate enum (utils/schemas/enums.py) at the pinned commit
     name: "tutorforge carries only tokenizer_default, alpaca, chatml and llama3; "
           "tokenizer_default uses the model's own template"
-    for name in ("qwen_25", "qwen3", "gemma", "gemma3", "mistral_v1", "mistral_v2v3", "mistral_v3_tekken",
-                 "mistral_v7_tekken", "phi_3", "phi_35", "phi_4", "llama2", "llama3_2_vision", "llama4",
-                 "zephyr", "deepseek_v2", "deepseek_v3", "cohere", "falcon_h1", "jamba", "jinja",
-                 "metharme", "pixtral", "exaone", "command_a")
+    for name in ("mistral_v1", "mistral_v2v3", "mistral_v3_tekken", "mistral_v7_tekken", "gemma", "cohere",
+                 "llama3_2_vision", "llama4", "phi_3", "phi_35", "deepseek_v2", "deepseek_v3", "jamba",
+                 "jinja", "qwen_25", "qwen3", "qwen3_5", "falcon_h1", "nemotron_h", "exaone", "exaone4",
+                 "metharme", "pixtral", "llava", "qwen2_vl", "gemma3", "gemma3n", "gemma4", "gemma4_unified",
+                 "command_a", "command_a_tool_use", "command_a_rag", "aya")
+}
+
+# Axolotl's optimizer values that tutorforge runs with another implementation of the same method.
+OPTIMIZER_SPELLINGS: dict[str, tuple[str, str]] = {
+    "adamw_torch_8bit": ("adamw_bnb_8bit", "torchao's 8-bit AdamW: bitsandbytes' 8-bit AdamW is used "
+                         "(the same 8-bit block-wise moments)"),
+    "adamw_hf": ("adamw_torch", "transformers' own AdamW is gone from transformers; torch's AdamW is used"),
+}
+OPTIMIZER_OTHER = "tutorforge offers AdamW (torch, fused, bitsandbytes 8-bit and paged), Adafactor and SGD"
+DATASET_TYPE_OTHER = ("tutorforge reads Alpaca rows {instruction, input, output} (type: alpaca); "
+                      "convert the rows, or use Axolotl for this prompt strategy")
+
+# Axolotl's attn_implementation values that tutorforge does not offer.
+ATTENTION: dict[str, str] = {
+    "sage": "SageAttention (quantised attention) is not offered; use sdpa or flash_attention_2",
+    "fp8": "FP8 attention is not offered; use sdpa or flash_attention_2",
 }

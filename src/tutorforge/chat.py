@@ -159,7 +159,6 @@ def open_model(target: Path, *, n_ctx: int | None = None, threads: int | None = 
     from tutorforge.config import OllamaSettings
     from tutorforge.gguf_tokenizer import load_gguf_tokenizer
     from tutorforge.llamacpp import open_llama
-    from tutorforge.models import resolve_base_model
     from tutorforge.ollama import prompt_template
     from tutorforge.rundir import RunDir
     from tutorforge.tokenizer import run_tokenizer
@@ -169,8 +168,7 @@ def open_model(target: Path, *, n_ctx: int | None = None, threads: int | None = 
         cfg, settings, gguf = run.cfg, run.cfg.tutorforge.ollama, run.gguf()
         if not gguf.is_file():
             raise UserError(f"{gguf}: no such GGUF; run `tutorforge export {target}` first")
-        tokenizer = run_tokenizer(resolve_base_model(cfg.base_model).path, run.adapter,
-                                  trust_remote_code=cfg.trust_remote_code)
+        tokenizer = run_tokenizer(*run.tuned(), trust_remote_code=cfg.trust_remote_code)
         fmt, family, stops = prompt_template(tokenizer, cfg.chat_template, cfg.default_system_message)
         n_ctx = n_ctx or settings.num_ctx or cfg.sequence_len
     elif target.suffix == ".gguf" and target.is_file():

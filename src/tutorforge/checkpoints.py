@@ -1,7 +1,8 @@
 """Training checkpoints and outputs: what a resumed run needs, metrics.jsonl, loss.png.
 
-A checkpoint (output_dir/checkpoints/step-N) holds the adapter in PEFT format, the trainable
-weights, optimizer, scheduler and RNG state, and the loop's state (step, best eval loss, ...). It is
+A checkpoint (output_dir/checkpoints/step-N) holds the adapter in PEFT format (LoRA only), the
+trainable weights (of a full fine-tune: only those, fp32; with unfrozen_parameters a small part of the
+model), optimizer, scheduler and RNG state, and the loop's state (step, best eval loss, ...). It is
 written under a temporary name and renamed when complete, so a kill -9 never leaves a half
 checkpoint that a resume would trust. Before the first step, `check_free_space` makes sure the disk
 can hold them.
@@ -23,20 +24,23 @@ log = logging.getLogger(__name__)
 
 # --- checkpoints: everything a resumed run needs to end where an uninterrupted one ends ------------
 
-def trainable_state(model) -> dict[str, torch.Tensor]:
-    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, state: dict, keep: set[int]) -> Path:
-    """Write checkpoints/step-N atomically (temporary directory, then rename); prune old ones."""
+def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, state: dict, keep: set[int], *,
+                    adapter: bool = True) -> Path:
+    """Write checkpoints/step-N atomically (temporary directory, then rename); prune old ones. With
+    `adapter` (LoRA) it holds the adapter in PEFT format too; a full fine-tune's holds its
+    trainable weights in state.pt only."""
     root = run_dir / "checkpoints"
     final = root / f"step-{step:06d}"
     tmp = root / f".step-{step:06d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        model.save_pretrained(tmp / "adapter")
-        torch.save({"trainable": trainable_state(model), "optimizer": optimizer.state_dict(),
+        if adapter:
+            model.save_pretrained(tmp / "adapter")
+        # written as they are, no copy: torch.save serialises them now (a full fine-tune's weights
+        # are the whole model, a copy of them a second model in RAM)
+        trainable = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
+        torch.save({"trainable": trainable, "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
                     "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
                    tmp / "state.pt")
@@ -69,17 +73,19 @@ def _size(n: float) -> str:
     return f"{n:.0f} bytes"
 
 
-def check_free_space(run_dir: Path, model, *, keep_best: bool) -> None:
+def check_free_space(run_dir: Path, model, *, keep_best: bool, final_bytes: int | None = None) -> None:
     """Refuse to start a run whose checkpoints its disk cannot hold (UserError with both numbers).
-    Sizes come from the model's trainable weights: a checkpoint holds the adapter, the same weights
-    again (state.pt) and the optimizer state, at most Adam's two moments in the weights' dtype
-    (8-bit and factored optimizers write less), and FILES_BYTES of other files. The latest and,
-    with evaluation (`keep_best`), the best are kept while the next is written; the final adapter
-    comes last. Checkpoints already in run_dir (a resumed run) are space the run holds already."""
+    Sizes come from the model's trainable weights: a checkpoint holds the adapter (LoRA), the same
+    weights again (state.pt) and the optimizer state, at most Adam's two moments in the weights'
+    dtype (8-bit and factored optimizers write less), and FILES_BYTES of other files. The latest
+    and, with evaluation (`keep_best`), the best are kept while the next is written; the final
+    output comes last: the adapter, or (`final_bytes`, a full fine-tune) the whole model as saved.
+    Checkpoints already in run_dir (a resumed run) are space the run holds already."""
     weights = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    checkpoint = 4 * weights + FILES_BYTES  # adapter/ + state.pt's copy + two optimizer moments
+    copies = 4 if final_bytes is None else 3  # (adapter/ +) state.pt's copy + two optimizer moments
+    checkpoint = copies * weights + FILES_BYTES
     kept = 2 if keep_best else 1
-    adapter = weights + FILES_BYTES
+    adapter = (weights if final_bytes is None else final_bytes) + FILES_BYTES
     need = (kept + 1) * checkpoint + adapter
     held = sum(f.stat().st_size for f in (run_dir / "checkpoints").rglob("*") if f.is_file())
     disk = next(d for d in (run_dir, *run_dir.absolute().parents) if d.is_dir())
@@ -88,8 +94,10 @@ def check_free_space(run_dir: Path, model, *, keep_best: bool) -> None:
              _size(need), _size(held), _size(free), disk)
     if need - held > free:
         raise UserError(f"{run_dir}: training needs about {_size(need - held)} of free disk for its "
-                        f"checkpoints ({kept + 1} checkpoints of {_size(checkpoint)}: adapter, trainable "
-                        f"weights and optimizer state; and the final adapter, {_size(adapter)}), but its disk "
+                        f"checkpoints ({kept + 1} checkpoints of {_size(checkpoint)}: "
+                        f"{'adapter, ' if final_bytes is None else ''}trainable weights and optimizer state; "
+                        f"and the final {'adapter' if final_bytes is None else 'model'}, {_size(adapter)}), "
+                        "but its disk "
                         f"has {_size(free)} free; free some space there, or set output_dir to a disk with "
                         "more room")
 
@@ -99,12 +107,18 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
+def load_weights(path: Path, model) -> dict:
+    """Copy a checkpoint's trainable weights into the model; the checkpoint's whole state.pt."""
     blob = torch.load(path / "state.pt", weights_only=False)
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, value in blob["trainable"].items():
             params[name].copy_(value)
+    return blob
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
+    blob = load_weights(path, model)
     optimizer.load_state_dict(blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
     torch.set_rng_state(blob["torch_rng"])

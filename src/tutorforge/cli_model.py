@@ -25,7 +25,7 @@ def merge(run_dir: Path | None = None, *, base: str | None = None, adapter: Path
           out: Path | None = None, shard_gb: float = 2.0) -> int:
     """Merge a LoRA adapter into its 16-bit base, tensor by tensor, in bounded RAM.
 
-    run_dir: a training output_dir (its run.json names the base; adapter/ in, merged/ out)
+    run_dir: a training output_dir (its run.json names the base; adapter/ in, merged/ out; nothing for a full fine-tune)
     base: the base model (anything base_model accepts), instead of run_dir
     adapter: the PEFT adapter directory, instead of run_dir
     out: where to write the merged checkpoint
@@ -37,6 +37,10 @@ def merge(run_dir: Path | None = None, *, base: str | None = None, adapter: Path
 
     if run_dir is not None:
         run = RunDir.open(run_dir, "--base, --adapter and --out")
+        if run.full and adapter is None:  # exit 0: a script that merges every run goes on to export
+            print(f"nothing to merge: {run_dir} is a full fine-tune (adapter unset); {run.model} is the whole "
+                  f"trained model: export it with `tutorforge export {run_dir}`")
+            return 0
         base, adapter, out = base or run.cfg.base_model, adapter or run.adapter, out or run.merged
     if not (base and adapter and out):
         raise UserError("merge needs a training output_dir, or all of --base, --adapter and --out")
@@ -52,7 +56,7 @@ def export(run_dir: Path | None = None, *, base: str | None = None, adapter: Pat
            verify: bool = True) -> int:
     """Write GGUF files (f16, q8_0, q4_k_m, ...) and verify each with llama.cpp.
 
-    run_dir: a training output_dir: its merged/ checkpoint, else base + adapter/ in one streaming pass
+    run_dir: a training output_dir: merged/, else base + adapter/ in one streaming pass (a full fine-tune: model/)
     base: the base model, instead of run_dir
     adapter: a PEFT adapter merged on the fly (optional with --base)
     out: directory for the GGUF files (default: RUN_DIR/gguf)

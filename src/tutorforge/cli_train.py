@@ -48,7 +48,9 @@ def validate(config: Path) -> int:
     else:  # trust_remote_code, tokenizer_config and special_tokens are checked against the model here
         _check_tokenizer(config, cfg)
     data = ", ".join(d.path for d in cfg.datasets) or "none"
-    print(f"{config}: valid: {cfg.adapter} r={cfg.lora_r} on {cfg.base_model}, sequence_len "
+    what = f"{cfg.adapter} r={cfg.lora_r}" if cfg.adapter else "full fine-tune" + (
+        f" of {len(cfg.unfrozen_parameters)} parameter patterns" if cfg.unfrozen_parameters else "")
+    print(f"{config}: valid: {what} on {cfg.base_model}, sequence_len "
           f"{cfg.sequence_len}, micro batch {cfg.micro_batch_size} x accumulation "
           f"{cfg.gradient_accumulation_steps}, {cfg.optimizer}, datasets: {data}")
     if ready:
@@ -90,23 +92,51 @@ def plan(config: Path, *, gpu: str | None = None, vram: float | None = None, ram
     return 0 if result.fits else 1
 
 
-def keys(*, markdown: bool = False) -> int:
+def keys(*, markdown: bool = False, axolotl: bool = False) -> int:
     """List every supported config key with its accepted values, default and meaning.
 
-    markdown: print a Markdown table (the README's configuration reference)
+    markdown: print Markdown tables (the README's configuration reference)
+    axolotl: list instead every key of Axolotl's schema that tutorforge refuses or ignores, and why
     """
+    from tutorforge.axolotl_keys import schema, schema_commit
     from tutorforge.config import reference
 
+    table = schema()
+    if axolotl:
+        rows = [(k.name, k.status, k.reason) for k in table.values() if k.status != "implemented"]
+        if markdown:
+            print(f"Axolotl's schema at [{schema_commit()[:12]}](https://github.com/axolotl-ai-cloud/axolotl/"
+                  f"tree/{schema_commit()}) has {len(table)} keys: "
+                  f"{sum(k.status == 'implemented' for k in table.values())} implemented, "
+                  f"{sum(k.ignored for k in table.values())} accepted and ignored, "
+                  f"{sum(k.status == 'refused' for k in table.values())} refused.\n")
+            print("| Axolotl key | tutorforge | why, and what to do |\n|---|---|---|")
+            for name, status, reason in rows:
+                print(f"| `{name}` | {status} | {reason.replace('|', '/')} |")
+            return 0
+        width = max(len(r[0]) for r in rows)
+        for name, status, reason in rows:
+            print(f"{name:<{width}}  {status:<15}  {reason}")
+        return 0
     rows = reference()
+
+    def origin(name: str) -> str:
+        key = table.get(name)
+        if name.startswith("tutorforge.") or key is None:
+            return "tutorforge only"
+        if key.ignored:
+            return "accepted, ignored"
+        return "same key" + (f" ({key.reason})" if key.reason else "")
+
     if markdown:
         print("| key | default | accepted | meaning | Axolotl |\n|---|---|---|---|---|")
         for name, accepted, default, doc in rows:
-            axolotl = "tutorforge only" if name.startswith("tutorforge.") else "same key"
-            print(f"| `{name}` | `{default}` | {accepted.replace('|', '/')} | {doc.replace('|', '/')} | {axolotl} |")
+            print(f"| `{name}` | `{default}` | {accepted.replace('|', '/')} | {doc.replace('|', '/')} | "
+                  f"{origin(name).replace('|', '/')} |")
         return 0
     width = max(len(r[0]) for r in rows)
     for name, accepted, default, doc in rows:
-        print(f"{name:<{width}}  {doc}; {accepted}; default {default}")
+        print(f"{name:<{width}}  {doc}; {accepted}; default {default}; Axolotl: {origin(name)}")
     return 0
 
 

@@ -329,7 +329,7 @@ REPORT_FILES = ("results.jsonl", "report.md", "report.html", "summary.json")
 
 def model_inputs(spec: str | Path, adapter: Path | None = None) -> dict:
     """What a compared model is, by content: a GGUF file's hash, or the identity of a checkpoint (a
-    training output_dir: its base + adapter/) plus an optional adapter."""
+    training output_dir: its base + adapter/, or a full fine-tune's model/) plus an optional adapter."""
     from tutorforge import outputs
     from tutorforge.models import resolve_base_model
     from tutorforge.rundir import RunDir
@@ -337,9 +337,11 @@ def model_inputs(spec: str | Path, adapter: Path | None = None) -> dict:
     path = Path(spec).expanduser()
     if path.suffix == ".gguf" and path.is_file():
         return {"gguf": outputs.file_hash(path)}
-    if (run := RunDir.find(path)) is not None:
-        base = resolve_base_model(run.cfg.base_model).path
-        return {"model": outputs.model_identity(base, adapter or run.adapter)}
+    if (run := RunDir.find(path)) is not None:  # the trained model: base + adapter/, or model/
+        model_dir, trained = run.tuned()
+        if adapter is not None:
+            model_dir, trained = resolve_base_model(run.cfg.base_model).path, adapter
+        return {"model": outputs.model_identity(model_dir, trained)}
     return {"model": outputs.model_identity(resolve_base_model(str(spec)).path, adapter)}
 
 

@@ -17,14 +17,16 @@ refused before it is built) and turned node by node into the dataclasses by conf
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import yaml
 
 from tutorforge import axolotl_keys as ax
 from tutorforge.config_build import build
+from tutorforge.config_fold import attention_checks, fold
 from tutorforge.config_yaml import (
     MAX_CONFIG_BYTES,
     CappedLoader,
@@ -40,10 +42,12 @@ from tutorforge.rules import (
     Bool,
     BoolOr,
     Choice,
+    ChoiceOrHub,
     Float,
     Int,
     IntList,
     OutputDir,
+    Plugins,
     Rule,
     Str,
     StrList,
@@ -69,17 +73,18 @@ LR_SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine
 CHAT_TEMPLATES = ("tokenizer_default", "alpaca", "chatml", "llama3")
 QUANT_TYPES = ("f16", "bf16", "q8_0", "q4_k_m", "q4_k_s", "q5_k_m", "q5_k_s", "q6_k", "q4_0")
 SPECIAL_TOKENS = ("bos_token", "eos_token", "pad_token", "unk_token")
+BNB_KWARGS = ("bnb_4bit_quant_type", "bnb_4bit_use_double_quant", "llm_int8_has_fp16_weight",
+              "bnb_4bit_compute_dtype", "bnb_4bit_quant_storage")
+ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention", "xformers")
 
 
 @dataclass(frozen=True)
 class DatasetSpec:
     """One entry of `datasets:`."""
 
-    AXOLOTL_REFUSED: ClassVar[dict[str, str]] = ax.DATASET_KEYS  # Axolotl's keys here that tutorforge refuses
-
     path: str = key(None, Str(), "local .json/.jsonl file or directory, or a hub dataset id",
                     required=True)
-    type: str = key("alpaca", Choice(("alpaca",), tuple(ax.DATASET_TYPES.items())),
+    type: str = key("alpaca", Choice(("alpaca",), tuple(ax.DATASET_TYPES.items()), ax.DATASET_TYPE_OTHER),
                     "row format; Alpaca rows {instruction, input, output}")
     data_files: tuple[str, ...] = key((), StrList(), "files inside `path` to read")
     split: str = key("train", Str(), "split to read from a hub dataset")
@@ -141,8 +146,6 @@ class TutorforgeSettings:
 class Config:
     """A validated configuration. Field names are Axolotl's."""
 
-    AXOLOTL_REFUSED: ClassVar[dict[str, str]] = ax.TRAINING_KEYS  # Axolotl's keys that tutorforge refuses
-
     # model
     base_model: str = key(None, Str(), "hub id, local HF directory, .gguf file, or `smollm2` (bundled)",
                           required=True)
@@ -155,9 +158,19 @@ class Config:
     trust_remote_code: bool = key(False, Bool(), "run the model's and tokenizer's own Python code "
                                   "(auto_map in config.json); needed by models transformers lacks")
     # adapter and quantisation
-    adapter: str | None = key(None, Choice(("lora", "qlora")), "lora, or qlora (4-bit base)")
+    adapter: str | None = key(None, Choice(("lora", "qlora")), "lora, or qlora (4-bit base); unset: full "
+                              "fine-tuning (every weight, or those unfrozen_parameters names)")
+    lora_model_dir: str | None = key(None, Str(), "a LoRA adapter directory to continue training from "
+                                     "(its rank, alpha and target modules are used)")
+    unfrozen_parameters: tuple[str, ...] = key((), StrList(), "full fine-tuning: regular expressions of the "
+                                               "parameter names to train (re.search); the rest stay frozen "
+                                               "(default: train every weight)")
     load_in_4bit: bool = key(False, Bool(), "load the base in 4-bit (QLoRA)")
     load_in_8bit: bool = key(False, Bool(), "load the base in 8-bit")
+    bnb_config_kwargs: tuple[tuple[str, str], ...] = key((), StrMap(BNB_KWARGS, scalars=True), "bitsandbytes settings: "
+                                                         "bnb_4bit_quant_type and bnb_4bit_use_double_quant "
+                                                         "set the keys of those names; llm_int8_has_fp16_weight: "
+                                                         "false and bnb_4bit_compute_dtype are what is done anyway")
     bnb_4bit_quant_type: str = key("nf4", Choice(("nf4", "fp4")), "4-bit data type")
     bnb_4bit_use_double_quant: bool = key(True, Bool(), "quantise the quantisation constants too")
     lora_r: int = key(8, Int(1, 4096), "LoRA rank")
@@ -179,6 +192,11 @@ class Config:
     eval_sample_packing: bool | None = key(None, Bool(), "pack the evaluation set too")
     pad_to_sequence_len: bool = key(False, Bool(), "pad every training batch to sequence_len (static shapes)")
     train_on_inputs: bool = key(False, Bool(), "also train on prompt tokens")
+    excess_length_strategy: str = key("drop", Choice(("drop", "truncate", "raise")),
+                                      "a row longer than sequence_len: drop it (counted, written to "
+                                      "rejected.jsonl), truncate it to sequence_len, or raise (stop)")
+    min_sample_len: int = key(2, Int(1), "a row of fewer tokens than this is dropped (counted, written to "
+                              "rejected.jsonl)")
     chat_template: str | None = key(None, Choice(CHAT_TEMPLATES, tuple(ax.CHAT_TEMPLATES.items())),
                                     "prompt format (default: the tokenizer's chat template, else alpaca)")
     default_system_message: str | None = key(None, Str(), "system prompt for every sample")
@@ -187,12 +205,16 @@ class Config:
     # optimisation
     micro_batch_size: int = key(1, Int(1), "samples per forward pass")
     gradient_accumulation_steps: int = key(1, Int(1), "micro batches per optimizer step")
+    batch_size: int | None = key(None, Int(1), "samples per optimizer step; when gradient_accumulation_steps "
+                                 "is unset, it becomes batch_size / micro_batch_size (as in Axolotl)")
     num_epochs: float = key(1.0, Float(0, lo_open=True), "passes over the data")
     max_steps: int | None = key(None, Int(1), "stop after this many optimizer steps")
-    optimizer: str = key("adamw_torch", Choice(OPTIMIZERS, tuple(ax.OPTIMIZERS.items())), "optimizer")
+    optimizer: str = key("adamw_torch", Choice((*OPTIMIZERS, *ax.OPTIMIZER_SPELLINGS), tuple(ax.OPTIMIZERS.items()),
+                                               ax.OPTIMIZER_OTHER), "optimizer")
     learning_rate: float = key(2e-4, Float(0, 1, lo_open=True), "peak learning rate")
     lr_scheduler: str = key("cosine", Choice(LR_SCHEDULERS, tuple(ax.LR_SCHEDULERS.items())), "schedule")
-    warmup_steps: int | None = key(None, Int(0), "warmup in optimizer steps")
+    warmup_steps: int | None = key(None, Float(0), "warmup in optimizer steps; below 1, a fraction of all steps "
+                                   "(as transformers reads it: the same as warmup_ratio)")
     warmup_ratio: float | None = key(None, Float(0, 1, hi_open=True), "warmup as a fraction of all steps")
     weight_decay: float = key(0.0, Float(0), "AdamW weight decay")
     max_grad_norm: float = key(1.0, Float(0), "gradient clipping (0 = off)")
@@ -203,24 +225,39 @@ class Config:
     bf16: bool | str = key("auto", BoolOr(("auto",)), "bfloat16 compute (auto: where the hardware has it)")
     fp16: bool | None = key(None, Bool(), "float16 compute with loss scaling")
     tf32: bool = key(False, Bool(), "TF32 matmuls on Ampere+ GPUs")
-    gradient_checkpointing: bool = key(False, Bool(), "recompute activations to save memory")
-    flash_attention: bool = key(False, Bool(), "flash-attention 2 on CUDA (SDPA elsewhere)")
-    sdp_attention: bool = key(False, Bool(), "PyTorch scaled-dot-product attention")
+    gradient_checkpointing: bool = key(False, BoolOr(("offload", "offload_disk")), "recompute activations to "
+                                       "save memory (offload/offload_disk: plain recomputation, nothing offloaded)")
+    attn_implementation: str | None = key(None, ChoiceOrHub(Choice(ATTENTION, tuple(ax.ATTENTION.items()))),
+                                          "attention kernel (default: what the model supports, SDPA else eager)")
+    flash_attention: bool = key(False, Bool(), "older spelling of attn_implementation: flash_attention_2")
+    sdp_attention: bool = key(False, Bool(), "older spelling of attn_implementation: sdpa")
+    flex_attention: bool = key(False, Bool(), "older spelling of attn_implementation: flex_attention")
+    eager_attention: bool = key(False, Bool(), "older spelling of attn_implementation: eager")
+    xformers_attention: bool = key(False, Bool(), "xformers' memory-efficient attention: PyTorch SDPA "
+                                   "(its memory-efficient kernel is the same algorithm)")
     # logging, evaluation, checkpoints
     output_dir: str = key("./outputs", OutputDir(), "where the run writes everything")
-    logging_steps: int = key(1, Int(1), "log every N optimizer steps")
-    evals_per_epoch: int | None = key(None, Int(1), "evaluations per epoch")
+    logging_steps: int = key(1, Float(0, lo_open=True), "log every N optimizer steps (below 1, a fraction of "
+                             "the run in transformers: tutorforge then logs every step)")
+    evals_per_epoch: int | None = key(None, Int(0), "evaluations per epoch (0: as unset)")
     eval_steps: float | None = key(None, Float(0, lo_open=True), "evaluate every N steps (< 1: fraction)")
-    eval_max_new_tokens: int = key(128, Int(1), "answer length in evaluation generations")
-    saves_per_epoch: int | None = key(None, Int(1), "checkpoints per epoch")
+    eval_max_new_tokens: int = key(128, Int(0), "answer length in evaluation generations")
+    saves_per_epoch: int | None = key(None, Int(0), "checkpoints per epoch (0: as unset)")
     save_steps: float | None = key(None, Float(0, lo_open=True), "checkpoint every N steps (< 1: fraction)")
     early_stopping_patience: int | None = key(None, Int(1), "stop after N evaluations without improvement")
     resume_from_checkpoint: str | None = key(None, Str(), "checkpoint directory to resume from")
     auto_resume_from_checkpoints: bool = key(True, Bool(), "resume from the newest checkpoint in output_dir")
     seed: int = key(42, Int(0, 2**32 - 1), "random seed")
+    plugins: tuple[str, ...] = key((), Plugins(), "Axolotl integrations: speed, memory and logging ones "
+                                   "(cut-cross-entropy, Liger, kernels, SwanLab, lm-eval) are accepted and "
+                                   "ignored with a warning; the others are refused")
     strict: bool = key(False, Bool(), "Axolotl's strict mode (accepted, ignored)")
     # tutorforge's own section
     tutorforge: TutorforgeSettings = section(TutorforgeSettings, "tutorforge's own settings")
+    # written by validation, not by the YAML: what the config asked for that tutorforge ignores
+    ignored_memory_savings: tuple[str, ...] = field(default=(), metadata={
+        "rule": StrList(), "internal": True,
+        "doc": "Axolotl keys (and values) of this config that save memory in Axolotl and are ignored here"})
 
 
 @dataclass(frozen=True)
@@ -251,9 +288,14 @@ class Report:
     def warnings(self) -> list[Problem]:
         return [p for p in self.problems if p.severity == "warning"]
 
+    memory_savings: list[str] = field(default_factory=list)
+
     def add(self, severity: str, path: str, node: yaml.Node | None, message: str) -> None:
         line = node.start_mark.line + 1 if node is not None else None
         self.problems.append(Problem(severity, path, line, message))
+
+    def ignored_memory_saving(self, path: str) -> None:
+        self.memory_savings.append(path)
 
     def render(self) -> str:
         ordered = sorted(self.problems, key=lambda p: (p.line or 0))
@@ -274,13 +316,27 @@ def _cross_checks(cfg: Config, report: Report, lines: dict[str, yaml.Node]) -> N
     def err(name: str, message: str, severity: str = "error") -> None:
         report.add(severity, name, lines.get(name.split(" ")[0]), message)
 
-    if cfg.adapter is None:
-        err("adapter", "not set: Axolotl would do a full fine-tune, which tutorforge does not; "
-            "set adapter: lora (or qlora with load_in_4bit: true)")
+    if cfg.adapter is None and (cfg.load_in_4bit or cfg.load_in_8bit):
+        err("adapter", "not set (a full fine-tune) with a quantised base: quantised weights cannot be "
+            "trained; set adapter: qlora (4-bit) or lora, or load_in_4bit/load_in_8bit: false")
+    if cfg.adapter is not None and cfg.unfrozen_parameters:
+        err("unfrozen_parameters", f"with adapter: {cfg.adapter} is not supported (it chooses the weights of a "
+            "full fine-tune; LoRA trains its adapter alone): remove adapter for a full fine-tune, or remove "
+            "unfrozen_parameters")
+    for pattern in cfg.unfrozen_parameters:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            err("unfrozen_parameters", f"{pattern!r}: not a regular expression ({exc})")
+            continue
+        if re.search(r"\$\[\d*:\d*\]$", pattern):
+            err("unfrozen_parameters", f"{pattern!r}: training a slice of a weight (Axolotl's `$[start:end]`) "
+                "is not supported; name whole parameters")
+    if cfg.adapter is None and cfg.lora_model_dir:
+        err("lora_model_dir", "continues a LoRA adapter: set adapter: lora (or qlora)")
+    attention_checks(cfg, err)
     if cfg.adapter == "qlora" and not cfg.load_in_4bit:
         err("load_in_4bit", "adapter: qlora needs load_in_4bit: true (or use adapter: lora)")
-    if cfg.adapter == "lora" and cfg.load_in_4bit:
-        err("load_in_4bit", "a 4-bit base is QLoRA: set adapter: qlora (or load_in_4bit: false)")
     if cfg.load_in_4bit and cfg.load_in_8bit:
         err("load_in_8bit", "load_in_4bit and load_in_8bit are both true; keep one")
     if cfg.bf16 is True and cfg.fp16:
@@ -349,7 +405,9 @@ def parse(text: str, source: str) -> Report:
     finally:
         loader.dispose()
     if config is not None:
-        _cross_checks(config, report, top_lines(root))
+        lines = top_lines(root)
+        _cross_checks(config, report, lines)
+        config = fold(config, report, lines)
     if not report.errors:
         report.config = config
     return report
@@ -394,6 +452,8 @@ def reference() -> list[tuple[str, str, str, str]]:
 
     def walk(cls: type, prefix: str) -> None:
         for f in dataclasses.fields(cls):
+            if f.metadata.get("internal"):
+                continue
             name = f"{prefix}{f.name}"
             if "section" in f.metadata:
                 walk(f.metadata["section"], name + ".")

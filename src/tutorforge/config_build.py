@@ -4,15 +4,15 @@
     config = build(Config, loader, root, "", report, top=True)  # None where a required key is missing
 
 `build` knows nothing of any one config: it reads each field's metadata (`rule`, `doc`, `required`,
-`section`, `list_of`, as config.key/section write it) and a class's `AXOLOTL_REFUSED` (Axolotl keys
-that tutorforge refuses there). A key that the class lacks is reported as Axolotl-known (an error or,
-at the top level, an ignored integration key) or unknown with a "did you mean"; a key that
-tutorforge accepts and ignores (axolotl_keys.IGNORED_FIELDS) warns when set. A bad value keeps its
-default, so one pass reports every problem.
+`section`, `list_of`, `internal`, as config.key/section write it). A key that the class lacks is
+looked up in Axolotl's schema (axolotl_keys.schema): a refused key is an error naming the reason, an
+ignored one a warning; any other key is unknown, with a "did you mean". A field whose key Axolotl's
+schema marks ignored warns when set. A bad value keeps its default, so one pass reports every problem.
 """
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 from typing import Any, Protocol
 
@@ -27,6 +27,11 @@ class Problems(Protocol):
     and message."""
 
     def add(self, severity: str, path: str, node: yaml.Node | None, message: str) -> None: ...
+
+    memory_savings: list[str]  # what ignored_memory_saving recorded
+
+    def ignored_memory_saving(self, path: str) -> None:
+        """Record a key (or value) that saves memory in Axolotl and is ignored here, for the plan."""
 
 
 def _show(value: Any) -> str:
@@ -51,39 +56,58 @@ def _mapping_items(loader, node, path, report) -> list[tuple[str, yaml.Node, yam
         if not isinstance(name, str) or not name:
             report.add("error", path, key_node, f"keys must be names, got {_show(name)}")
             continue
-        if name in seen:
-            report.add("error", f"{path}.{name}".lstrip("."), key_node,
-                       f"appears twice (lines {seen[name]} and {key_node.start_mark.line + 1}); keep one")
-            continue
+        if name in seen:  # YAML readers (Axolotl's too) keep the last: so does tutorforge, and says so
+            report.add("warning", f"{path}.{name}".lstrip("."), key_node,
+                       f"appears twice (lines {seen[name]} and {key_node.start_mark.line + 1}): the value on line "
+                       f"{key_node.start_mark.line + 1} is used, as in Axolotl; remove the other")
+            items = [item for item in items if item[0] != name]
         seen[name] = key_node.start_mark.line + 1
         items.append((name, key_node, value_node))
     return items
 
 
-def _prefixed(name: str, prefixes: dict[str, str]) -> str | None:
-    return next((reason for prefix, reason in prefixes.items() if name.startswith(prefix)), None)
+def ignored_message(key: ax.AxolotlKey) -> str:
+    """The warning for an Axolotl key tutorforge accepts and ignores."""
+    text = f"ignored ({key.reason})"
+    if key.saves_memory:
+        text += "; it saves memory in Axolotl, and tutorforge's memory plan does not count on that saving"
+    return text
 
 
 def _unknown_key(name: str, path: str, key_node: yaml.Node, value: Any, known: list[str],
-                 report: Problems, refused: dict[str, str], *, top: bool = False) -> None:
-    """Report a key the dataclass does not have: Axolotl-known (error or warning) or unknown.
-
-    At the top level `refused` is Axolotl's training keys and the integration keys are
-    warnings; inside a section only `refused` applies."""
+                 report: Problems, *, top: bool = False) -> None:
+    """Report a key the dataclass does not have: one Axolotl knows (axolotl_keys.entry: refused, an
+    error; ignored, a warning), or unknown, with a "did you mean" over the keys that make sense here."""
     where = f"{path}.{name}".lstrip(".")
-    reason = refused.get(name) or (_prefixed(name, ax.TRAINING_PREFIXES) if top else None)
-    if reason is not None:
-        if not _is_empty(value):
+    axolotl = ax.entry(where) if (top or path.startswith("datasets[")) else None
+    if axolotl is not None and axolotl.status == "refused":
+        done = ax.REFUSED_DONE_VALUES.get(axolotl.name)
+        if (value not in (*done, None, "")) if done is not None else not _is_empty(value):
             report.add("error", where, key_node,
-                       f"{_show(value)}: Axolotl key not implemented by tutorforge: {reason}; remove it")
+                       f"{_show(value)}: Axolotl key not implemented by tutorforge: {axolotl.reason}; remove it")
         return
-    ignored = (ax.INTEGRATION_KEYS.get(name) or _prefixed(name, ax.INTEGRATION_PREFIXES)) if top else None
-    if ignored is not None:
+    if axolotl is not None:  # ignored (an implemented key always has its field: tests/test_axolotl_schema.py)
         if not _is_empty(value):
-            report.add("warning", where, key_node, f"ignored ({ignored})")
+            report.add("warning", where, key_node, ignored_message(axolotl))
+            if axolotl.saves_memory:
+                report.ignored_memory_saving(where)
         return
-    candidates = [*known, *refused, *(ax.INTEGRATION_KEYS if top else ())]
-    report.add("error", where, key_node, f"unknown key{did_you_mean(name, candidates)}")
+    level = re.sub(r"\[\d+\]", "[]", path)
+    axolotl_level = top or level == "datasets[]"
+    axolotl_here = [k.rpartition(".")[2] for k in ax.schema() if k.rpartition(".")[0] == level] \
+        if axolotl_level else []
+    hint = did_you_mean(name, [*known, *axolotl_here])
+    if axolotl_level and not difflib.get_close_matches(name, [*known, *axolotl_here], n=1, cutoff=TYPO):
+        # Axolotl ignores keys its schema lacks; one that misspells no known key is ignored here too, aloud
+        report.add("warning", where, key_node, f"unknown key, ignored: neither tutorforge nor Axolotl's schema "
+                   f"has it{hint.replace('; did', ' (did').replace('?', '?)')}")
+        return
+    report.add("error", where, key_node, f"unknown key{hint}")
+
+
+# How alike (difflib's ratio) an unknown key and a known one must be for the unknown key to be taken
+# for a misspelling, an error: adam_eps/adam_epsilon is 0.8, eta_min/streaming 0.62.
+TYPO = 0.8
 
 
 def build(cls: type, loader, node: yaml.Node, path: str, report: Problems, top: bool = False) -> Any:
@@ -97,10 +121,10 @@ def build(cls: type, loader, node: yaml.Node, path: str, report: Problems, top: 
     for name, key_node, value_node in _mapping_items(loader, node, path, report):
         where = f"{path}.{name}".lstrip(".")
         f = fields.get(name)
-        if f is None:
+        if f is None or f.metadata.get("internal"):  # internal fields are set by validation, not the YAML
             value = _construct(loader, value_node)
-            refused = getattr(cls, "AXOLOTL_REFUSED", {})
-            _unknown_key(name, path, key_node, value, list(fields), report, refused, top=top)
+            public = [n for n, g in fields.items() if not g.metadata.get("internal")]
+            _unknown_key(name, path, key_node, value, public, report, top=top)
             continue
         if "section" in f.metadata:
             if not _is_empty(_construct(loader, value_node)):
@@ -127,13 +151,15 @@ def build(cls: type, loader, node: yaml.Node, path: str, report: Problems, top: 
 
 
 def _warn_if_ignored(where: str, value: Any, default: Any, key_node: yaml.Node, report: Problems) -> None:
-    """A warning for a key tutorforge accepts and ignores (axolotl_keys.IGNORED_FIELDS), unless its
-    value is empty or the default, which is what tutorforge does anyway."""
-    name = re.sub(r"\[\d+\]", "[]", where)
-    reason = ax.IGNORED_FIELDS.get(name)
-    if reason is not None and not _is_empty(value) and value != default and \
-            value not in ax.IGNORED_VALUES_DONE.get(name, ()):
-        report.add("warning", where, key_node, f"{_show(value)}: ignored ({reason})")
+    """A warning for a key tutorforge accepts and ignores (its status in axolotl_keys.schema),
+    unless its value is empty or the default, which is what tutorforge does anyway."""
+    axolotl = ax.entry(where)
+    if axolotl is None or not axolotl.ignored or _is_empty(value) or value == default or \
+            value in ax.IGNORED_VALUES_DONE.get(axolotl.name, ()):
+        return
+    report.add("warning", where, key_node, f"{_show(value)}: {ignored_message(axolotl)}")
+    if axolotl.saves_memory:
+        report.ignored_memory_saving(where)
 
 
 def _has_required(cls: type) -> bool:

@@ -72,7 +72,9 @@ def too_many_nodes_message() -> str:
 
 
 def top_lines(root: yaml.Node) -> dict[str, yaml.Node]:
-    """Each top-level key's node (its line is where a problem with that key is shown)."""
+    """Each top-level key's node (its line is where a problem with that key is shown), and under
+    `KEY=` the node of its value."""
     if not isinstance(root, yaml.MappingNode):
         return {}
-    return {k.value: k for k, _ in root.value if isinstance(k, yaml.ScalarNode)}
+    lines: dict[str, yaml.Node] = {k.value: k for k, _ in root.value if isinstance(k, yaml.ScalarNode)}
+    return lines | {f"{k.value}=": v for k, v in root.value if isinstance(k, yaml.ScalarNode)}

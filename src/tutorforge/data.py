@@ -14,7 +14,8 @@ always (or any file of a dataset with ds_type: jsonl); another file is one JSON 
 with [ and that array ends the file, else it too is read by lines. Reading raises nothing for a
 bad row; prepare.accept decides what the rejects mean (by default any problem stops loading with
 the first 20 problems and the counts per kind; with skip_bad_rows the rejects go, verbatim and with
-their reason, to rejected.jsonl). Tokenising, the held-out split and packing are in prepare.py.
+their reason, to rejected.jsonl). Tokenising, the held-out split, the length rules (rows over
+sequence_len or under min_sample_len: LENGTH_KINDS) and packing are in prepare.py.
 """
 from __future__ import annotations
 
@@ -47,11 +48,16 @@ KINDS = {  # problem kind -> what to do about it
     "too_deep": "nested deeper than JSON readers go; flatten or drop the row",
     "huge_line": f"a row over {MAX_LINE_BYTES >> 20} MiB; split or drop that row",
     "duplicate": "remove the repeated row",
-    "too_long": "longer than sequence_len; shorten the row or raise sequence_len",
+    "too_long": "shorten the row, raise sequence_len, or set excess_length_strategy: truncate",
+    "too_short": "lengthen the row or lower min_sample_len",
+    "no_trained_tokens": "shorten the prompt, or raise sequence_len",
     "empty_file": "the file holds no rows",
     "not_utf8": "save the file as UTF-8",
 }
 FILE_KINDS = frozenset({"empty_file", "not_utf8"})  # a whole file rejected: no rows read from it
+# Rows dropped by prepare's length rules (excess_length_strategy, min_sample_len, as Axolotl drops
+# them): counted and written to rejected.jsonl like any reject, but not errors that stop training.
+LENGTH_KINDS = frozenset({"too_long", "too_short", "no_trained_tokens"})
 JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number",
               bool: "boolean", type(None): "null"}
 SURROGATE = re.compile("[\udc80-\udcff]")  # undecodable bytes, kept by surrogateescape
@@ -96,6 +102,11 @@ class LoadReport:
     @property
     def file_rejects(self) -> list[Reject]:
         return [r for r in self.rejects if r.kind in FILE_KINDS]
+
+    @property
+    def errors(self) -> list[Reject]:
+        """Rejects that stop loading unless skip_bad_rows: all but the length rules' drops."""
+        return [r for r in self.rejects if r.kind not in LENGTH_KINDS]
 
     def counts(self) -> Counter:
         """Rejected rows per kind (files rejected whole are not rows)."""

@@ -230,10 +230,13 @@ def open_generator(spec: str | Path, *, adapter: Path | None = None, tokenizer_d
         return GGUFGenerator(path, tokenizer=tokenizer, chat_template=chat_template, system=system, name=name,
                              threads=threads, gpu_layers=gpu_layers)
     if (run := RunDir.find(path)) is not None:
-        adapter = adapter or run.adapter
-        if not (adapter / "adapter_config.json").is_file():
+        model_dir, trained = run.tuned()
+        adapter = adapter or trained
+        if adapter is None and not (model_dir / "config.json").is_file():
+            raise UserError(f"{model_dir}: no trained model in this training output_dir; run `tutorforge train` first")
+        if adapter is not None and not (adapter / "adapter_config.json").is_file():
             raise UserError(f"{adapter}: no adapter in this training output_dir; run `tutorforge train` first")
-        return TorchGenerator(resolve_base_model(run.cfg.base_model).path, adapter=adapter,
+        return TorchGenerator(model_dir, adapter=adapter,
                               name=name or path.name, chat_template=chat_template or run.cfg.chat_template,
                               system=system if system is not None else run.cfg.default_system_message,
                               trust_remote_code=run.cfg.trust_remote_code)

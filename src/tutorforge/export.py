@@ -1,6 +1,7 @@
 """The export stage: GGUF files of a model (f16 or another outtype, q8_0, K-quants), each verified.
 
-    tutorforge export outputs/python-tutor-smollm2     (merged/ if present, else base + adapter/)
+    tutorforge export outputs/python-tutor-smollm2     (merged/ if present, else base + adapter/;
+                                                        a full fine-tune's model/ as it is)
 
 f32, f16, bf16 and q8_0 are written by gguf_write (one streaming pass from base + adapter, or from a
 merged checkpoint); K-quants (q4_k_m, ...) by llama.cpp's quantizer from the f16 file (quantize.py).
@@ -122,15 +123,20 @@ def verify_rows(rows: list | None, minimum: int = 40) -> list:
 
 
 def run_source(run: RunDir, adapter: Path | None = None) -> Source:
-    """What a training output_dir's export reads: its merged/ checkpoint when that was merged from
-    the run's current base and adapter, else base + adapter/ in one streaming pass (a merged/ left
-    from an earlier training is stale and is not used)."""
+    """What a training output_dir's export reads: a full fine-tune's model/ (no merge: it is the
+    whole model, and the reference verification compares with); else its merged/ checkpoint when
+    that was merged from the run's current base and adapter, else base + adapter/ in one streaming
+    pass (a merged/ left from an earlier training is stale and is not used)."""
     from tutorforge import outputs
     from tutorforge.models import resolve_base_model
 
+    trust = run.cfg.trust_remote_code
+    if run.full and adapter is None:
+        if not (run.model / "config.json").is_file():
+            raise UserError(f"{run.model}: no trained model here; run `tutorforge train` first")
+        return Source(run.model, trust_remote_code=trust)
     base = resolve_base_model(run.cfg.base_model).path
     adapter = adapter or run.adapter
-    trust = run.cfg.trust_remote_code
     if not (adapter / "adapter_config.json").is_file():
         raise UserError(f"{adapter}: no trained adapter here; run `tutorforge train` first")
     if run.merged.is_dir():

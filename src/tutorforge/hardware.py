@@ -93,3 +93,22 @@ def detect(*, ram_gb: float | None = None) -> Hardware:
                   if device == "cuda" and pattern in props.name and abs(mem - memory) / mem < 0.1), None)
     return Hardware(match or f"cuda:{props.name}", "cuda", memory, ram_gb or machine_ram_gb(),
                     torch.cuda.is_bf16_supported(), f"detected {props.name}")
+
+
+def attention_implementation(wanted: str | None, device: str) -> tuple[str | None, str | None]:
+    """The attention kernel to load the model with: `wanted` (config.attention_wanted) where this
+    machine can run it, else the model's own choice (None: transformers picks SDPA where the model
+    supports it, else eager). Returns (implementation, the reason when the config's wish was not
+    followed). `device` is a torch device type (cuda, cpu, mps). Whether the model supports the kernel
+    is checked by transformers when it loads (lora.load_base); the plan asks the same (plan.planned_attention).
+    Here and not in lora.py, which imports torch: the plan imports neither torch nor a model."""
+    import importlib.util
+
+    needs = {"flash_attention_2": "flash_attn", "flash_attention_3": "flash_attn_interface"}  # their packages
+    if wanted in needs:
+        if device != "cuda":
+            return None, f"attn_implementation {wanted} needs CUDA; using the model's default (SDPA or eager)"
+        if importlib.util.find_spec(needs[wanted]) is None:
+            return None, (f"attn_implementation {wanted} needs the {needs[wanted]} package, which is not "
+                          "installed; using the model's default (SDPA or eager)")
+    return wanted, None

@@ -88,7 +88,8 @@ def lint(paths: list[Path], *, tokenizer, fmt: PromptFormat, sequence_len: int, 
         report.output_words.append(len(row.output.split()))
         if length > sequence_len:
             report.findings.append(Finding(row.source, "too_long", f"{length} tokens > sequence_len "
-                                           f"{sequence_len}: training would drop this row"))
+                                           f"{sequence_len}: training drops this row, or cuts it with "
+                                           "excess_length_strategy: truncate"))
     jobs = _code_jobs(report)
     if not run_code:
         report.code["not run"] = len(jobs)
@@ -114,7 +115,7 @@ def render(report: LintReport, *, max_findings: int = 50) -> str:
         f"duplicates: {load.counts()['duplicate']} (counted among the rejected)",
         f"tokens ({report.model}, prompt + answer): {_percentiles(report.token_lengths)}; "
         f"{report.too_long} of {len(report.token_lengths)} over sequence_len {report.sequence_len} "
-        "(training drops them, never truncates)",
+        "(training drops them by default; excess_length_strategy: truncate cuts them, raise stops)",
         f"answer words: {_percentiles(report.output_words, (50, 90))}",
         blocks,
         f"not checked: {code['other-language']} blocks in other languages"

@@ -9,11 +9,15 @@ of loading, merging, exporting and verifying, from the settings and the model's 
 Pure arithmetic: nothing is loaded, nothing is printed (tutorforge.plan names and explains every
 number). Sizes are bytes unless a name ends in _gb (GiB). Assumptions: the worst case of the data
 (every micro batch full, every position a label: train.loss_sum runs the LM head on label
-positions only, so this bounds it); transformers' Llama-family decoder with SDPA attention, built
-as tutorforge.lora builds it: with a quantised base, the weights that are not quantised
-(embeddings, lm_head, norms) stay in the stored dtype (no fp32 upcast, unlike peft's
-prepare_model_for_kbit_training); LoRA weights are fp32; CUDA stores the other weights in the
-compute dtype, CPU keeps fp32 and autocasts where bf16 is on.
+positions only, so this bounds it); transformers' Llama-family decoder with the attention kernel
+of Settings.attention (SDPA, or eager, which keeps the attention probabilities; flash and flex
+attention are counted as SDPA: neither keeps them), built as tutorforge.lora builds it: with a
+quantised base, the weights that are not quantised (embeddings, lm_head, norms) stay in the
+stored dtype (no fp32 upcast, unlike peft's prepare_model_for_kbit_training); LoRA weights are
+fp32; CUDA stores the other weights in the compute dtype, CPU keeps fp32 and autocasts where bf16
+is on. A full fine-tune (adapter unset,
+tutorforge.finetune) keeps fp32 master weights on every device and autocasts a 16-bit compute dtype:
+weights 4 bytes a parameter, gradients 4 and the optimizer's state (AdamW 8) per trainable one.
 """
 from __future__ import annotations
 
@@ -87,13 +91,17 @@ class Settings:
     compute_bytes: int  # 2 (bf16/fp16 autocast) or 4 (fp32)
     packed: bool  # sample_packing: a block-diagonal mask, so keys and values repeated per head
     max_steps: int | None
+    full: bool = False  # a full fine-tune: no adapter, the weights themselves train (fp32 master weights)
+    full_tensors: tuple[tuple[int, int], ...] = ()  # (rows, cols) of a full fine-tune's trainable tensors
+    attention: str = "sdpa"  # the attention kernel training runs (tutorforge.plan.planned_attention)
 
 
 def dtypes(s: Settings, hw: Hardware) -> tuple[int, int, int]:
     """Bytes of: the compute dtype; the stored weights that are not quantised (also the residual
     stream's); the linear layers' outputs."""
     c = s.compute_bytes
-    w = c if hw.device == "cuda" else 4  # lora.load_base: CUDA stores the compute dtype, CPU fp32
+    w = c if hw.device == "cuda" and not s.full else 4  # lora.load_base: CUDA stores the compute dtype,
+    # CPU fp32; a full fine-tune fp32 everywhere (train.build_run: master weights)
     o = w if s.quant else c  # bitsandbytes returns its input's dtype; autocast returns c
     return c, w, o
 
@@ -143,9 +151,26 @@ def full_copies(s: Settings, shape: Shape) -> int:
     return min(len(s.saved_embeddings), 1 if shape.tied else 2)
 
 
+def param_shapes(shape: Shape) -> dict[str, tuple[int, int]]:
+    """(rows, cols) of every parameter, named as transformers' Llama-family models name them
+    (model.named_parameters(): what unfrozen_parameters matches); a norm's vector is (1, hidden)."""
+    out = {"model.embed_tokens.weight": (shape.vocab, shape.hidden)}
+    kinds = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn", "o_proj": "self_attn",
+             "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp"}
+    for layer in range(shape.layers):
+        for module, (fan_in, fan_out) in shape.linears().items():
+            out[f"model.layers.{layer}.{kinds[module]}.{module}.weight"] = (fan_out, fan_in)
+        for norm in ("input_layernorm", "post_attention_layernorm"):
+            out[f"model.layers.{layer}.{norm}.weight"] = (1, shape.hidden)
+    out["model.norm.weight"] = (1, shape.hidden)
+    return out if shape.tied else {**out, "lm_head.weight": (shape.vocab, shape.hidden)}
+
+
 def trainable_bytes(s: Settings, shape: Shape) -> int:
-    """The trainable parameters, fp32: LoRA's (peft) and full copies (lora.add_lora). Their
-    gradients take as much again."""
+    """The trainable parameters, fp32: LoRA's (peft) and full copies (lora.add_lora), or a full
+    fine-tune's. Their gradients take as much again."""
+    if s.full:
+        return sum(r * k for r, k in s.full_tensors) * 4
     return (sum(r * k for r, k in lora_tensors(s, shape)) + full_copies(s, shape) * shape.embed_params) * 4
 
 
@@ -166,7 +191,10 @@ def optimizer_bytes(name: str, tensors: list[tuple[int, int]], param_bytes: int)
 
 
 def optimizer_state(s: Settings, shape: Shape) -> float:
-    """The optimizer's state for every trainable parameter (all fp32)."""
+    """The optimizer's state for every trainable parameter (all fp32). Adafactor keeps a norm's
+    second moment whole (hidden x 4 bytes; (1 + hidden) x 4 here, 4 bytes over)."""
+    if s.full:
+        return optimizer_bytes(s.optimizer, list(s.full_tensors), 4)
     full = [(shape.vocab, shape.hidden)] * full_copies(s, shape)
     return optimizer_bytes(s.optimizer, lora_tensors(s, shape), 4) + optimizer_bytes(s.optimizer, full, 4)
 
@@ -175,16 +203,17 @@ def optimizer_state(s: Settings, shape: Shape) -> float:
 
 def layer_activations(s: Settings, shape: Shape, hw: Hardware, tokens: int) -> int:
     """Bytes autograd keeps for one decoder layer's backward at `tokens` tokens (each term checked
-    against torch.autograd.graph.saved_tensors_hooks, tests/test_plan.py)."""
+    against torch.autograd.graph.saved_tensors_hooks, tests/test_memory.py)."""
     c, w, o = dtypes(s, hw)
     autocast = c != 4
     h, i, r = shape.hidden, shape.intermediate, s.lora_r
-    q_dim, kv_dim = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
-    sdpa = c if autocast else o  # SDPA runs in the autocast dtype
+    q_dim = shape.heads * shape.head_dim
+    sdpa = c if autocast else o  # SDPA (and eager's matmuls) run in the autocast dtype
     total = 2 * tokens * (h * 4 + 4)  # each RMSNorm keeps its input upcast to fp32, and 1/rms
+    eager = s.attention == "eager"
     groups = (  # (modules reading one input, its width, whether another op keeps it already)
         (("q_proj", "k_proj", "v_proj"), h, False),  # the first norm's output
-        (("o_proj",), q_dim, True),  # the attention output, kept by SDPA
+        (("o_proj",), q_dim, not eager),  # the attention output: SDPA keeps it; eager's is a fresh copy
         (("gate_proj", "up_proj"), h, False),  # the second norm's output
         (("down_proj",), i, False),  # silu(gate) * up
     )
@@ -197,15 +226,45 @@ def layer_activations(s: Settings, shape: Shape, hw: Hardware, tokens: int) -> i
             total += k * tokens * width * c
         elif k and not kept:  # fp32: the input itself, shared by the modules that read it
             total += tokens * width * 4
-    kv = q_dim if s.packed else kv_dim  # a mask turns SDPA's grouped-query path off: k, v repeated
-    total += tokens * (2 * q_dim + 2 * kv) * sdpa + tokens * shape.heads * 4  # q, k, v, out, logsumexp
-    if s.packed:  # SDPA turns the shared boolean mask into a float copy of its own, in every layer
-        total += tokens * s.sequence_len * sdpa
+    total += attention_saved(s, shape, hw, tokens)
     total += 3 * tokens * i * o  # gate (SiLU's input), silu(gate) and up (the product's inputs)
     total += len(s.targets) * tokens * r * (c if autocast else 4)  # lora_A outputs (lora_B's inputs)
+    if s.full:  # the weights' gradients need what each op read (measured, tests/test_memory.py)
+        total += 2 * tokens * h * 4  # each norm's normalised input, fp32, for its weight's gradient
+        # the linears' inputs: autocast casts the norms' fp32 outputs once for each of q, k, v, gate
+        # and up; in fp32 the two outputs are kept once each; o_proj's is SDPA's (counted above)
+        total += 5 * tokens * h * c if autocast else 2 * tokens * h * 4
+        total += tokens * i * o  # down_proj's input, silu(gate) * up
+        total += tokens * q_dim * sdpa if eager else 0  # o_proj's: eager's output is not SDPA's, kept
     if autocast:  # autocast's casts of the weights, kept for backward: LoRA's, and fp32 base ones
         total += sum(r * sum(shape.linears()[m]) for m in s.targets) * c
         total += shape.layer_linear_params * c if not s.quant and w != c else 0
+    return total
+
+
+def attention_probabilities(s: Settings, shape: Shape, hw: Hardware, tokens: int) -> int:
+    """Bytes of the attention probabilities (micro batch x heads x seq x seq) one layer keeps for
+    backward under eager attention; 0 under the other kernels, which recompute them. Llama's and
+    Gemma's eager_attention_forward (transformers 5.23) runs the softmax in fp32 and keeps its
+    output; under autocast the second matmul keeps its own 16-bit copy of it as well."""
+    if s.attention != "eager":
+        return 0
+    c = dtypes(s, hw)[0]
+    return tokens * shape.heads * s.sequence_len * (4 + (c if c != 4 else 0))
+
+
+def attention_saved(s: Settings, shape: Shape, hw: Hardware, tokens: int) -> int:
+    """Bytes the attention kernel keeps for backward at `tokens` tokens (checked against autograd's
+    saved tensors, tests/test_memory.py)."""
+    c, _, o = dtypes(s, hw)
+    dtype = c if c != 4 else o  # SDPA and eager's matmuls run in the autocast dtype
+    q_dim, kv_dim = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
+    if s.attention == "eager":  # repeat_kv copies k and v to every head, mask or not
+        return tokens * 3 * q_dim * dtype + attention_probabilities(s, shape, hw, tokens)  # q, k, v
+    kv = q_dim if s.packed else kv_dim  # a mask turns SDPA's grouped-query path off: k, v repeated
+    total = tokens * (2 * q_dim + 2 * kv) * dtype + tokens * shape.heads * 4  # q, k, v, out, logsumexp
+    if s.packed:  # SDPA turns the shared boolean mask into a float copy of its own, in every layer
+        total += tokens * s.sequence_len * dtype
     return total
 
 
@@ -230,8 +289,10 @@ def moving(s: Settings, shape: Shape, hw: Hardware) -> Moving:
     c, w, o = dtypes(s, hw)
     tokens = s.micro_batch_size * s.sequence_len
     layer = layer_activations(s, shape, hw, tokens)
-    # shared by every layer: the boolean mask of packed samples, rope's cos and sin (fp32)
-    shared = (tokens * s.sequence_len if s.packed else 0) + 2 * tokens * shape.head_dim * 4
+    # shared by every layer: the boolean mask of packed samples, which SDPA keeps (eager adds its
+    # float mask and keeps nothing of it), rope's cos and sin (fp32)
+    mask = tokens * s.sequence_len if s.packed and s.attention != "eager" else 0
+    shared = mask + 2 * tokens * shape.head_dim * 4
     # checkpointing: each layer's input (the residual stream) and the final norm's fp32 input;
     # without, each layer's tensors (the lowest layer's input needs none, the final norm's does)
     checkpoints = s.grad_layers * tokens * shape.hidden * w + tokens * shape.hidden * 4 + shared
@@ -255,7 +316,8 @@ def allocated_gb(s: Settings, shape: Shape, hw: Hardware) -> float:
     """The peak of what training allocates on the device: weights, trainable parameters, their
     gradients and optimizer states, and the moving part at its peak."""
     base, trainable = weights(s, shape, hw), trainable_bytes(s, shape)
-    static = [base.mapped, base.quantised, base.stored, trainable, trainable, optimizer_state(s, shape)]
+    params = 0 if s.full else trainable  # a full fine-tune's trainable parameters are the weights
+    static = [base.mapped, base.quantised, base.stored, params, trainable, optimizer_state(s, shape)]
     return sum(x / GB for x in static) + moving(s, shape, hw).peak(s.gradient_checkpointing) / GB
 
 
@@ -301,7 +363,8 @@ def streaming(s: Settings, shape: Shape, quantizes: bool) -> Streaming:
     big = max(adapted, shape.embed_params)
     merged = big * b + adapted * 4
     write = merged + max(adapted * (b + 2), big * 2)
-    return Streaming(big, b, trainable_bytes(s, shape), merged, write, big * (4 + 2) if quantizes else 0)
+    adapter = 0 if s.full else trainable_bytes(s, shape)  # a full fine-tune exports model/ alone
+    return Streaming(big, b, adapter, merged, write, big * (4 + 2) if quantizes else 0)
 
 
 def verifying_gb(shape: Shape, ram_gb: float) -> tuple[float, bool]:

@@ -203,18 +203,18 @@ def package(run: RunDir, gguf_path: Path | None = None) -> Path:
     gguf_path = gguf_path or run.gguf()
     if not gguf_path.is_file():
         raise UserError(f"{gguf_path}: no such GGUF; run `tutorforge export {run.path}` first")
-    model_dir = resolve_base_model(cfg.base_model).path
-    _check_exported(gguf_path, run.path, model_dir)
+    model_dir, trained = run.tuned()
+    _check_exported(gguf_path, run, model_dir, trained)
     path = gguf_path.parent / "Modelfile"
     if path.exists() and not _ours(path):
         raise UserError(f"{path}: a Modelfile that tutorforge did not write is in the way; tutorforge never "
                         "overwrites it. Move it away (or rename it) and run `tutorforge package` again")
-    tokenizer = run_tokenizer(model_dir, run.adapter, trust_remote_code=cfg.trust_remote_code)  # as trained
+    tokenizer = run_tokenizer(model_dir, trained, trust_remote_code=cfg.trust_remote_code)  # as trained
     fmt, family, stops = prompt_template(tokenizer, cfg.chat_template, cfg.default_system_message)
     text = modelfile(gguf_path.name, family.template, system=fmt.system, stops=stops,
                      num_ctx=settings.num_ctx or cfg.sequence_len, temperature=settings.temperature,
                      repeat_penalty=settings.repeat_penalty, repeat_last_n=settings.repeat_last_n,
-                     license=settings.license or base_license(model_dir))
+                     license=settings.license or base_license(resolve_base_model(cfg.base_model).path))
     from tutorforge.fsutil import atomic_write
 
     checked = verify_template(tokenizer, fmt, family)
@@ -236,25 +236,25 @@ def _ours(modelfile_path: Path) -> bool:
         return fh.readline().rstrip("\n") == MODELFILE_HEADER
 
 
-def _check_exported(gguf_path: Path, run_dir: Path, model_dir: Path) -> None:
+def _check_exported(gguf_path: Path, run: RunDir, model_dir: Path, trained: Path | None) -> None:
     """A GGUF that tutorforge exported must have passed its verification and come from the run's
-    current adapter (a GGUF from elsewhere, with no export record, is the user's to vouch for)."""
+    current trained model: base + adapter/, or model/ of a full fine-tune (a GGUF from elsewhere,
+    with no export record, is the user's to vouch for)."""
     from tutorforge import outputs
 
     stage = ((outputs.read_record(gguf_path.parent) or {}).get("stages") or {}).get("export")
     if not stage or gguf_path.name not in stage.get("files", {}):
         return
     if stage.get("status") != "complete":
-        raise UserError(f"{gguf_path}: its export did not finish; run `tutorforge export {run_dir}` again")
+        raise UserError(f"{gguf_path}: its export did not finish; run `tutorforge export {run.path}` again")
     kind = gguf_path.name.rsplit(".", 2)[-2].lower()
     if failed := [f for f in stage.get("failures", []) if f.startswith(f"{kind}:")]:
         raise UserError(f"{gguf_path}: failed its verification ({failed[0]}); it does not behave like the "
                         "trained model, so no Modelfile is written for it. See export.json beside it")
-    adapter = run_dir / "adapter"
-    if (adapter / "adapter_config.json").is_file() and \
-            stage["inputs"]["model"] != outputs.model_identity(model_dir, adapter):
-        raise UserError(f"{gguf_path}: exported from another adapter than {adapter} (the run was trained "
-                        f"again since); run `tutorforge export {run_dir}`, which writes the Modelfile too")
+    present = (trained / "adapter_config.json").is_file() if trained else (model_dir / "config.json").is_file()
+    if present and stage["inputs"]["model"] != outputs.model_identity(model_dir, trained):
+        raise UserError(f"{gguf_path}: exported from another model than {run.trained} (the run was trained "
+                        f"again since); run `tutorforge export {run.path}`, which writes the Modelfile too")
 
 
 def _record(modelfile_path: Path, gguf_path: Path) -> None:

@@ -119,7 +119,8 @@ def directory_hashes(directory: Path, pattern: str = "*") -> dict[str, str]:
 
 def model_identity(model_dir: Path, adapter: Path | None = None) -> str:
     """One hash naming the weights and tokenizer a checkpoint plus an optional LoRA adapter amount to
-    (of an adapter: its adapter_* files and the tokenizer training saved beside them). A merged
+    (of an adapter: its adapter_* files and the tokenizer training saved beside them; of a full
+    fine-tune's model/, every file in it: weights, config and the tokenizer it trained with). A merged
     checkpoint has the identity of the base + adapter it was merged from (its record says which),
     so a GGUF exported from either carries the same name."""
     merged = _merged_identity(Path(model_dir))

@@ -5,7 +5,8 @@ example. Each pack carries position ids that restart at 0 for every example; giv
 and no attention mask (and use_cache=False: with a KV cache transformers does not look for packed
 sequences), transformers' SDPA attention isolates the examples from each other (a block-diagonal
 mask), so a packed example computes what it computes alone. Examples longer than
-sequence_len are dropped and reported before packing, never cut.
+sequence_len never reach packing: prepare.py drops or truncates them first (excess_length_strategy)
+and reports it; packing itself never cuts one.
 """
 from __future__ import annotations
 

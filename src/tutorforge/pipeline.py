@@ -8,7 +8,9 @@ tutorforge.rundir) the content hashes of
 its inputs and of the files it wrote. A stage is skipped when its inputs are unchanged and its
 files are still there as written; a stage that was interrupted is redone, keeping what it had
 finished under final names (every file is written atomically) when its inputs are the same, and
-deleting it when they are not. Training resumes from its newest checkpoint on its own.
+deleting it when they are not. Training resumes from its newest checkpoint on its own. A full
+fine-tune (adapter unset) has nothing to merge: the merge stage is recorded as skipped, with its
+reason, and export reads the trained model/ itself.
 """
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ class Outcome:
     seconds: float
     output: Path | None = None
     size: int = 0  # bytes of what the stage wrote
+    reason: str | None = None  # why a stage that never runs for this config was skipped
 
 
 @dataclass
@@ -184,23 +187,26 @@ def _train(p: Pipeline) -> Outcome:
     from tutorforge.train import train
 
     if "train" in p.redo:  # --from train: start over, no checkpoint
-        for stale in ("run.json", "checkpoints", "adapter", "metrics.jsonl"):
+        for stale in ("run.json", "checkpoints", "adapter", "model", "metrics.jsonl"):
             target = p.run_dir / stale
             shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
         p.stages = {}
     before = run_dir_of(p).training()
     with p.progress("training", "steps") as progress:
-        adapter = train(p.config, config_dir=p.config_path.parent, resume=True, progress=progress,
+        trained = train(p.config, config_dir=p.config_path.parent, resume=True, progress=progress,
                         decisions=p.decisions)
     after = run_dir_of(p).training()
     skipped = before.get("status") == "complete" and before.get("fingerprint") == after.get("fingerprint")
     if not skipped:
-        p.stages = {}  # a new adapter: every later stage is stale
-    files = sorted(adapter.iterdir())
-    p.stages["train"] = {"inputs": after.get("fingerprint"), "status": "complete", "output": str(adapter),
+        p.stages = {}  # a new adapter or model: every later stage is stale
+    files = sorted(f for f in trained.iterdir() if f.is_file())
+    p.stages["train"] = {"inputs": after.get("fingerprint"), "status": "complete", "output": str(trained),
                          "files": _file_records(files)}
     _save(p)
-    return Outcome("train", "skipped" if skipped else "done", 0.0, adapter, sum(f.stat().st_size for f in files))
+    return Outcome("train", "skipped" if skipped else "done", 0.0, trained, sum(f.stat().st_size for f in files))
+
+
+NOTHING_TO_MERGE = "a full fine-tune (adapter unset): model/ is the whole trained model, exported as it is"
 
 
 def _merge(p: Pipeline) -> Outcome:
@@ -209,6 +215,11 @@ def _merge(p: Pipeline) -> Outcome:
 
     run = run_dir_of(p)
     out = run.merged
+    if run.full:
+        log.info("merge: skipped: %s", NOTHING_TO_MERGE)
+        p.stages["merge"] = {"inputs": digest(p.stages.get("train")), "status": "skipped", "reason": NOTHING_TO_MERGE}
+        _save(p)
+        return Outcome("merge", "skipped", 0.0, reason=NOTHING_TO_MERGE)
 
     def work(resume: bool) -> Path:  # merge itself rebuilds a merged/ of other inputs
         _forget(p, "merge", out, "merged")
@@ -237,7 +248,8 @@ def _export(p: Pipeline) -> Outcome:
         report = json.loads((out / "export.json").read_text())
         return [Path(f) for f in report["files"].values()] + [out / "export.json"]
 
-    return _stage(p, "export", {"merged": digest(p.stages.get("merge")), "settings": settings}, work, outputs)
+    model = {"model": digest(p.stages.get("train"))} if run.full else {"merged": digest(p.stages.get("merge"))}
+    return _stage(p, "export", {**model, "settings": settings}, work, outputs)
 
 
 
@@ -277,7 +289,7 @@ def _compare(p: Pipeline) -> Outcome:
                 return write_outputs(comparison, out)
 
         _forget(p, "compare", out, "compare")
-        result = ab.compare_once(out, inputs, compare, protect=[run.adapter])
+        result = ab.compare_once(out, inputs, compare, protect=[run.trained])
         (out / "table.txt").write_text(result.table() + "\n")
         return out / "report.html"
 
@@ -312,7 +324,7 @@ def generators(p: Pipeline):
         if quant != "f16":
             gguf_file(base_out, "base", "f16").unlink(missing_ok=True)
     # the tokenizer the run trained with, for both: the same prompts, cut at the same end token
-    tokenizer = run_tokenizer(base_dir, run.adapter, trust_remote_code=p.config.trust_remote_code)
+    tokenizer = run_tokenizer(*run.tuned(), trust_remote_code=p.config.trust_remote_code)
     kwargs = {"tokenizer": tokenizer, "chat_template": p.config.chat_template,
               "system": p.config.default_system_message, "n_ctx": max(p.config.sequence_len, 1024),
               "repeat_penalty": p.config.tutorforge.ollama.repeat_penalty,

@@ -8,8 +8,10 @@ training fit.
 
 Device memory is VRAM on CUDA and RAM on CPU (there the number is training's peak RSS). The numbers
 are tutorforge.memory's formulas (its docstring lists their assumptions); this module turns a
-config into their settings, names every component with its formula (`render()`), and searches the
-changes that fit. Sizes are GiB, written "GB" as the training log writes them.
+config into their settings (with the attention kernel training will run: attn_implementation, else
+the model class's default, read from transformers without loading weights), names every component
+with its formula (`render()`), and searches the changes that fit. Sizes are GiB, written "GB" as
+the training log writes them.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ from tutorforge.memory import (
     Moving,
     Settings,
     allocated_gb,
+    attention_probabilities,
     cpu_slack,
     dtypes,
     full_copies,
@@ -42,6 +45,7 @@ from tutorforge.memory import (
     moving,
     optimizer_state,
     overhead_gb,
+    param_shapes,
     quant_bytes,
     streaming,
     trainable_bytes,
@@ -57,13 +61,19 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def settings(cfg: Config, hw: Hardware, layers: int) -> Settings:
+def settings(cfg: Config, hw: Hardware, layers: int, shape: Shape | None = None,
+             attention: str | None = None) -> Settings:
     """The plan's view of a config on a machine, for a model of `layers` decoder layers (the rules
-    of tutorforge.lora and train)."""
+    of tutorforge.lora and train); a full fine-tune's needs the model's `shape` too. `attention`:
+    the kernel training runs (None: planned_attention's)."""
+    attention = attention or planned_attention(cfg, hw, shape)[0]
+    if cfg.adapter is None:
+        if shape is None:
+            raise TypeError("plan.settings: a full fine-tune's settings need the model's shape")
+        return _full_settings(cfg, hw, shape, attention)
     chosen, names = cfg.peft_layers_to_transform, set(cfg.lora_target_modules)
     all_linear = bool(cfg.lora_target_linear) or not cfg.lora_target_modules  # as lora.add_lora
-    half = (hw.device == "cuda" and (bool(cfg.fp16) or cfg.bf16 in (True, "auto"))) or \
-        (hw.device == "cpu" and (cfg.bf16 is True or (cfg.bf16 == "auto" and hw.bf16)))
+    half = _half(cfg, hw)
     quant = cfg.bnb_4bit_quant_type if cfg.load_in_4bit else "int8" if cfg.load_in_8bit else None
     return Settings(cfg.micro_batch_size, cfg.gradient_accumulation_steps, cfg.sequence_len,
                     cfg.gradient_checkpointing, quant, cfg.bnb_4bit_use_double_quant, cfg.lora_r,
@@ -71,7 +81,53 @@ def settings(cfg: Config, hw: Hardware, layers: int) -> Settings:
                     len(set(chosen)) if chosen else layers, layers - min(chosen) if chosen else layers,
                     tuple(m for m in EMBEDDINGS if m in names),
                     tuple(m for m in EMBEDDINGS if m in cfg.lora_modules_to_save),
-                    cfg.lora_dropout, cfg.optimizer, 2 if half else 4, cfg.sample_packing, cfg.max_steps)
+                    cfg.lora_dropout, cfg.optimizer, 2 if half else 4, cfg.sample_packing, cfg.max_steps,
+                    attention=attention)
+
+
+def _half(cfg: Config, hw: Hardware) -> bool:
+    return (hw.device == "cuda" and (bool(cfg.fp16) or cfg.bf16 in (True, "auto"))) or \
+        (hw.device == "cpu" and (cfg.bf16 is True or (cfg.bf16 == "auto" and hw.bf16)))
+
+
+def _full_settings(cfg: Config, hw: Hardware, shape: Shape, attention: str) -> Settings:
+    """A full fine-tune (tutorforge.finetune.unfreeze): every parameter trains, or those whose name
+    one of unfrozen_parameters matches (re.search); backward runs from the lowest trainable layer up
+    (through every layer when the embeddings train)."""
+    import re
+
+    params = param_shapes(shape)
+    patterns = [re.compile(p) for p in cfg.unfrozen_parameters]
+    chosen = [n for n in params if not patterns or any(p.search(n) for p in patterns)]
+    layers = [int(n.split(".")[2]) for n in chosen if n.startswith("model.layers.")]
+    lowest = 0 if "model.embed_tokens.weight" in chosen else min(layers, default=shape.layers)
+    return Settings(cfg.micro_batch_size, cfg.gradient_accumulation_steps, cfg.sequence_len,
+                    cfg.gradient_checkpointing, None, False, 0, (), 0, shape.layers - lowest, (), (), 0.0,
+                    cfg.optimizer, 2 if _half(cfg, hw) else 4, cfg.sample_packing, cfg.max_steps,
+                    full=True, full_tensors=tuple(params[n] for n in chosen), attention=attention)
+
+
+def planned_attention(cfg: Config, hw: Hardware, shape: Shape | None) -> tuple[str, str]:
+    """(the attention kernel training will run, why): attn_implementation where this machine can
+    run it (hardware.attention_implementation, as train decides), else the model class's default in
+    transformers (SDPA where the class supports it, else eager); SDPA, said so, where the class
+    is unknown here. No weights are loaded, and no model code imported."""
+    from tutorforge.config_fold import attention_wanted
+    from tutorforge.hardware import attention_implementation
+    from tutorforge.shapes import default_attention, model_class
+
+    chosen, fallback = attention_implementation(attention_wanted(cfg), hw.device)
+    if chosen is not None:
+        return chosen, f"attn_implementation: {chosen}"
+    model_type, name = model_class(shape)
+    kernel, name = default_attention(model_type, name)
+    if kernel is None:
+        label = name or model_type
+        why = (f"assumed: {label} is not a class transformers has here" if label else
+               "assumed: the model's class is not known here") + ", so its default is taken to be SDPA"
+        return "sdpa", f"{fallback}; {why}" if fallback else why
+    why = f"the model's default: {name} {'supports SDPA' if kernel == 'sdpa' else 'has no SDPA'}"
+    return kernel, f"{fallback}; {why}" if fallback else why
 
 
 @dataclass(frozen=True)
@@ -89,6 +145,11 @@ def _weights(s: Settings, shape: Shape, hw: Hardware) -> list[Line]:
     base, (_, w, _) = weights(s, shape, hw), dtypes(s, hw)
     linear = shape.layers * shape.layer_linear_params
     per = quant_bytes(s)
+    if s.full:
+        how = "16-bit compute by autocast" if s.compute_bytes == 2 else "fp32 compute"
+        where = " (memory-mapped, then written by the optimizer)" if hw.device == "cpu" else ""
+        return [Line(f"weights, fp32 master weights{where}", base.total / GB,
+                     f"{shape.params / 1e9:.3f}B params x 4 bytes; {how}")]
     if hw.device == "cpu":
         lines = [Line("base weights, fp32 (memory-mapped)", base.mapped / GB,
                       f"{shape.params / 1e9:.3f}B params x 4 bytes")]
@@ -107,25 +168,39 @@ def _weights(s: Settings, shape: Shape, hw: Hardware) -> list[Line]:
                  base.stored / GB, f"{others / 1e6:.0f}M x {w} bytes: not quantised, kept in the compute dtype")]
 
 
+def _optimizer_how(s: Settings) -> str:
+    per = OPTIMIZER_BYTES[s.optimizer]
+    return {"adafactor": "(rows + cols) x 4 bytes per matrix", "sgd": "no state (momentum 0)"}.get(
+        s.optimizer, f"{per:.2f} bytes per parameter" + (f" (32-bit under {EIGHT_BIT_MIN} values)" if per < 8 else ""))
+
+
+def _full_trainable(s: Settings, shape: Shape) -> list[Line]:
+    n = sum(r * k for r, k in s.full_tensors)
+    which = f"{n / 1e9:.3f}B of {shape.params / 1e9:.3f}B params trainable ({len(s.full_tensors)} tensors)"
+    return [Line("gradients (fp32)", trainable_bytes(s, shape) / GB, f"{which} x 4 bytes"),
+            Line(f"optimizer states, {s.optimizer}", optimizer_state(s, shape) / GB, _optimizer_how(s))]
+
+
 def _trainable(s: Settings, shape: Shape) -> list[Line]:
+    if s.full:
+        return _full_trainable(s, shape)
     n_lora, full = sum(r * k for r, k in lora_tensors(s, shape)), full_copies(s, shape)
     params = trainable_bytes(s, shape)
     how = f"{n_lora / 1e6:.2f}M = {s.lora_layers} layers x r {s.lora_r} x (in + out) of {len(s.targets)} modules"
     how += f" + LoRA on {'/'.join(s.lora_embeddings)}" if s.lora_embeddings else ""
     if full:
         how += f" + {'/'.join(s.saved_embeddings)} trained in full ({full} x {shape.embed_params / 1e6:.0f}M)"
-    per = OPTIMIZER_BYTES[s.optimizer]
-    opt_how = {"adafactor": "(rows + cols) x 4 bytes per matrix", "sgd": "no state (momentum 0)"}.get(
-        s.optimizer, f"{per:.2f} bytes per parameter" + (f" (32-bit under {EIGHT_BIT_MIN} values)" if per < 8 else ""))
     return [Line("LoRA parameters (fp32)", params / GB, how),
             Line("gradients", params / GB, "one per trainable parameter"),
-            Line(f"optimizer states, {s.optimizer}", optimizer_state(s, shape) / GB, opt_how)]
+            Line(f"optimizer states, {s.optimizer}", optimizer_state(s, shape) / GB, _optimizer_how(s))]
 
 
-def _moving_lines(s: Settings, shape: Shape, m: Moving) -> list[Line]:
+def _moving_lines(s: Settings, shape: Shape, hw: Hardware, m: Moving) -> list[Line]:
     tokens, gc = s.micro_batch_size * s.sequence_len, s.gradient_checkpointing
     size = (f"{s.grad_layers} layers x {tokens} tokens "
             f"(micro batch {s.micro_batch_size} x sequence_len {s.sequence_len})")
+    if probabilities := attention_probabilities(s, shape, hw, tokens):
+        size += f", eager attention's probabilities {probabilities / 2**20:.1f} MiB a layer"
     other = f"; checkpointing {'off' if gc else 'on'}: {(m.all_layers if gc else m.checkpoints) / GB:.2f} GB"
     lines = [Line(f"activations, checkpointing {'on' if gc else 'off'}", (m.checkpoints if gc else m.all_layers) / GB,
                   f"{size}: {'each layer input' if gc else f'{m.layer / 2**20:.1f} MiB a layer'}{other}")]
@@ -148,7 +223,7 @@ def training(s: Settings, shape: Shape, hw: Hardware) -> tuple[list[Line], float
         last = Line("framework (python, libraries, allocator)", overhead,
                     f"imports and data {CPU_FRAMEWORK_GB} GB + glibc heap slack {cpu_slack(s)} x the layers' "
                     "activations")
-    lines = _weights(s, shape, hw) + _trainable(s, shape) + _moving_lines(s, shape, moving(s, shape, hw))
+    lines = _weights(s, shape, hw) + _trainable(s, shape) + _moving_lines(s, shape, hw, moving(s, shape, hw))
     return lines + [last], allocated + overhead
 
 
@@ -158,8 +233,9 @@ def ram(cfg: Config, s: Settings, shape: Shape, hw: Hardware) -> list[Line]:
     lines = [Line("loading (host)", t.loading_gb(), f"framework {HOST_FRAMEWORK_GB} GB + the largest tensor "
                   f"({t.largest / 1e6:.0f}M x {t.checkpoint_bytes} bytes); the checkpoint's page cache is reclaimable")
              ] if hw.device == "cuda" else []
-    lines.append(Line("merging", t.merging_gb(), f"framework + adapter {t.adapter / GB:.2f} GB + one tensor at a "
-                      f"time (largest {t.merged / GB:.2f} GB)"))
+    if not s.full:  # a full fine-tune's model/ is exported as it is: nothing to merge
+        lines.append(Line("merging", t.merging_gb(), f"framework + adapter {t.adapter / GB:.2f} GB + one tensor "
+                          f"at a time (largest {t.merged / GB:.2f} GB)"))
     lines.append(Line("exporting", t.exporting_gb(), f"framework + adapter + the largest tensor written "
                       f"({t.write / GB:.2f} GB) or quantised by llama.cpp ({t.quantize / GB:.2f} GB)"))
     if cfg.tutorforge.export.verify:
@@ -208,6 +284,8 @@ class Plan:
     ram: list[Line]
     fixes: list[Fix]
     fixed_gb: float | None  # the peak once the fixes are applied
+    attention: str = ""  # why settings.attention is the kernel planned for (planned_attention)
+    ignored: tuple[str, ...] = ()  # Config.ignored_memory_savings: Axolotl's savings not counted on
 
     @property
     def capacity_gb(self) -> float:
@@ -257,12 +335,19 @@ class Plan:
         head = [f"memory plan: {self.source} on {hw.describe()}",
                 f"model: {shape.name} ({shape.source}): {shape.params / 1e9:.2f}B params, {shape.layers} layers, "
                 f"hidden {shape.hidden}, vocab {shape.vocab}{', tied embeddings' if shape.tied else ''}",
-                f"training: {quant} base, LoRA r {s.lora_r} on {len(s.targets)} modules a layer, sequence_len "
+                f"training: {_method(s, shape, quant)}, sequence_len "
                 f"{s.sequence_len} x micro batch {s.micro_batch_size} "
                 f"(x {s.gradient_accumulation_steps} accumulation), "
                 f"checkpointing {'on' if s.gradient_checkpointing else 'off'}, {s.optimizer}, "
                 f"{'16-bit' if s.compute_bytes == 2 else 'fp32'} compute; worst case: full micro batches, "
-                "every position a label", ""]
+                "every position a label",
+                f"attention: {s.attention} ({self.attention})" + (
+                    "; eager keeps the attention probabilities, micro batch x heads x sequence_len^2, for "
+                    "backward" if s.attention == "eager" else "")]
+        if self.ignored:
+            head.append(f"ignored, not counted on: {', '.join(self.ignored)} (tutorforge does not do what "
+                        "they save; this plan assumes no saving)")
+        head.append("")
         width = max(len(x.name) for x in self.lines + self.ram) + 2
         rows = [f"{'training peak, ' + ('GPU' if hw.device == 'cuda' else 'RAM'):<{width + 2}}    GB"]
         rows += [f"  {x.name:<{width}}{x.gb:6.2f}   {x.how}" for x in self.lines]
@@ -272,6 +357,13 @@ class Plan:
             f"  {x.name:<{width}}{x.gb:6.2f}   {x.how}{'' if x.gb <= hw.ram_gb else '  DOES NOT FIT'}"
             for x in self.ram]
         return "\n".join(head + rows + [""] + verdict + [""] + ram_rows)
+
+
+def _method(s: Settings, shape: Shape, quant: str) -> str:
+    if s.full:
+        n = sum(r * k for r, k in s.full_tensors)
+        return f"full fine-tune, {n / 1e9:.3f}B of {shape.params / 1e9:.3f}B params trainable, fp32 master weights"
+    return f"{quant} base, LoRA r {s.lora_r} on {len(s.targets)} modules a layer"
 
 
 def _candidates(s: Settings) -> Iterator[Settings]:
@@ -321,9 +413,11 @@ def plan_training(cfg: Config, *, hardware: str | None = None, vram_gb: float | 
     name = hardware or cfg.tutorforge.hardware
     hw = custom(vram_gb, ram_gb=ram_gb) if vram_gb else profile(name, ram_gb=ram_gb) if name else detect(ram_gb=ram_gb)
     shape = model_shape(cfg.base_model, cfg.base_model_config)
-    s = settings(cfg, hw, shape.layers)
+    kernel, why = planned_attention(cfg, hw, shape)
+    s = settings(cfg, hw, shape.layers, shape, attention=kernel)
     lines, total = training(s, shape, hw)
-    plan = Plan(source or cfg.base_model, hw, shape, s, lines, total, ram(cfg, s, shape, hw), [], None)
+    plan = Plan(source or cfg.base_model, hw, shape, s, lines, total, ram(cfg, s, shape, hw), [], None, why,
+                cfg.ignored_memory_savings)
     if plan.fits:
         return plan
     why = f"plan: {plan.peak_gb:.1f} GB > {hw.memory_gb:.1f} GB"

@@ -1,24 +1,34 @@
-"""Prepare a config's datasets for training: tokenise, filter, split off the held-out rows, pack.
+"""Prepare a config's datasets for training: tokenise, split off the held-out rows, fit them to sequence_len, pack.
 
     prepared = prepare(cfg, tokenizer, skip_bad_rows=False)    # DataError lists unusable rows
-    print(prepared.summary())                                  # rows, split, packing efficiency
+    print(prepared.summary())                                  # rows, length rules, split, packing efficiency
     write_rows(prepared.val_rows, run_dir / "heldout.jsonl")
 
-The rows come from data.load_datasets. A row longer than sequence_len once tokenised is rejected
-like any other unusable row, never truncated. `accept` decides what the rejects mean: by default
-any reject stops with DataError (the first 20 and the counts per kind); with skip_bad_rows they go,
-verbatim and with their reason, to rejected.jsonl and training goes on without them.
+The rows come from data.load_datasets. `accept` decides what unusable rows mean: by default any
+stops with DataError (the first 20 and the counts per kind); with skip_bad_rows they go, verbatim
+and with their reason, to rejected.jsonl and training goes on without them.
+
+The length rules are Axolotl's, applied to both splits (the held-out rows are drawn first, so which
+rows are held out does not depend on sequence_len). A row longer than sequence_len once tokenised as
+training sees it (template, prompt, answer, end token) is dropped under excess_length_strategy: drop
+(the default), cut to sequence_len tokens with its labels under truncate, or stops preparing with
+TooLongError under raise (skip_bad_rows or not: raise is asked for by name). A truncated row with no
+answer token left (it would train nothing), and a row of fewer than min_sample_len tokens, are
+dropped. Every drop and truncation is counted by split in the summary, every drop is written to
+rejected.jsonl with its reason: rows read = used + rejected, always.
 """
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tutorforge.data import KINDS, LoadReport, Reject, Row, load_datasets
+from tutorforge.data import FILE_KINDS, KINDS, LoadReport, Reject, Row, load_datasets
 from tutorforge.errors import UserError
+from tutorforge.formatting import IGNORE, Example, encode_row, prompt_format, split_rows
 from tutorforge.fsutil import atomic_write
 
 if TYPE_CHECKING:
@@ -28,20 +38,37 @@ log = logging.getLogger(__name__)
 
 
 class DataError(UserError):
-    """Unusable rows and no permission to skip them: lists the first 20, with counts per kind."""
+    """Unusable rows and no permission to skip them: lists the first 20, with counts per kind.
+    Rows the length rules drop (data.LENGTH_KINDS) are no errors and are not listed."""
 
     def __init__(self, report: LoadReport, limit: int = 20):
         self.report = report
-        lines = [r.render() for r in report.rejects[:limit]]
-        if len(report.rejects) > limit:
-            lines.append(f"... and {len(report.rejects) - limit} more")
-        rows, files = report.row_rejects, report.file_rejects
-        counts = ", ".join(f"{kind}: {n}" for kind, n in report.counts().most_common())
+        errors = report.errors
+        lines = [r.render() for r in errors[:limit]]
+        if len(errors) > limit:
+            lines.append(f"... and {len(errors) - limit} more")
+        rows = [r for r in errors if r.kind not in FILE_KINDS]
+        files = report.file_rejects
+        counts = ", ".join(f"{kind}: {n}" for kind, n in Counter(r.kind for r in rows).most_common())
         found = [f"{len(rows)} unusable of {report.rows_read} rows read ({counts})"] if rows else []
         found += [f"{len(files)} file(s) rejected whole"] if files else []
         super().__init__("\n".join(lines) + f"\n{' and '.join(found)}. Fix them, or set `skip_bad_rows: "
                          "true` under tutorforge: (or pass --skip-bad-rows) to train without them; they "
                          "are then written to rejected.jsonl with their reasons.")
+
+
+class TooLongError(UserError):
+    """Rows over sequence_len under excess_length_strategy: raise: lists the first 20."""
+
+    def __init__(self, rejects: list[Reject], sequence_len: int, limit: int = 20):
+        self.rejects = rejects
+        lines = [r.render() for r in rejects[:limit]]
+        if len(rejects) > limit:
+            lines.append(f"... and {len(rejects) - limit} more")
+        super().__init__("\n".join(lines) + f"\n{_rows(len(rejects))} longer than sequence_len {sequence_len} "
+                         "(excess_length_strategy: raise). Shorten them or raise sequence_len, or set "
+                         "excess_length_strategy: drop (they are left out and written to rejected.jsonl) "
+                         "or truncate (they are cut to sequence_len tokens).")
 
 
 def write_rejects(rejects: list[Reject], path: Path) -> None:
@@ -52,70 +79,176 @@ def write_rejects(rejects: list[Reject], path: Path) -> None:
                                  "raw": r.raw}) + "\n")
 
 
-def accept(report: LoadReport, *, skip_bad_rows: bool, rejects_path: Path | None) -> list[Row]:
-    """The usable rows: DataError if any row is unusable and skipping is off; else write rejects."""
-    if report.rejects and not skip_bad_rows:
+def check(report: LoadReport, *, skip_bad_rows: bool) -> None:
+    """DataError if any row is unusable and skipping is off; UserError if no row is left."""
+    if report.errors and not skip_bad_rows:
         raise DataError(report)
+    if not report.rows:
+        raise UserError(f"no usable rows in {', '.join(report.files) or 'the datasets'}")
+
+
+def record(report: LoadReport, rejects_path: Path | None) -> None:
+    """Write every reject (rejects_path: None writes nothing), warn with the counts per kind, and
+    check that rows read = accepted + rejected."""
     if rejects_path is not None:
         write_rejects(report.rejects, rejects_path)
     if report.rejects:
         files = f", {len(report.file_rejects)} file(s) rejected whole" if report.file_rejects else ""
         log.warning("%d of %d rows rejected (%s)%s; see %s", len(report.row_rejects), report.rows_read,
                     ", ".join(f"{k} {n}" for k, n in report.counts().most_common()), files, rejects_path)
-    if not report.rows:
-        raise UserError(f"no usable rows in {', '.join(report.files) or 'the datasets'}")
     assert len(report.rows) + len(report.row_rejects) == report.rows_read
+
+
+def accept(report: LoadReport, *, skip_bad_rows: bool, rejects_path: Path | None) -> list[Row]:
+    """The usable rows: DataError if any row is unusable and skipping is off; else write rejects."""
+    check(report, skip_bad_rows=skip_bad_rows)
+    record(report, rejects_path)
     return report.rows
+
+
+def _rows(n: int) -> str:
+    return f"{n} row{'' if n == 1 else 's'}"
+
+
+def _by_split(counts: dict[str, int], preposition: str) -> str:
+    return ", ".join(f"{n} {preposition} {split}" for split, n in counts.items() if n)
+
+
+@dataclass
+class Lengths:
+    """The length rules (Axolotl's excess_length_strategy and min_sample_len) and what they did, by
+    split ("train", "held out")."""
+
+    strategy: str  # drop | truncate | raise
+    sequence_len: int
+    min_sample_len: int
+    rejects_path: Path | None = None
+    dropped: dict[str, list[Reject]] = field(default_factory=dict)
+    truncated: Counter = field(default_factory=Counter)
+
+    @property
+    def rejects(self) -> list[Reject]:
+        return [r for rejects in self.dropped.values() for r in rejects]
+
+    def fit(self, example: Example, row: Row) -> Example | Reject:
+        """The example under the rules: itself, cut to sequence_len (truncate), or why it is dropped."""
+        n, limit = len(example.input_ids), self.sequence_len
+        if n > limit:
+            if self.strategy != "truncate":
+                return Reject(row.source, "too_long", f"{n} tokens > sequence_len {limit} "
+                              f"(excess_length_strategy: {self.strategy}); {KINDS['too_long']}", row.raw)
+            example = Example(example.input_ids[:limit], example.labels[:limit], example.source)
+            if all(label == IGNORE for label in example.labels):
+                return Reject(row.source, "no_trained_tokens", f"{n} tokens > sequence_len {limit}; cut to "
+                              f"{limit} tokens (excess_length_strategy: truncate), no answer token is left: "
+                              f"it would train nothing; {KINDS['no_trained_tokens']}", row.raw)
+        if len(example.input_ids) < self.min_sample_len:
+            return Reject(row.source, "too_short", f"{len(example.input_ids)} tokens < min_sample_len "
+                          f"{self.min_sample_len}; {KINDS['too_short']}", row.raw)
+        return example
+
+    def lines(self) -> list[str]:
+        """One summary line per rule that changed rows, with the count per split."""
+        see = f"; see {self.rejects_path}" if self.rejects_path is not None else ""
+        out = []
+        if n := sum(self.truncated.values()):
+            out.append(f"{_rows(n)} truncated to sequence_len {self.sequence_len} (excess_length_strategy: "
+                       f"truncate): {_by_split(self.truncated, 'in')}")
+        for kind, what in (
+                ("too_long", f"longer than sequence_len {self.sequence_len} dropped (excess_length_strategy: "
+                             f"{self.strategy})"),
+                ("no_trained_tokens", f"dropped: cut to sequence_len {self.sequence_len}, no answer token "
+                                      "was left to train on"),
+                ("too_short", f"shorter than min_sample_len {self.min_sample_len} tokens dropped")):
+            per = {split: sum(r.kind == kind for r in rejects) for split, rejects in self.dropped.items()}
+            if n := sum(per.values()):
+                out.append(f"{_rows(n)} {what}: {_by_split(per, 'from')}{see}")
+        return out
 
 
 @dataclass
 class Prepared:
     """A config's data, ready to train: examples (and packs), the held-out split, the report."""
 
-    train: list  # formatting.Example
-    val: list  # formatting.Example
+    train: list[Example]
+    val: list[Example]
     val_rows: list[Row]
     packs: list | None  # packing.Pack when sample_packing
     load: LoadReport
     fmt: object  # formatting.PromptFormat
     efficiency: dict[str, float]
+    lengths: Lengths
 
     def summary(self) -> str:
         eff = ", ".join(f"{k} {v:.1%}" for k, v in self.efficiency.items())
         packs = f", {len(self.packs)} packs" if self.packs is not None else ""
-        return (f"{self.load.summary()}\nsplit: {len(self.train)} train, {len(self.val)} held out"
-                f"{packs}\npacking efficiency (real tokens / token slots): {eff}")
+        return "\n".join([self.load.summary(), *self.lengths.lines(),
+                          f"split: {len(self.train)} train, {len(self.val)} held out{packs}",
+                          f"packing efficiency (real tokens / token slots): {eff}"])
+
+
+def _encode_split(tokenizer, fmt, rows: list[Row], split: str, lengths: Lengths, *,
+                  train_on_inputs: bool) -> tuple[list[Row], list[Example]]:
+    """The rows of one split that the length rules keep, and their examples (truncated ones cut)."""
+    kept_rows, kept = [], []
+    dropped = lengths.dropped.setdefault(split, [])
+    for row in rows:
+        full = encode_row(tokenizer, fmt, row, train_on_inputs=train_on_inputs)
+        fitted = lengths.fit(full, row)
+        if isinstance(fitted, Reject):
+            dropped.append(fitted)
+            continue
+        if len(fitted.input_ids) < len(full.input_ids):
+            lengths.truncated[split] += 1
+        kept_rows.append(row)
+        kept.append(fitted)
+    return kept_rows, kept
+
+
+def _apply_lengths(report: LoadReport, lengths: Lengths) -> None:
+    """TooLongError under raise; else the dropped rows leave report.rows for its rejects (in file
+    order), all rejects are written, and each rule that changed rows is logged."""
+    order = {r.source: i for i, r in enumerate(report.rows)}
+    dropped = sorted(lengths.rejects, key=lambda r: order[r.source])
+    too_long = [r for r in dropped if r.kind == "too_long"]
+    if lengths.strategy == "raise" and too_long:
+        raise TooLongError(too_long, lengths.sequence_len)
+    gone = {r.source for r in dropped}
+    report.rows = [r for r in report.rows if r.source not in gone]
+    report.rejects += dropped
+    record(report, lengths.rejects_path)
+    for line in lengths.lines():
+        log.warning("%s", line)
 
 
 def prepare(cfg: Config, tokenizer, *, skip_bad_rows: bool, config_dir: Path | None = None) -> Prepared:
-    """Load, check, format, tokenize, split and (when sample_packing) pack a config's datasets.
-    Rows over sequence_len are rejected like any other unusable row, never truncated."""
-    from tutorforge.formatting import encode_row, prompt_format, split_rows
+    """Load, check, format, tokenize, split, fit to sequence_len (the length rules) and (when
+    sample_packing) pack a config's datasets."""
     from tutorforge.packing import pack, packed_efficiency, padded_efficiency
 
     report = load_datasets(cfg.datasets, config_dir)
+    check(report, skip_bad_rows=skip_bad_rows or cfg.tutorforge.skip_bad_rows)  # before any tokenising
     fmt = prompt_format(tokenizer, cfg.chat_template, cfg.default_system_message)
-    encoded = {}
-    for row in report.rows:
-        example = encode_row(tokenizer, fmt, row, train_on_inputs=cfg.train_on_inputs)
-        if len(example.input_ids) > cfg.sequence_len:
-            report.rejects.append(Reject(row.source, "too_long", f"{len(example.input_ids)} tokens > "
-                                         f"sequence_len {cfg.sequence_len}; {KINDS['too_long']}", row.raw))
-        else:
-            encoded[row.source] = example
-    report.rows = [r for r in report.rows if r.source in encoded]
-    rows = accept(report, skip_bad_rows=skip_bad_rows or cfg.tutorforge.skip_bad_rows,
-                  rejects_path=Path(cfg.output_dir) / "rejected.jsonl")
-    train_rows, val_rows = split_rows(rows, cfg.val_set_size, cfg.seed)
-    train = [encoded[r.source] for r in train_rows]
-    lengths = [len(e.input_ids) for e in train]
+    lengths = Lengths(cfg.excess_length_strategy, cfg.sequence_len, cfg.min_sample_len,
+                      Path(cfg.output_dir) / "rejected.jsonl")
+    train_rows, val_rows = split_rows(report.rows, cfg.val_set_size, cfg.seed)
+    train_rows, train = _encode_split(tokenizer, fmt, train_rows, "train", lengths,
+                                      train_on_inputs=cfg.train_on_inputs)
+    val_rows, val = _encode_split(tokenizer, fmt, val_rows, "held out", lengths,
+                                  train_on_inputs=cfg.train_on_inputs)
+    _apply_lengths(report, lengths)
+    assert len(train) + len(val) == len(report.rows)
+    if not train:
+        raise UserError(f"no training row is left after the length rules ({'; '.join(lengths.lines())}); "
+                        "raise sequence_len, set excess_length_strategy: truncate, or lower min_sample_len")
+    token_counts = [len(e.input_ids) for e in train]
     pad_to = cfg.sequence_len if cfg.pad_to_sequence_len else None  # what training's batches are padded to
-    efficiency = {"padded": padded_efficiency(lengths, cfg.micro_batch_size, sequence_len=pad_to).ratio}
+    efficiency = {"padded": padded_efficiency(token_counts, cfg.micro_batch_size, sequence_len=pad_to).ratio}
     packs = None
     if cfg.sample_packing:
         packs = pack(train, cfg.sequence_len)
         efficiency["packed"] = packed_efficiency(packs, cfg.micro_batch_size, sequence_len=pad_to).ratio
-    return Prepared(train, [encoded[r.source] for r in val_rows], val_rows, packs, report, fmt, efficiency)
+    return Prepared(train, val, val_rows, packs, report, fmt, efficiency, lengths)
 
 
 def write_rows(rows: list[Row], path: Path) -> None:

@@ -289,7 +289,8 @@ def compare_models(cfg: Config | None, config_dir: Path | None, *, base: str | N
     out = out or (run.compare_dir if run else RunDir.for_config(cfg).compare_dir if cfg else None)
     if out is None:
         raise UserError("compare: say where the report goes with --out DIR")
-    trained = tuned_adapter or (run.adapter if run else RunDir.for_config(source).adapter if source else None)
+    source_run = run or (RunDir.for_config(source) if source else None)
+    trained = tuned_adapter or (source_run.trained if source_run else None)
     tokenizer_dir = run_tokenizer_dir(resolve_base_model(source.base_model).path, trained) if source else None
     kwargs = {"tokenizer_dir": tokenizer_dir, "chat_template": source.chat_template if source else None,
               "system": source.default_system_message if source else None}
@@ -302,9 +303,10 @@ def compare_models(cfg: Config | None, config_dir: Path | None, *, base: str | N
               "names": names, "rows": rows_hash(rows), "target_words": target, "max_new_tokens": max_new_tokens,
               "chat_template": kwargs["chat_template"], "system": kwargs["system"]}
     # what it reads is never written over: the models and adapters (a training run's own compare/
-    # is the default report directory, so of a run only its adapter is protected)
+    # is the default report directory, so of a run only what training wrote is protected)
     is_run = run is not None or (cfg is not None and Path(tuned) == Path(cfg.output_dir))
-    readers = [Path(base), Path(tuned) / "adapter" if is_run else Path(tuned), tuned_adapter, tokenizer_dir]
+    readers = [Path(base), source_run.trained if is_run and source_run else Path(tuned), tuned_adapter,
+               tokenizer_dir]
     protect = [p for p in readers if p is not None and Path(p).exists()]
 
     def work() -> Comparison:

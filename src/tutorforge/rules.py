@@ -122,12 +122,17 @@ class Str:
 
 @dataclass(frozen=True)
 class Choice:
-    """One of `values`; `refused` maps values that are known but not offered to the reason."""
+    """One of `values`; `refused` maps values that are known but not offered to the reason;
+    `otherwise`, when given, is the reason for any other value that is not a misspelling of one of
+    `values` (Axolotl accepts open-ended values there, such as a Python module path)."""
 
     values: tuple[str, ...]
     refused: tuple[tuple[str, str], ...] = ()
+    otherwise: str | None = None
 
     def __call__(self, value: Any) -> str:
+        if isinstance(value, dict) and self.otherwise is not None:  # Axolotl's user-defined formats
+            raise Invalid(f"a mapping here (a custom format) is not supported: {self.otherwise}")
         if not isinstance(value, str):
             raise Invalid(f"expected one of: {', '.join(self.values)}")
         key = value.strip()
@@ -139,7 +144,26 @@ class Choice:
         if key in refused:
             raise Invalid(f"`{key}` is not supported: {refused[key]}; use one of: {', '.join(self.values)}")
         hint = did_you_mean(key, [*self.values, *refused])
+        if self.otherwise is not None:
+            # Axolotl spells variants with a suffix (`chat_template.default`, `alpaca:chat`): not typos
+            family = key.replace(":", ".").split(".")[0]
+            if family != key or not did_you_mean(key, self.values):
+                reason = refused.get(family, self.otherwise)
+                raise Invalid(f"`{key}` is not supported: {reason}; use one of: {', '.join(self.values)}")
         raise Invalid(f"expected one of: {', '.join(self.values)}{hint}")
+
+
+@dataclass(frozen=True)
+class ChoiceOrHub:
+    """One of a Choice's values, or a Hugging Face Hub path (`org/name`: Axolotl's hub kernels),
+    kept as written for validation to decide on."""
+
+    choice: Choice
+
+    def __call__(self, value: Any) -> str:
+        if isinstance(value, str) and "/" in value.strip():
+            return value.strip()
+        return self.choice(value)
 
 
 @dataclass(frozen=True)
@@ -184,11 +208,12 @@ class IntList:
 
 @dataclass(frozen=True)
 class StrMap:
-    """A mapping of names to text, keys limited to `keys`."""
+    """A mapping of names to text (with `scalars`, also to true/false or a number), keys limited to `keys`."""
 
     keys: tuple[str, ...]
+    scalars: bool = False
 
-    def __call__(self, value: Any) -> tuple[tuple[str, str], ...]:
+    def __call__(self, value: Any) -> tuple[tuple[str, Any], ...]:
         if not isinstance(value, dict):
             raise Invalid(f"expected a mapping with keys among: {', '.join(self.keys)}")
         out = []
@@ -196,10 +221,33 @@ class StrMap:
             if key not in self.keys:
                 raise Invalid(f"unknown key `{key}`{did_you_mean(str(key), self.keys)}; "
                               f"allowed: {', '.join(self.keys)}")
-            if not isinstance(item, str) or not item:
-                raise Invalid(f"`{key}` must be a non-empty text value")
+            scalar = self.scalars and isinstance(item, (bool, int, float))
+            if not scalar and (not isinstance(item, str) or not item):
+                raise Invalid(f"`{key}` must be a non-empty text value" + (", true/false or a number" * self.scalars))
             out.append((key, item))
         return tuple(out)
+
+
+@dataclass(frozen=True)
+class Plugins:
+    """Axolotl's `plugins:` list of integration classes (`axolotl.integrations.liger.LigerPlugin`):
+    each must be one that axolotl_keys.PLUGINS accepts; a refused one names its reason."""
+
+    def __call__(self, value: Any) -> tuple[str, ...]:
+        from tutorforge.axolotl_keys import PLUGIN_OTHER, PLUGINS
+
+        names = StrList()(value)
+        for name in names:
+            status, reason = PLUGINS.get(plugin_package(name), ("refused", PLUGIN_OTHER))
+            if status == "refused":
+                raise Invalid(f"`{name}` is not supported: {reason}; remove it from plugins")
+        return names
+
+
+def plugin_package(name: str) -> str:
+    """The integration a plugin class belongs to: `axolotl.integrations.liger.LigerPlugin` -> liger."""
+    parts = name.split(".")
+    return parts[2] if len(parts) > 3 and parts[:2] == ["axolotl", "integrations"] else name
 
 
 # Where a run's files must not go. Each is resolved before comparing (/bin -> /usr/bin, /etc ->
@@ -286,10 +334,14 @@ def describe(rule: Rule) -> str:
             return "true/false"
         case Choice(values=values):
             return " | ".join(values)
+        case ChoiceOrHub(choice=Choice(values=values)):
+            return " | ".join(values) + " | a hub kernel (org/name: ignored, the model's default runs)"
         case BoolOr(words=words):
             return "true/false/" + "/".join(words)
         case StrList():
             return "list of names"
+        case Plugins():
+            return "list of Axolotl plugin classes"
         case IntList(lo=lo):
             return f"list of integers >= {lo}"
         case StrMap(keys=keys):

@@ -3,6 +3,7 @@
     from tutorforge.rundir import RunDir
     run = RunDir.open(Path("outputs/python-tutor"))       # a finished training run, or UserError
     run.cfg.tutorforge.ollama.quantization, run.adapter, run.gguf(), run.modelfile
+    model_dir, adapter = run.tuned()      # model/ and None for a full fine-tune; base and adapter/ for LoRA
 
 Training writes run.json (`write_training`): its status, fingerprint and the frozen Config it trained
 with, as a dict. `RunDir.open` rebuilds that Config (`config_from_dict`: the dataclasses of
@@ -119,8 +120,33 @@ class RunDir:
     # --- what is in it ------------------------------------------------------------------------
 
     @property
+    def full(self) -> bool:
+        """A full fine-tune (config adapter unset): training wrote model/, there is nothing to merge."""
+        return self.cfg.adapter is None
+
+    @property
     def adapter(self) -> Path:
         return self.path / "adapter"
+
+    @property
+    def model(self) -> Path:
+        """A full fine-tune's trained model: a whole Hugging Face checkpoint."""
+        return self.path / "model"
+
+    @property
+    def trained(self) -> Path:
+        """What training wrote: model/ (a full fine-tune) or adapter/ (LoRA, QLoRA)."""
+        return self.model if self.full else self.adapter
+
+    def tuned(self) -> tuple[Path, Path | None]:
+        """The trained model as (model directory, adapter or None): model/ for a full fine-tune, else
+        the base model and adapter/ (tutorforge.export.run_source uses merged/ instead where it was
+        merged from these)."""
+        if self.full:
+            return self.model, None
+        from tutorforge.models import resolve_base_model
+
+        return resolve_base_model(self.cfg.base_model).path, self.adapter
 
     @property
     def merged(self) -> Path:

@@ -468,8 +468,12 @@ def _failure(run: _Run, timeout_s: int, memory_mb: int) -> Result:
         return Result("memory", f"over the sandbox limit of {memory_mb} MB: {last}", run.stdout)
     if sig in (signal.SIGKILL, signal.SIGXCPU):
         return Result("timeout", f"over the sandbox limit of {timeout_s} s of CPU", run.stdout)
-    if "BlockingIOError" in last or "can't start new thread" in last:
-        return Result("error", f"over the sandbox limit of {PROCESSES} processes and threads: {last}", run.stdout)
+    # a fork bomb's children print their tracebacks at once, interleaved: look past the last line
+    refused = [line for line in run.stderr[-8192:].splitlines()
+               if "BlockingIOError" in line or "can't start new thread" in line]
+    if refused:
+        return Result("error", f"over the sandbox limit of {PROCESSES} processes and threads: "
+                      f"{refused[-1].strip()[:200]}", run.stdout)
     if "[Errno 27]" in last:  # EFBIG
         return Result("error", f"over the sandbox limit of {FILE_MB} MiB per file: {last}", run.stdout)
     return Result("error", f"exit {run.returncode}: {last}", run.stdout)

@@ -202,3 +202,54 @@ def model_shape(base_model: str, model_config: str | None = None) -> Shape:
                     f"not in the Hugging Face cache, not in the built-in table{did_you_mean(base, SHAPES)}); "
                     "download it once (`huggingface-cli download` the config.json is enough) or point "
                     "base_model at a local copy")
+
+
+TABLE_CLASSES = {  # start of a built-in table model's name -> (model_type, class), config.json on the Hub
+    "meta-llama": ("llama", "LlamaForCausalLM"),  # meta-llama/Meta-Llama-3-8B
+    "llama": ("llama", "LlamaForCausalLM"),  # meta-llama/Llama-3.1-8B, Llama-3.2-1B, -3B
+    "mistral": ("mistral", "MistralForCausalLM"),  # mistralai/Mistral-7B-v0.1, -v0.3
+    "qwen2": ("qwen2", "Qwen2ForCausalLM"),  # Qwen/Qwen2.5-7B
+    "smollm2": ("llama", "LlamaForCausalLM"),  # HuggingFaceTB/SmolLM2-135M, -360M, -1.7B
+}
+
+
+def model_class(shape: Shape | None) -> tuple[str | None, str | None]:
+    """(model_type, class name) of the model training builds: from its config.json (model_type,
+    architectures), its GGUF architecture (llama.cpp's names are transformers' model types for the
+    families it converts), or the table model's family; None for what is not known."""
+    if shape is None:
+        return None, None
+    if shape.source == "built-in table":
+        base = shape.name.rstrip("/").rsplit("/", 1)[-1].lower()
+        return next((found for start, found in TABLE_CLASSES.items() if base.startswith(start)), (None, None))
+    source = Path(shape.source)
+    if source.suffix == ".gguf":
+        from gguf import GGUFReader
+
+        fields = GGUFReader(str(source)).fields
+        arch = fields["general.architecture"].contents() if "general.architecture" in fields else None
+        return (str(arch) if arch else None), None
+    try:
+        config = json.loads(source.read_text())
+    except (OSError, ValueError):
+        return None, None
+    architectures = config.get("architectures") or [None]
+    return config.get("model_type"), architectures[0]
+
+
+def default_attention(model_type: str | None, name: str | None) -> tuple[str | None, str | None]:
+    """(sdpa or eager, the class) as transformers defaults for this model: its modeling file's
+    `_supports_sdpa`, read as text, not imported (importing it imports torch: seconds); None where
+    transformers here has no such model."""
+    import importlib.util
+    import re
+
+    spec = importlib.util.find_spec("transformers")
+    if not model_type or spec is None or not spec.submodule_search_locations:
+        return None, name
+    file = Path(spec.submodule_search_locations[0]) / "models" / model_type / f"modeling_{model_type}.py"
+    text = file.read_text(encoding="utf-8") if re.fullmatch(r"\w+", model_type) and file.is_file() else ""
+    found = re.search(r"^class (\w+ForCausalLM)\(", text, re.M)
+    if not found or (name and f"class {name}(" not in text):
+        return None, name
+    return ("sdpa" if re.search(r"^\s+_supports_sdpa = True", text, re.M) else "eager"), name or found.group(1)

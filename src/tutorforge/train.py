@@ -1,4 +1,5 @@
-"""Train a LoRA or QLoRA adapter from a config, on CPU or CUDA, resumable after a kill -9.
+"""Train a LoRA or QLoRA adapter, or every weight (a full fine-tune), from a config, on CPU or CUDA,
+resumable after a kill -9.
 
     tutorforge train recipes/python-tutor-smollm2-cpu.yml
 
@@ -7,12 +8,13 @@ and accelerate (devices, mixed precision, several processes). What it adds:
 - the loss is computed only where there are labels (`logits_to_keep`), so the LM head never runs
   on prompt or padding positions, and it is normalised by the label tokens of the whole step;
 - packed batches carry position ids and no attention mask: samples never see each other;
-- a checkpoint holds the adapter, optimizer, scheduler and RNG state, and the data order is a
-  function of (seed, epoch), so a killed run resumes to the same final adapter;
+- a checkpoint holds the trainable weights, optimizer, scheduler and RNG state, and the data order
+  is a function of (seed, epoch), so a killed run resumes to the same final weights;
 - on CPU, a no-grad forward in eval mode makes bitsandbytes repack 4-bit weights for an inference
   kernel, after which LoRA gradients are wrong: `guard_cpu_4bit` turns that repacking off;
 - before the first step, the disk of output_dir must hold the checkpoints (`check_free_space`).
-Outputs in output_dir: adapter/ (PEFT format), metrics.jsonl, loss.png, run.json, checkpoints/.
+Outputs in output_dir: adapter/ (PEFT format) or, for a full fine-tune, model/ (a Hugging Face
+checkpoint; tutorforge.finetune), metrics.jsonl, loss.png, run.json, checkpoints/.
 """
 from __future__ import annotations
 
@@ -21,7 +23,6 @@ import json
 import logging
 import math
 import random
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,9 +34,12 @@ import torch
 from tutorforge import distributed as dist
 from tutorforge.checkpoints import append_metrics, check_free_space, save_checkpoint
 from tutorforge.config import Config
+from tutorforge.config_fold import attention_wanted
 from tutorforge.errors import UserError
+from tutorforge.finetune import model_bytes, trainable_model
 from tutorforge.formatting import IGNORE
-from tutorforge.lora import add_lora, attention_implementation, build_optimizer, compute_dtype, load_base
+from tutorforge.hardware import attention_implementation
+from tutorforge.lora import build_optimizer, compute_dtype, load_base
 from tutorforge.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -214,7 +218,7 @@ class Run:
     cfg: Config
     run_dir: Path
     model: torch.nn.Module  # what the loop calls: DDP-wrapped when there are several processes
-    core: Any  # the PEFT model itself (PeftModel): saved, evaluated
+    core: Any  # the model itself (a PeftModel, or the full fine-tune's): saved, evaluated
     optimizer: torch.optim.Optimizer
     scheduler: Any  # a transformers LR scheduler (torch.optim.lr_scheduler.LambdaLR)
     items: list
@@ -286,7 +290,8 @@ def train_steps(run: Run, state: dict, progress=None) -> dict:
         if improved or sched.saves(step) or state.get("stopped_early"):
             keep = {step} | ({state["best_step"]} if state.get("best_step") else set())
             if dist.is_main():
-                save_checkpoint(run.run_dir, step, run.core, run.optimizer, run.scheduler, state, keep)
+                save_checkpoint(run.run_dir, step, run.core, run.optimizer, run.scheduler, state, keep,
+                                adapter=cfg.adapter is not None)
             dist.barrier()
     return state
 
@@ -329,11 +334,16 @@ def _maybe_evaluate(run: Run, state: dict, row: dict, autocast) -> bool:
 # --- the stage ----------------------------------------------------------------------------------
 
 def _fingerprint(cfg: Config, files: list[Path]) -> dict[str, str]:
-    """Content hashes of what determines the adapter: the config (less where it goes) and the data."""
+    """Content hashes of what determines the trained weights: the config (less where it goes), the
+    adapter it continues (lora_model_dir) and the data."""
     import dataclasses
     import hashlib
 
+    from tutorforge.outputs import directory_hashes
+
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in {"output_dir", "tutorforge"}}
+    if cfg.lora_model_dir and Path(cfg.lora_model_dir).is_dir():
+        settings["lora_model_dir"] = directory_hashes(Path(cfg.lora_model_dir))
     data = hashlib.sha256()
     for path in files:
         data.update(path.read_bytes())
@@ -379,19 +389,20 @@ def build_run(cfg: Config, *, config_dir: Path | None, skip_bad_rows: bool, devi
                      f"(bf16: {cfg.bf16}, fp16: {cfg.fp16})")
     if cfg.fp16 and device.type != "cuda":
         decisions.append("fp16: true needs CUDA (loss scaling); on CPU the compute dtype follows bf16")
-    attention, why = attention_implementation(cfg.flash_attention, device)
+    attention, why = attention_implementation(attention_wanted(cfg), device.type)
     decisions += [why] if why else []
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.tf32
     quant = cfg.bnb_4bit_quant_type if cfg.load_in_4bit else "int8" if cfg.load_in_8bit else None
     torch.manual_seed(cfg.seed)
-    model = load_base(resolved.path, quant=quant, double_quant=cfg.bnb_4bit_use_double_quant, dtype=dtype,
+    model = load_base(resolved.path, quant=quant, double_quant=cfg.bnb_4bit_use_double_quant,
+                      dtype=torch.float32 if cfg.adapter is None else dtype,  # a full fine-tune: fp32 master weights
                       device=device, gradient_checkpointing=cfg.gradient_checkpointing, attention=attention,
                       trust_remote_code=cfg.trust_remote_code, config_dir=model_config_dir(cfg.base_model_config))
-    model = add_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-                     target_linear=cfg.lora_target_linear, target_modules=cfg.lora_target_modules,
-                     modules_to_save=cfg.lora_modules_to_save, fan_in_fan_out=cfg.lora_fan_in_fan_out,
-                     layers=cfg.peft_layers_to_transform)
+    chosen = getattr(model.config, "_attn_implementation", None)
+    decisions.append(f"attention {chosen}" + ("" if attention else " (the model's default)"))
+    model, chosen_weights = trainable_model(model, cfg)
+    decisions += chosen_weights
     if quant and device.type == "cpu" and (n := guard_cpu_4bit(model)):
         decisions.append(f"bitsandbytes CPU inference repacking off on {n} 4-bit layers (it corrupts "
                          "LoRA gradients after an evaluation pass)")
@@ -410,7 +421,8 @@ def build_run(cfg: Config, *, config_dir: Path | None, skip_bad_rows: bool, devi
 
 def train(cfg: Config, *, config_dir: Path | None = None, skip_bad_rows: bool = False, resume: bool = True,
           progress=None, decisions: Sequence[str] = ()) -> Path:
-    """Train the config's adapter into output_dir/adapter; resume from the newest checkpoint."""
+    """Train the config's adapter into output_dir/adapter (a full fine-tune: the model into
+    output_dir/model); resume from the newest checkpoint."""
     from tutorforge.checkpoints import latest_checkpoint, load_checkpoint, read_metrics, truncate_metrics
     from tutorforge.data import dataset_files
 
@@ -421,7 +433,7 @@ def train(cfg: Config, *, config_dir: Path | None = None, skip_bad_rows: bool = 
         log.info("training: %s is complete for this config and data; skipped", done)
         return done
     run = build_run(cfg, config_dir=config_dir, skip_bad_rows=skip_bad_rows, decisions=decisions)
-    check_free_space(run.run_dir, run.core, keep_best=bool(run.val))
+    check_free_space(run.run_dir, run.core, keep_best=bool(run.val), final_bytes=model_bytes(run.core, run.cfg))
     state = {"step": 0, "fingerprint": fingerprint}
     checkpoint = Path(cfg.resume_from_checkpoint) if cfg.resume_from_checkpoint else (
         latest_checkpoint(run_dir) if resume and cfg.auto_resume_from_checkpoints else None)
@@ -446,50 +458,43 @@ def train(cfg: Config, *, config_dir: Path | None = None, skip_bad_rows: bool = 
     state = train_steps(run, state, progress)
     if not dist.is_main():
         dist.barrier()
-        return run_dir / "adapter"
-    adapter = _finish(run, state, fingerprint, started, read_metrics(run_dir / "metrics.jsonl"))
+        return run_dir / ("adapter" if cfg.adapter else "model")
+    output = _finish(run, state, fingerprint, started, read_metrics(run_dir / "metrics.jsonl"))
     dist.barrier()
-    return adapter
+    return output
 
 
 def _completed(run_dir: Path, fingerprint: dict) -> Path | None:
     from tutorforge.rundir import read_run_json
 
     info = read_run_json(run_dir) or {}
-    adapter = run_dir / "adapter"
     ok = info.get("status") == "complete" and info.get("fingerprint") == fingerprint
-    return adapter if ok and (adapter / "adapter_config.json").is_file() else None
+    for output, marker in (("adapter", "adapter_config.json"), ("model", "config.json")):
+        if ok and (run_dir / output / marker).is_file() and info.get("output", "adapter") == output:
+            return run_dir / output
+    return None
 
 
 def _finish(run: Run, state: dict, fingerprint: dict, started: float, metrics: list[dict]) -> Path:
-    """Write the final adapter (the best evaluated one when early stopping), loss.png and run.json."""
+    """Write the trained model (the best evaluated one when early stopping): adapter/, or model/
+    for a full fine-tune; then loss.png and run.json."""
     from tutorforge.checkpoints import overfitting, plot_losses
+    from tutorforge.finetune import write_trained
     from tutorforge.rundir import write_training
 
-    adapter = run.run_dir / "adapter"
     best = state.get("best_step")
-    source = run.run_dir / "checkpoints" / f"step-{best:06d}" / "adapter" if (
-        best and run.cfg.early_stopping_patience) else None
-    tmp = run.run_dir / ".adapter.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    if source and source.is_dir():
-        shutil.copytree(source, tmp)
-        log.info("adapter: the best evaluated checkpoint (step %d, eval loss %.4f)", best, state["best_eval"])
-    else:
-        run.core.save_pretrained(tmp)
-    if run.tokenizer is not None:  # the tokenizer trained with (special_tokens, tokenizer_config)
-        run.tokenizer.save_pretrained(tmp)
-    shutil.rmtree(adapter, ignore_errors=True)
-    tmp.rename(adapter)
+    source = run.run_dir / "checkpoints" / f"step-{best:06d}" if best and run.cfg.early_stopping_patience else None
+    output, saved, note = write_trained(run.core, run.tokenizer, run.run_dir, run.cfg, best=source)
+    run.decisions += [note] if note else []
     plot_losses(metrics, run.run_dir / "loss.png")
     note = overfitting(metrics)
     if note:
         log.warning("%s", note)
-    info = {"status": "complete", "fingerprint": fingerprint,
+    info = {"status": "complete", "fingerprint": fingerprint, "output": output.name,
             "decisions": run.decisions, "steps": state["step"], "total_steps": run.sched.total_steps,
             "stopped_early": bool(state.get("stopped_early")), "best_eval_loss": state.get("best_eval"),
             "best_step": best, "overfitting": note, "final_loss": metrics[-1]["loss"] if metrics else None,
             "seconds": round(time.time() - started, 1), "device": run.device.type,
-            "dtype": str(run.dtype), "versions": _versions()}
+            "dtype": str(run.dtype), "saved_dtype": str(saved) if saved else None, "versions": _versions()}
     write_training(run.run_dir, run.cfg, info)
-    return adapter
+    return output
