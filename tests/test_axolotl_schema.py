@@ -163,8 +163,14 @@ def test_axolotl_spellings_fold_into_one_key():
     assert any("batch_size" in p.path and "ignored" in p.message for p in given.warnings)
 
 
+def test_chat_template_default_is_chat_template():
+    report = parse("base_model: smollm2\nadapter: lora\ndatasets:\n  - path: d.jsonl\n"
+                   "    type: chat_template.default\n", "c.yml")
+    assert not report.errors and report.config is not None and report.config.datasets[0].type == "chat_template"
+
+
 @pytest.mark.parametrize(("value", "expected"), [
-    ("chat_template.default", "chat-format rows are not supported yet"),
+    ("chat_template.argilla", "tutorforge reads Alpaca rows"),
     ("alpaca:chat", "tutorforge reads Alpaca rows"),
     ("my_module.transform", "tutorforge reads Alpaca rows"),
     ("alpacca", "did you mean `alpaca`")])

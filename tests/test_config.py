@@ -138,10 +138,10 @@ def test_ignored_keys_warn_with_their_reason_unless_they_ask_for_what_is_done():
 def test_validate_shows_ignored_keys(write_config, capsys):
     from tutorforge.cli import validate
 
-    assert validate(write_config("base_model: smollm2\nadapter: lora\nsdp_attention: true\n"
+    assert validate(write_config("base_model: smollm2\nadapter: lora\nliger_rms_norm: true\n"
                                  "dataset_prepared_path: last_run_prepared\n")) == 0
     out = capsys.readouterr().out
-    assert "config.yml:3: warning: sdp_attention: True: ignored (attention is PyTorch SDPA" in out
+    assert "config.yml:3: warning: liger_rms_norm: ignored (Liger's fused kernels are not used" in out
     assert "config.yml:4: warning: dataset_prepared_path: 'last_run_prepared': ignored (the data is" in out
 
 
@@ -249,9 +249,9 @@ def test_lora_on_a_4bit_base_is_qlora_as_in_axolotl():
 
 
 def test_dataset_entries_are_checked_by_path():
-    found = errors(MISSION_CONFIG + "datasets:\n  - path: a.jsonl\n    type: sharegpt\n"
+    found = errors(MISSION_CONFIG + "datasets:\n  - path: a.jsonl\n    type: completion\n"
                    "  - type: alpaca\n  - path: b.jsonl\n    feild_input: x\n")
-    assert "c.yml:16: datasets[0].type: 'sharegpt': `sharegpt` is not supported" in found[0]
+    assert "c.yml:16: datasets[0].type: 'completion': `completion` is not supported" in found[0]
     assert "c.yml:17: datasets[1].path: required" in found[1]
     assert "datasets[2].feild_input: unknown key; did you mean `field_input`?" in found[2]
 
@@ -306,9 +306,7 @@ WILD_EXPECTED = {  # config -> the keys its errors must name (empty: valid)
     "anchors-wild.yml": [],
     "llama3-qlora-wild.yml": [],
     "mistral-lora-wild.yml": [],
-    "chat-dataset-wild.yml": ["chat_template", "datasets[0].type", "datasets[0].field_messages",
-                              "datasets[0].message_field_role", "datasets[0].message_field_content",
-                              "datasets[0].roles_to_train"],
+    "chat-dataset-wild.yml": ["chat_template"],  # qwen_25: tutorforge uses the model's own template
     "multi-gpu-dpo-wild.yml": ["rl", "dpo_beta", "deepspeed", "fsdp", "fsdp_config", "lr_scheduler",
                                "optimizer", "datasets[0].type"],
 }

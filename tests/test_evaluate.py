@@ -95,7 +95,7 @@ def run_dir(tmp_path_factory, bundled) -> Path:
                 p.normal_(0, 0.02)
     out = tmp_path_factory.mktemp("run")
     peft.save_pretrained(out / "adapter")
-    config = {"base_model": "HuggingFaceTB/SmolLM2-135M-Instruct", "chat_template": None,
+    config = {"base_model": "HuggingFaceTB/SmolLM2-135M-Instruct", "adapter": "lora", "chat_template": None,
               "default_system_message": SYSTEM}
     (out / "run.json").write_text(json.dumps({"status": "complete", "config": config}))
     return out
@@ -132,7 +132,7 @@ def test_open_generator_dispatch_and_errors(run_dir, bundled):
     with pytest.raises(UserError, match="no such GGUF"):
         open_generator(run_dir / "missing.gguf")
     (run_dir / "empty").mkdir()
-    (run_dir / "empty" / "run.json").write_text(json.dumps({"config": {"base_model": "smollm2"}}))
+    (run_dir / "empty" / "run.json").write_text(json.dumps({"config": {"base_model": "smollm2", "adapter": "lora"}}))
     with pytest.raises(UserError, match="no adapter"):
         open_generator(run_dir / "empty")
 

@@ -95,3 +95,15 @@ def test_split_is_deterministic_disjoint_and_complete():
     assert split_rows(rows, 0, seed=1) == (rows, [])
     with pytest.raises(UserError, match="leaving nothing to train on"):
         split_rows(rows, 100, seed=1)
+
+
+def test_chat_template_jinja_formats_alpaca_rows_too(tokenizer):
+    """The config's chat_template_jinja replaces the tokenizer's template; the answer ends with the
+    template's token after an answer ("<|im_end|>" here, not the eos that the template never writes)."""
+    jinja = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + ' says:\n' + m['content'] + '<|im_end|>\n' }}"
+             "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant says:\n' }}{% endif %}")
+    fmt = prompt_format(tokenizer, "jinja", None, chat_template_jinja=jinja)
+    assert fmt.kind == "chat" and tokenizer.convert_ids_to_tokens(fmt.end_token_id) == "<|im_end|>"
+    prompt = render_prompt(tokenizer, fmt, "Say hi")
+    assert prompt == "<|im_start|>user says:\nSay hi<|im_end|>\n<|im_start|>assistant says:\n"
+    assert answer_text(tokenizer, encode_row(tokenizer, fmt, ROWS[1])) == ROWS[1].output + "<|im_end|>"

@@ -87,3 +87,41 @@ def test_packing_beats_padding_on_the_shipped_dataset(bundled_tokenizer_dir):
     padded = padded_efficiency([len(e.input_ids) for e in items], 4, sequence_len=512).ratio
     packed = packed_efficiency(pack(items, 512), 4).ratio
     assert packed > 0.9 > 0.5 > padded
+
+
+def test_packed_conversations_stay_isolated(bundled_tokenizer):
+    """Conversations packed together: position ids restart, labels are each conversation's own, and
+    a tiny random model computes for each what it computes alone (no attention across samples)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from test_chat_masking import CONVERSATIONS
+    from tutorforge.data import Row
+    from tutorforge.formatting import encode_row, prompt_format
+
+    fmt = prompt_format(bundled_tokenizer, "chatml", None)
+    items = [encode_row(bundled_tokenizer, fmt, Row("", "", "", f"t.jsonl:{name}", turns=turns, train_on_eos=eos))
+             for name, turns in CONVERSATIONS.items() for eos in ("turn", "all")]
+    [p] = pack(items, 512)
+    assert len(p.lengths) == len(items) == 6
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(bundled_tokenizer), hidden_size=64, intermediate_size=128,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                         attn_implementation="sdpa")).eval()
+    with torch.inference_mode():
+        packed = model(input_ids=torch.tensor([p.input_ids]), position_ids=torch.tensor([p.position_ids]),
+                       use_cache=False).logits[0]
+        leaky = model(input_ids=torch.tensor([p.input_ids]), use_cache=False).logits[0]  # one sequence
+    unpacked = Counter((tuple(e.input_ids), tuple(e.labels)) for e in items)
+    worst, leak, start = 0.0, 0.0, 0
+    for n in p.lengths:
+        ids = p.input_ids[start:start + n]
+        assert p.position_ids[start:start + n] == list(range(n))
+        unpacked[(tuple(ids), tuple(p.labels[start:start + n]))] -= 1  # the same trained tokens
+        with torch.inference_mode():
+            alone = model(input_ids=torch.tensor([ids]), use_cache=False).logits[0]
+        worst = max(worst, (alone - packed[start:start + n]).abs().max().item())
+        leak = max(leak, (alone - leaky[start:start + n]).abs().max().item())
+        start += n
+    assert set(unpacked.values()) == {0}
+    assert worst < 1e-4 < leak  # without position ids the samples would see each other

@@ -178,8 +178,6 @@ DS_TYPES: dict[str, str] = {
 
 # Axolotl dataset types other than alpaca, and what to do instead.
 DATASET_TYPES: dict[str, str] = {
-    "chat_template": "chat-format rows are not supported yet; convert them to {instruction, input, output}",
-    "sharegpt": "ShareGPT rows are not supported; convert them to {instruction, input, output}",
     "completion": "raw-text completion is not supported; tutorforge trains instruction following",
     "alpaca_chat": "use type: alpaca (the chat template comes from the tokenizer)",
     "alpaca_w_system": "use type: alpaca with default_system_message",
@@ -256,7 +254,7 @@ CHAT_TEMPLATES: dict[str, str] = {  # Axolotl's ChatTemplate enum (utils/schemas
           "tokenizer_default uses the model's own template"
     for name in ("mistral_v1", "mistral_v2v3", "mistral_v3_tekken", "mistral_v7_tekken", "gemma", "cohere",
                  "llama3_2_vision", "llama4", "phi_3", "phi_35", "deepseek_v2", "deepseek_v3", "jamba",
-                 "jinja", "qwen_25", "qwen3", "qwen3_5", "falcon_h1", "nemotron_h", "exaone", "exaone4",
+                 "qwen_25", "qwen3", "qwen3_5", "falcon_h1", "nemotron_h", "exaone", "exaone4",
                  "metharme", "pixtral", "llava", "qwen2_vl", "gemma3", "gemma3n", "gemma4", "gemma4_unified",
                  "command_a", "command_a_tool_use", "command_a_rag", "aya")
 }
@@ -268,8 +266,9 @@ OPTIMIZER_SPELLINGS: dict[str, tuple[str, str]] = {
     "adamw_hf": ("adamw_torch", "transformers' own AdamW is gone from transformers; torch's AdamW is used"),
 }
 OPTIMIZER_OTHER = "tutorforge offers AdamW (torch, fused, bitsandbytes 8-bit and paged), Adafactor and SGD"
-DATASET_TYPE_OTHER = ("tutorforge reads Alpaca rows {instruction, input, output} (type: alpaca); "
-                      "convert the rows, or use Axolotl for this prompt strategy")
+DATASET_TYPE_OTHER = ("tutorforge reads Alpaca rows {instruction, input, output} (type: alpaca) and "
+                      "conversations (type: chat_template or sharegpt); convert the rows, or use Axolotl for "
+                      "this prompt strategy")
 
 # Axolotl's attn_implementation values that tutorforge does not offer.
 ATTENTION: dict[str, str] = {

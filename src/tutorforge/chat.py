@@ -96,7 +96,7 @@ class ChatModel:
         markers these are exactly the ids of the rendered text tokenized whole."""
         import llama_cpp
 
-        from tutorforge.formatting import encode_segments, render_segments
+        from tutorforge.chat_encoding import encode_segments, render_segments
 
         def encode(text: str, special: bool) -> list[int]:
             return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)

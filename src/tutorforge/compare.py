@@ -294,11 +294,19 @@ def heldout_rows(cfg: Config, config_dir: Path | None = None) -> list:
 
 def training_outputs(cfg: Config, held: list, config_dir: Path | None = None) -> list[str]:
     """The answers of the config's datasets that are not held out (what training learned from)."""
-    from tutorforge.data import dataset_files, load_files
+    from collections import Counter
 
-    keys = {(r.instruction, r.input, r.output) for r in held}
-    return [r.output for r in load_files(dataset_files(cfg.datasets, config_dir)).rows
-            if (r.instruction, r.input, r.output) not in keys]
+    from tutorforge.data import load_datasets
+
+    held_out = Counter((r.instruction, r.input, r.output) for r in held)  # one training row per held row:
+    answers = []  # conversations may share their last turns ("And with the index?") with other rows
+    for r in load_datasets(cfg.datasets, config_dir).rows:
+        key = (r.instruction, r.input, r.output)
+        if held_out[key]:
+            held_out[key] -= 1
+        else:
+            answers.append(r.output)
+    return answers
 
 
 def prompts_and_target(cfg: Config | None, config_dir: Path | None, *, settings: CompareSettings,

@@ -48,6 +48,7 @@ from tutorforge.rules import (
     IntList,
     OutputDir,
     Plugins,
+    RoleMap,
     Rule,
     Str,
     StrList,
@@ -70,7 +71,8 @@ OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_bnb_8bit", "adamw_8bit"
               "paged_adamw_8bit", "paged_adamw_32bit", "adafactor", "sgd")
 LR_SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts",
                  "polynomial", "inverse_sqrt")
-CHAT_TEMPLATES = ("tokenizer_default", "alpaca", "chatml", "llama3")
+CHAT_TEMPLATES = ("tokenizer_default", "alpaca", "chatml", "llama3", "jinja")
+DATASET_TYPES = ("alpaca", "chat_template", "sharegpt", "chat_template.default")
 QUANT_TYPES = ("f16", "bf16", "q8_0", "q4_k_m", "q4_k_s", "q5_k_m", "q5_k_s", "q6_k", "q4_0")
 SPECIAL_TOKENS = ("bos_token", "eos_token", "pad_token", "unk_token")
 BNB_KWARGS = ("bnb_4bit_quant_type", "bnb_4bit_use_double_quant", "llm_int8_has_fp16_weight",
@@ -84,14 +86,35 @@ class DatasetSpec:
 
     path: str = key(None, Str(), "local .json/.jsonl file or directory, or a hub dataset id",
                     required=True)
-    type: str = key("alpaca", Choice(("alpaca",), tuple(ax.DATASET_TYPES.items()), ax.DATASET_TYPE_OTHER),
-                    "row format; Alpaca rows {instruction, input, output}")
+    type: str = key("alpaca", Choice(DATASET_TYPES, tuple(ax.DATASET_TYPES.items()), ax.DATASET_TYPE_OTHER),
+                    "row format: alpaca rows {instruction, input, output}; chat_template, a list of messages "
+                    "per row; sharegpt, ShareGPT conversations (read as chat_template)")
     data_files: tuple[str, ...] = key((), StrList(), "files inside `path` to read")
     split: str = key("train", Str(), "split to read from a hub dataset")
     name: str | None = key(None, Str(), "configuration name of a hub dataset")
     ds_type: str | None = key(None, Choice(("json", "jsonl"), tuple(ax.DS_TYPES.items())),
                               "file format (default: from the suffix; json = an array or JSON lines, "
                               "jsonl = JSON lines)")
+    # conversations (type: chat_template or sharegpt), with Axolotl's names and defaults
+    field_messages: str | None = key(None, Str(), "a row's key holding its messages (default: messages; "
+                                     "sharegpt: conversations)")
+    message_property_mappings: tuple[tuple[str, str], ...] = key((), StrMap(("role", "content")), "the keys of a "
+                                                                 "message holding its role and content "
+                                                                 "(default role, content; sharegpt from, value)")
+    message_field_role: str | None = key(None, Str(), "older spelling of message_property_mappings.role")
+    message_field_content: str | None = key(None, Str(), "older spelling of message_property_mappings.content")
+    message_field_training: str | None = key(None, Str(), "a message's key saying whether to train on it "
+                                             "(true/false), over roles_to_train")
+    roles: tuple[tuple[str, tuple[str, ...]], ...] = key((), RoleMap(), "role names of the data mapped to the "
+                                                          "template's: {user: [human, user], assistant: [gpt, "
+                                                          "assistant], system: [system], tool: [tool]} by default")
+    roles_to_train: tuple[str, ...] = key(("assistant",), StrList(), "the roles whose turns are trained on")
+    train_on_eos: str = key("turn", Choice(("turn", "last", "all", "none")), "which end-of-turn tokens are "
+                            "trained: after each trained turn, the last one only, all, none")
+    field_system: str | None = key(None, Str(), "a row's key holding a system prompt (a system turn first)")
+    drop_system_message: bool = key(False, Bool(), "leave out the conversation's system turns")
+    chat_template: str | None = key(None, Choice(CHAT_TEMPLATES, tuple(ax.CHAT_TEMPLATES.items())),
+                                    "this dataset's prompt format (default: the top-level chat_template)")
 
 
 @dataclass(frozen=True)
@@ -199,6 +222,8 @@ class Config:
                               "rejected.jsonl)")
     chat_template: str | None = key(None, Choice(CHAT_TEMPLATES, tuple(ax.CHAT_TEMPLATES.items())),
                                     "prompt format (default: the tokenizer's chat template, else alpaca)")
+    chat_template_jinja: str | None = key(None, Str(), "a Jinja chat template (chat_template: jinja, or "
+                                          "unset): used instead of the tokenizer's")
     default_system_message: str | None = key(None, Str(), "system prompt for every sample")
     special_tokens: tuple[tuple[str, str], ...] = key((), StrMap(SPECIAL_TOKENS), "bos/eos/pad/unk token "
                                                       "overrides; each must be in the vocabulary")
@@ -335,6 +360,11 @@ def _cross_checks(cfg: Config, report: Report, lines: dict[str, yaml.Node]) -> N
     if cfg.adapter is None and cfg.lora_model_dir:
         err("lora_model_dir", "continues a LoRA adapter: set adapter: lora (or qlora)")
     attention_checks(cfg, err)
+    if cfg.chat_template == "jinja" and not cfg.chat_template_jinja:
+        err("chat_template", "jinja needs the template's text in chat_template_jinja")
+    if cfg.chat_template_jinja and cfg.chat_template not in (None, "jinja"):
+        err("chat_template_jinja", f"set, but chat_template is {cfg.chat_template}; keep one (chat_template: "
+            "jinja uses chat_template_jinja)")
     if cfg.adapter == "qlora" and not cfg.load_in_4bit:
         err("load_in_4bit", "adapter: qlora needs load_in_4bit: true (or use adapter: lora)")
     if cfg.load_in_4bit and cfg.load_in_8bit:

@@ -88,6 +88,9 @@ def fold(cfg: Config, report: Problems, lines: dict[str, yaml.Node]) -> Config:
     for plugin in cfg.plugins:
         status, reason = ax.PLUGINS[plugin_package(plugin)]
         warn("plugins", f"{plugin}: ignored ({reason})", plugin if status == "ignored:memory" else None)
+    if any(d.type == "chat_template.default" for d in cfg.datasets):  # Axolotl's name of its default loader
+        changes["datasets"] = tuple(dataclasses.replace(d, type="chat_template") if d.type == "chat_template.default"
+                                    else d for d in cfg.datasets)
     changes["ignored_memory_savings"] = tuple(dict.fromkeys(report.memory_savings))
     return dataclasses.replace(cfg, **changes)
 

@@ -1,4 +1,6 @@
-"""Read Alpaca rows {instruction, input, output} from .jsonl and .json files, losing nothing silently.
+"""Read dataset rows from .jsonl and .json files, losing nothing silently: Alpaca rows {instruction,
+input, output}, or conversations (type: chat_template or sharegpt, a list of messages per row: turns
+read by conversations.py, their problems rejects like any other).
 
     report = load_files([Path("data/python_tutor.jsonl")])     # or load_datasets(cfg.datasets)
     print(report.summary())                                    # rows read, accepted, rejected by kind
@@ -28,6 +30,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tutorforge.conversations import Problem, Reading, Turn, conversation_reading, prompt_and_answer, read_conversation
 from tutorforge.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -48,6 +51,14 @@ KINDS = {  # problem kind -> what to do about it
     "too_deep": "nested deeper than JSON readers go; flatten or drop the row",
     "huge_line": f"a row over {MAX_LINE_BYTES >> 20} MiB; split or drop that row",
     "duplicate": "remove the repeated row",
+    # conversations (type: chat_template or sharegpt; conversations.py says what each means)
+    "not_a_conversation": "each row needs its messages as a list of objects under field_messages",
+    "missing_message_key": "every message needs its role and content; message_property_mappings names their keys",
+    "unknown_role": "map the name to a template role under roles: (e.g. assistant: [gpt, assistant, bot])",
+    "content_not_text": "a message's content must be a string",
+    "empty_content": "every message needs text; fill it in or drop the message",
+    "bad_training_flag": "message_field_training's key must hold true or false",
+    "no_trainable_turn": "add a turn to train on (an answer), or set roles_to_train or message_field_training",
     "too_long": "shorten the row, raise sequence_len, or set excess_length_strategy: truncate",
     "too_short": "lengthen the row or lower min_sample_len",
     "no_trained_tokens": "shorten the prompt, or raise sequence_len",
@@ -68,11 +79,18 @@ TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[][{},]|"')  # a string, a bracket
 
 @dataclass(frozen=True)
 class Row:
+    """One training example: an Alpaca row, or a conversation (`turns`, from type: chat_template or
+    sharegpt), whose instruction and output are then its last user turn and last assistant turn
+    (what the brevity and code checks read)."""
+
     instruction: str
     input: str
     output: str
     source: str  # file:line
     raw: str = field(default="", repr=False, compare=False)  # the row as read, for rejected.jsonl
+    turns: tuple[Turn, ...] = ()  # a conversation's messages in order; () for an Alpaca row
+    roles_to_train: tuple[str, ...] = ("assistant",)  # its dataset's roles_to_train
+    train_on_eos: str = "turn"  # its dataset's train_on_eos: turn | last | all | none
 
 
 @dataclass(frozen=True)
@@ -138,8 +156,21 @@ def _json_type(value: object) -> str:
     return JSON_TYPES.get(type(value), type(value).__name__)
 
 
-def _check_row(value: object, raw: str) -> tuple[str, str] | tuple[tuple[str, str, str], Counter]:
-    """Either (kind, reason) for an unusable row, or ((instruction, input, output), extra keys)."""
+def _text_problem(label: str, item: str, raw: str) -> tuple[str, str] | None:
+    """(kind, reason) where a string holds no text a file can hold: bytes not UTF-8, a lone surrogate."""
+    if found := ANY_SURROGATE.search(item):
+        if SURROGATE.search(raw):  # the file's bytes, not a \u escape
+            return "invalid_utf8", f"{label} holds bytes that are not UTF-8; {KINDS['invalid_utf8']}"
+        return "lone_surrogate", (f"{label} holds \\u{ord(found.group()):04x} without its pair; "
+                                  f"{KINDS['lone_surrogate']}")
+    return None
+
+
+Checked = tuple[str, str] | tuple[dict, tuple, Counter]  # (kind, reason) or (Row fields, duplicate key, extra keys)
+
+
+def _check_row(value: object, raw: str) -> Checked:
+    """Either (kind, reason) for an unusable Alpaca row, or (its fields, its duplicate key, extra keys)."""
     if not isinstance(value, dict):
         return "not_an_object", f"a JSON {_json_type(value)}, not an object; {KINDS['not_an_object']}"
     missing = [k for k in ("instruction", "output") if k not in value]
@@ -151,16 +182,32 @@ def _check_row(value: object, raw: str) -> tuple[str, str] | tuple[tuple[str, st
             continue
         if not isinstance(item, str):
             return "wrong_type", f"{key!r} is a JSON {_json_type(item)}; {KINDS['wrong_type']}"
-        if found := ANY_SURROGATE.search(item):
-            if SURROGATE.search(raw):  # the file's bytes, not a \u escape
-                return "invalid_utf8", f"{key!r} holds bytes that are not UTF-8; {KINDS['invalid_utf8']}"
-            return "lone_surrogate", (f"{key!r} holds \\u{ord(found.group()):04x} without its pair; "
-                                      f"{KINDS['lone_surrogate']}")
+        if problem := _text_problem(repr(key), item, raw):
+            return problem
     for key in ("instruction", "output"):
         if not value[key].strip():
             return "empty_field", f"{key!r} is empty; {KINDS['empty_field']}"
     extra = Counter(k for k in value if k not in FIELDS)
-    return (value["instruction"], value.get("input") or "", value["output"]), extra
+    fields = {"instruction": value["instruction"], "input": value.get("input") or "", "output": value["output"]}
+    return fields, tuple(fields[k].strip() for k in FIELDS), extra
+
+
+def _check_conversation(value: object, raw: str, reading: Reading) -> Checked:
+    """Either (kind, reason) for an unusable conversation row, or (its fields, duplicate key, extra keys)."""
+    if not isinstance(value, dict):
+        return "not_an_object", (f"a JSON {_json_type(value)}, not an object; each row must be a JSON object "
+                                 f"holding its messages under {reading.field_messages!r}")
+    read = read_conversation(value, reading)
+    if isinstance(read, Problem):
+        return read.kind, f"{read.what}; {KINDS[read.kind]}"
+    turns, extra = read
+    for n, turn in enumerate(turns, start=1):
+        if problem := _text_problem(f"turn {n} ({turn.role})", turn.content, raw):
+            return problem
+    instruction, output = prompt_and_answer(turns)
+    fields = {"instruction": instruction, "input": "", "output": output, "turns": turns,
+              "roles_to_train": reading.roles_to_train, "train_on_eos": reading.train_on_eos}
+    return fields, ("turns",) + tuple((t.role, t.content.strip(), t.train) for t in turns), extra
 
 
 def _scan(text: str, pos: int) -> tuple[int, int] | None:
@@ -324,10 +371,12 @@ def _array_items(path: Path, text: str) -> list[tuple[int, str, object]] | None:
     return None if text[pos + 1:].strip() else items
 
 
-def read_file(path: Path, report: LoadReport, seen: dict, ds_type: str | None = None) -> None:
+def read_file(path: Path, report: LoadReport, seen: dict, ds_type: str | None = None,
+              reading: Reading | None = None) -> None:
     """Read one .jsonl or .json file into `report` (accepted rows and rejects). `ds_type` (a
     dataset's ds_type) says the format whatever the suffix: "jsonl" is read line by line, "json"
-    as one array when it is one, else by lines; None: from the suffix (LINE_SUFFIXES: by lines)."""
+    as one array when it is one, else by lines; None: from the suffix (LINE_SUFFIXES: by lines).
+    `reading` reads each row as a conversation (None: an Alpaca row)."""
     data = path.read_bytes()
     report.files.append(str(path))
     encoding = json.detect_encoding(data)  # json's own check of the first bytes (RFC 4627)
@@ -352,38 +401,40 @@ def read_file(path: Path, report: LoadReport, seen: dict, ds_type: str | None = 
                                          f"{KINDS['empty_file']}", ""))
     for line, raw, value in items if items is not None else _jsonl_items(path, data, report):
         report.rows_read += 1
-        _add(report, f"{path}:{line}", raw, value, seen)
+        _add(report, f"{path}:{line}", raw, value, seen, reading)
 
 
-def _add(report: LoadReport, source: str, raw: str, value: object, seen: dict) -> None:
+def _add(report: LoadReport, source: str, raw: str, value: object, seen: dict, reading: Reading | None) -> None:
     if isinstance(value, Unreadable):
         report.rejects.append(Reject(source, value.kind, value.reason, raw))
         return
-    match _check_row(value, raw):
+    match _check_row(value, raw) if reading is None else _check_conversation(value, raw, reading):
         case (str() as kind, str() as reason):
             report.rejects.append(Reject(source, kind, reason, raw))
             return
-        case ((instruction, input_, output), extra):
+        case (dict() as fields, key, extra):
             pass
-    key = (instruction.strip(), input_.strip(), output.strip())
     if key in seen:
         report.rejects.append(Reject(source, "duplicate", f"duplicate of {seen[key]}; "
                                      f"{KINDS['duplicate']}", raw))
         return
     seen[key] = source
     report.extra_keys.update(extra)
-    report.rows.append(Row(instruction, input_, output, source, raw))
+    report.rows.append(Row(source=source, raw=raw, **fields))
 
 
-def load_files(paths: Iterable[Path], ds_types: Iterable[str | None] = ()) -> LoadReport:
+def load_files(paths: Iterable[Path], ds_types: Iterable[str | None] = (),
+               readings: Iterable[Reading | None] = ()) -> LoadReport:
     """Read every file (duplicates are found across files); nothing is raised for bad rows.
-    `ds_types`, when given, is each file's format (see read_file)."""
+    `ds_types`, when given, is each file's format (see read_file); `readings` how each file's rows
+    are conversations (conversations.Reading; None: Alpaca rows, as when not given)."""
     report, seen = LoadReport(), {}
     paths = list(paths)
     formats = list(ds_types) or [None] * len(paths)
-    for path, ds_type in zip(paths, formats, strict=True):
+    chats = list(readings) or [None] * len(paths)
+    for path, ds_type, reading in zip(paths, formats, chats, strict=True):
         try:
-            read_file(Path(path), report, seen, ds_type)
+            read_file(Path(path), report, seen, ds_type, reading)
         except FileNotFoundError:
             raise UserError(f"{path}: no such file; check datasets[].path (relative paths start at "
                             f"the current directory, {Path.cwd()})") from None
@@ -393,13 +444,16 @@ def load_files(paths: Iterable[Path], ds_types: Iterable[str | None] = ()) -> Lo
 
 
 def load_datasets(specs, config_dir: Path | None = None) -> LoadReport:
-    """Read the files of the config's `datasets:` entries, each in its entry's ds_type."""
-    files, formats = [], []
+    """Read the files of the config's `datasets:` entries, each in its entry's ds_type and type
+    (alpaca rows, or conversations: type chat_template or sharegpt)."""
+    files, formats, readings = [], [], []
     for i, spec in enumerate(specs):
         named = dataset_files([spec], config_dir, first=i)
+        reading = None if spec.type == "alpaca" else conversation_reading(spec, i)
         files += named
         formats += [spec.ds_type] * len(named)
-    return load_files(files, formats)
+        readings += [reading] * len(named)
+    return load_files(files, formats, readings)
 
 
 # Suffixes of formats that are not JSON, and what they are (Axolotl's ds_type names them).

@@ -1,19 +1,35 @@
-"""Turn an Alpaca row into model text and token ids with loss labels; split train from held-out.
+"""Turn a row (Alpaca or a conversation) into model text and token ids with loss labels; split train from held-out.
+
+    fmt = prompt_format(tokenizer, cfg.chat_template, cfg.default_system_message,
+                        chat_template_jinja=cfg.chat_template_jinja)
+    example = encode_row(tokenizer, fmt, row, train_on_inputs=False)   # input_ids, labels (-100: no loss)
 
 Instruct models are prompted with the tokenizer's own chat template (instruction + input as the user
-turn, the output as the assistant turn, an optional system turn); base models get the Alpaca prompt.
-Training (`encode_row`) and inference (`render_prompt`) share one `PromptFormat`, so they cannot
-drift apart. The end-of-turn token is always part of the labels, so the model learns to stop; with
-train_on_inputs false the prompt tokens are masked (-100) from the loss.
+turn, the output as the assistant turn, an optional system turn), or a named one (CHAT_TEMPLATES), or
+the config's chat_template_jinja; base models get the Alpaca prompt. Training (`encode_row`) and
+inference (`render_prompt`) share one `PromptFormat`, so they cannot drift apart. The end-of-turn
+token is always part of the labels, so the model learns to stop; with train_on_inputs false the
+prompt tokens are masked (-100) from the loss.
+
+A conversation row (`Row.turns`) is rendered whole with the chat template and labelled per turn, as
+Axolotl's chat_template strategy does: the content of each turn whose role is in the row's
+roles_to_train (or whose Turn.train is true; false never) is trained, every turn's content under
+train_on_inputs, and the end-of-turn tokens by the row's train_on_eos (see chat_encoding.py); role
+headers, separators and untrained turns never are.
 """
 from __future__ import annotations
 
 import logging
 import random
-import re
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from tutorforge.chat_encoding import (
+    control_tokens,
+    encode_segments,
+    encode_turns,
+    render_segments,
+    render_turns,
+)
 from tutorforge.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -94,14 +110,33 @@ def _chat_end_token(tokenizer) -> int:
     return tokenizer.eos_token_id
 
 
-def prompt_format(tokenizer, chat_template: str | None = None, system: str | None = None) -> PromptFormat:
-    """Choose the prompt format (config key chat_template; None = the tokenizer's, else Alpaca)."""
-    if chat_template in CHAT_TEMPLATES:
+def _use_template(tokenizer, chat_template: str | None, jinja: str | None) -> None:
+    """Put the named template (CHAT_TEMPLATES) or the config's Jinja text on the tokenizer. Training
+    saves the tokenizer with it (finetune.write_trained), so a later stage that loads the run's
+    tokenizer and is given chat_template: jinja without the text finds the template already there."""
+    if chat_template == "jinja" and not jinja and getattr(tokenizer, "chat_template", None):
+        return
+    if chat_template == "jinja" and not jinja:
+        raise UserError("chat_template: jinja, but chat_template_jinja is not set; give the Jinja text of "
+                        "the template in chat_template_jinja, or name one (chat_template: chatml)")
+    if jinja and chat_template not in (None, "jinja"):
+        raise UserError(f"chat_template: {chat_template} and chat_template_jinja are both set; remove one "
+                        "(chat_template: jinja uses chat_template_jinja)")
+    if jinja:
+        tokenizer.chat_template = jinja
+    elif chat_template in CHAT_TEMPLATES:
         vocab = tokenizer.get_vocab()
         if missing := [t for t in TEMPLATE_TOKENS[chat_template] if t not in vocab]:
             raise UserError(f"chat_template: {chat_template} needs the tokens {', '.join(missing)}, which "
                             "this tokenizer lacks; use chat_template: tokenizer_default or alpaca")
         tokenizer.chat_template = CHAT_TEMPLATES[chat_template]
+
+
+def prompt_format(tokenizer, chat_template: str | None = None, system: str | None = None, *,
+                  chat_template_jinja: str | None = None) -> PromptFormat:
+    """Choose the prompt format (config keys chat_template and chat_template_jinja; neither = the
+    tokenizer's template, else Alpaca)."""
+    _use_template(tokenizer, chat_template, chat_template_jinja)
     has_template = bool(getattr(tokenizer, "chat_template", None))
     if chat_template == "tokenizer_default" and not has_template:
         raise UserError("chat_template: tokenizer_default, but this tokenizer has no chat template; "
@@ -113,7 +148,7 @@ def prompt_format(tokenizer, chat_template: str | None = None, system: str | Non
             raise UserError("the tokenizer has no eos_token to end answers with; set special_tokens: "
                             "{eos_token: ...} in the config")
         return PromptFormat("alpaca", system, tokenizer.eos_token_id)
-    if chat_template is None:
+    if chat_template is None and not chat_template_jinja:
         log.info("prompt format: the tokenizer's chat template (an instruct model)")
     return PromptFormat("chat", system, _chat_end_token(tokenizer))
 
@@ -127,7 +162,10 @@ def render_prompt(tokenizer, fmt: PromptFormat, instruction: str, input: str = "
 
 
 def encode_row(tokenizer, fmt: PromptFormat, row, *, train_on_inputs: bool = False) -> Example:
-    """Token ids of prompt + output + end token, and labels (prompt masked unless train_on_inputs)."""
+    """Token ids of prompt + output + end token, and labels (prompt masked unless train_on_inputs);
+    a conversation row (row.turns) is encoded by `encode_conversation`."""
+    if getattr(row, "turns", ()):
+        return encode_conversation(tokenizer, fmt, row, train_on_inputs=train_on_inputs)
     prompt = render_prompt(tokenizer, fmt, row.instruction, row.input)
     prompt_ids = tokenizer.encode(prompt, add_special_tokens=fmt.kind == "alpaca")
     answer_ids = tokenizer.encode(row.output, add_special_tokens=False) + [fmt.end_token_id]
@@ -137,6 +175,34 @@ def encode_row(tokenizer, fmt: PromptFormat, row, *, train_on_inputs: bool = Fal
     else:
         labels = [IGNORE] * len(prompt_ids) + answer_ids
     return Example(ids, labels, row.source)
+
+
+def encode_conversation(tokenizer, fmt: PromptFormat, row, *, train_on_inputs: bool = False) -> Example:
+    """The conversation rendered whole with the chat template and tokenised as `encode_prompt` does
+    (content as text), labelled per turn: trained turns' content and the end-of-turn tokens that
+    row.train_on_eos names (fmt.end_token_id: <|im_end|> for chatml, <|eot_id|> for llama3, the
+    template's token after an answer otherwise). fmt.system is a system turn first when the row has
+    none (trained only under train_on_inputs, like any turn)."""
+    if fmt.kind != "chat":
+        raise UserError(f"{row.source.rpartition(':')[0] or row.source}: a conversation dataset needs a "
+                        "chat template, and this model has none (a base model); set chat_template: chatml "
+                        "(or llama3, or chat_template: jinja with chat_template_jinja)")
+    turns = list(row.turns)
+    messages = [{"role": t.role, "content": t.content} for t in turns]
+    trained = [t.train if t.train is not None else (train_on_inputs or t.role in row.roles_to_train)
+               for t in turns]
+    if fmt.system and not any(t.role == "system" for t in turns):
+        messages.insert(0, {"role": "system", "content": fmt.system})
+        trained.insert(0, train_on_inputs)
+
+    def render(messages: list[dict]) -> str:
+        return tokenizer.apply_chat_template(messages, tokenize=False)
+
+    encoded = encode_turns(tokenizer, render_turns(render, messages))
+    mask = encoded.mask(trained, fmt.end_token_id, row.train_on_eos)
+    labels = [t if m else IGNORE for t, m in zip(encoded.ids, mask, strict=True)]
+    labels[0] = IGNORE  # the first token is never predicted
+    return Example(encoded.ids, labels, row.source)
 
 
 def split_rows(rows: list, val_set_size: float, seed: int) -> tuple[list, list]:
@@ -152,69 +218,6 @@ def split_rows(rows: list, val_set_size: float, seed: int) -> tuple[list, list]:
     random.Random(seed).shuffle(order)
     held = set(order[:n_val])
     return ([r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held])
-
-
-# --- tokenizing a rendered prompt: the template's markers are control tokens, content is text ---
-
-_HOLE = re.compile("\ue000(\\d+)\ue001")  # a placeholder for message i (private-use characters)
-
-
-def render_segments(render: Callable[[list[dict]], str], messages: list[dict]) -> list[tuple[str, bool]]:
-    """`render(messages)` cut into (text, is_content) pieces: the template's own text, and each
-    message's content as the template placed it (trimmed or not). Found by rendering with a
-    placeholder for every content, then with one real content at a time, so it works for any
-    template that places content without looking inside it; the pieces always join to
-    `render(messages)` (checked)."""
-    holes = [dict(m, content=f"\ue000{i}\ue001") for i, m in enumerate(messages)]
-    skeleton = render(holes)
-    pieces: list[tuple[str, bool]] = []
-    at = 0
-    for match in _HOLE.finditer(skeleton):
-        i = int(match.group(1))
-        if skeleton.count(match.group(0)) != 1:
-            raise UserError("the chat template writes a message's content twice; tutorforge cannot tell "
-                            "its content from its control tokens (please report this template)")
-        one = render([messages[j] if j == i else h for j, h in enumerate(holes)])
-        tail = len(skeleton) - match.end()
-        pieces += [(skeleton[at:match.start()], False), (one[match.start():len(one) - tail], True)]
-        at = match.end()
-    pieces.append((skeleton[at:], False))
-    pieces = [(text, is_content) for text, is_content in pieces if text]
-    if "".join(text for text, _ in pieces) != render(messages):
-        raise UserError("the chat template renders a message differently depending on its content; "
-                        "tutorforge cannot tell its content from its control tokens (please report it)")
-    return pieces
-
-
-def encode_segments(pieces: list[tuple[str, bool]], markers: Iterable[str],
-                    encode: Callable[[str, bool], list[int]]) -> list[int]:
-    """Token ids of rendered (text, is_content) pieces. `markers` (the tokenizer's control-token
-    strings) are control tokens only where the template's own text has them, `encode(marker, True)`;
-    everything between two markers (template text and content, joined) is `encode(text, False)`,
-    plain text. Tokenizers cut the text at control tokens before anything else, so for content
-    without markers the ids equal those of the whole text tokenized with special parsing."""
-    markers = sorted(set(markers), key=len, reverse=True)  # the longest match first, as tokenizers do
-    split = re.compile("(" + "|".join(map(re.escape, markers)) + ")") if markers else None
-    ids: list[int] = []
-    text = ""
-    for piece, is_content in pieces:
-        parts = [piece] if is_content or split is None else split.split(piece)
-        for k, part in enumerate(parts):
-            if k % 2 == 0:
-                text += part
-                continue
-            if text:
-                ids += encode(text, False)
-            ids += encode(part, True)
-            text = ""
-    if text:
-        ids += encode(text, False)
-    return ids
-
-
-def control_tokens(tokenizer) -> list[str]:
-    """The strings a Hugging Face tokenizer reads as special tokens."""
-    return [t.content for t in tokenizer.added_tokens_decoder.values() if t.special]
 
 
 def encode_prompt(tokenizer, fmt: PromptFormat, instruction: str, input: str = "") -> list[int]:

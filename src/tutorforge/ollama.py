@@ -194,7 +194,7 @@ def base_license(model_dir: Path) -> str | None:
 def package(run: RunDir, gguf_path: Path | None = None) -> Path:
     """Write the Modelfile of a finished run beside its GGUF (default: the config's
     tutorforge.ollama.quantization); returns its path. Refused for a GGUF that failed its
-    verification or was exported from another adapter than the run's, and where a Modelfile that
+    verification or was exported from another model than the run's, and where a Modelfile that
     tutorforge did not write is in the way."""
     from tutorforge.models import resolve_base_model
     from tutorforge.tokenizer import run_tokenizer

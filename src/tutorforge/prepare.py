@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from tutorforge.data import FILE_KINDS, KINDS, LoadReport, Reject, Row, load_datasets
 from tutorforge.errors import UserError
-from tutorforge.formatting import IGNORE, Example, encode_row, prompt_format, split_rows
+from tutorforge.formatting import IGNORE, Example, PromptFormat, encode_row, prompt_format, split_rows
 from tutorforge.fsutil import atomic_write
 
 if TYPE_CHECKING:
@@ -187,6 +187,29 @@ class Prepared:
                           f"packing efficiency (real tokens / token slots): {eff}"])
 
 
+def choose_format(cfg: Config, tokenizer, rows: list[Row]) -> PromptFormat:
+    """The prompt format: the config's chat_template (or chat_template_jinja), else the one that the
+    conversation datasets name (one template for the model: training and serving share it). A
+    conversation needs a chat template: UserError naming the datasets when the format is Alpaca."""
+    named = {d.chat_template for d in cfg.datasets if d.chat_template}
+    template = cfg.chat_template
+    if named - {template} and (template is not None or len(named) > 1):
+        raise UserError(f"datasets name the chat templates {', '.join(sorted(named))} and the config "
+                        f"{template or 'none'}; a model is trained and served with one: set the same "
+                        "chat_template everywhere (or only the top-level one)")
+    if template is None and named:
+        template = named.pop()
+    fmt = prompt_format(tokenizer, template, cfg.default_system_message,
+                        chat_template_jinja=cfg.chat_template_jinja)
+    if fmt.kind == "alpaca" and any(r.turns for r in rows):
+        chats = [f"datasets[{i}] ({d.path}, type: {d.type})" for i, d in enumerate(cfg.datasets)
+                 if d.type != "alpaca"]
+        why = "chat_template is alpaca" if template == "alpaca" else "this model has none (a base model)"
+        raise UserError(f"{', '.join(chats) or 'a dataset'}: conversations need a chat template, and {why}; "
+                        "set chat_template: chatml (or llama3, or chat_template: jinja with chat_template_jinja)")
+    return fmt
+
+
 def _encode_split(tokenizer, fmt, rows: list[Row], split: str, lengths: Lengths, *,
                   train_on_inputs: bool) -> tuple[list[Row], list[Example]]:
     """The rows of one split that the length rules keep, and their examples (truncated ones cut)."""
@@ -228,7 +251,7 @@ def prepare(cfg: Config, tokenizer, *, skip_bad_rows: bool, config_dir: Path | N
 
     report = load_datasets(cfg.datasets, config_dir)
     check(report, skip_bad_rows=skip_bad_rows or cfg.tutorforge.skip_bad_rows)  # before any tokenising
-    fmt = prompt_format(tokenizer, cfg.chat_template, cfg.default_system_message)
+    fmt = choose_format(cfg, tokenizer, report.rows)
     lengths = Lengths(cfg.excess_length_strategy, cfg.sequence_len, cfg.min_sample_len,
                       Path(cfg.output_dir) / "rejected.jsonl")
     train_rows, val_rows = split_rows(report.rows, cfg.val_set_size, cfg.seed)

@@ -229,6 +229,21 @@ class StrMap:
 
 
 @dataclass(frozen=True)
+class RoleMap:
+    """Axolotl's `roles:` mapping of a template role to the data's names for it, {user: [human, user]};
+    kept as ((role, (names...)), ...)."""
+
+    def __call__(self, value: Any) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        items = value.items() if isinstance(value, dict) else value if isinstance(value, list) else None
+        out = []
+        for item in items if items is not None else [None]:
+            if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str) and item[0]):
+                raise Invalid("expected a mapping of roles to lists of names, e.g. {user: [human, user]}")
+            out.append((item[0], StrList()(item[1])))
+        return tuple(out)
+
+
+@dataclass(frozen=True)
 class Plugins:
     """Axolotl's `plugins:` list of integration classes (`axolotl.integrations.liger.LigerPlugin`):
     each must be one that axolotl_keys.PLUGINS accepts; a refused one names its reason."""
@@ -342,6 +357,8 @@ def describe(rule: Rule) -> str:
             return "list of names"
         case Plugins():
             return "list of Axolotl plugin classes"
+        case RoleMap():
+            return "mapping of roles to lists of names"
         case IntList(lo=lo):
             return f"list of integers >= {lo}"
         case StrMap(keys=keys):
