@@ -140,3 +140,29 @@ def test_cli_lint_reports_pathological_rows_and_that_code_was_not_run(tmp_path, 
     assert f"{path}:2: lone_surrogate" in out and f"{path}:3: too_deep" in out
     assert "3 rows read from 1 file(s): 1 accepted, 2 rejected" in out
     assert "python blocks: 1 found, not run (--no-run-code)" in out and "runs as stated" not in out
+
+
+def test_a_conversation_dataset_is_linted_as_conversations(tmp_path, bundled_tokenizer):
+    """With the config's datasets, a messages file is read as conversations: every assistant turn's
+    Python blocks are found (not only the last turn's), and the rows are not rejected as Alpaca."""
+    from tutorforge.config import parse
+    from tutorforge.formatting import prompt_format
+    from tutorforge.lint import lint, render
+
+    path = tmp_path / "chats.jsonl"
+    chats = [[("user", "Show a loop."), ("assistant", "```python\nfor i in range(2):\n    print(i)\n```"),
+              ("user", "And a list?"), ("assistant", "```python\nprint([1, 2])  # [1, 2]\n```")],
+             [("user", "Add two numbers."), ("assistant", "```python\nprint(1 + 2)  # 3\n```")]]
+    path.write_text("".join(json.dumps({"messages": [{"role": r, "content": c} for r, c in chat]}) + "\n"
+                            for chat in chats))
+    cfg = parse(f"base_model: smollm2\nadapter: lora\ndatasets:\n  - path: {path}\n    type: chat_template\n",
+                "c.yml").config
+    assert cfg is not None
+    report = lint([path], tokenizer=bundled_tokenizer, fmt=prompt_format(bundled_tokenizer), sequence_len=512,
+                  model="smollm2", run_code=False, datasets=cfg.datasets)
+    out = render(report)
+    assert out.splitlines()[0] == "2 rows read from 1 file(s): 2 accepted, 0 rejected"
+    assert "python blocks: 3 found, not run (--no-run-code)" in out
+    as_alpaca = lint([path], tokenizer=bundled_tokenizer, fmt=prompt_format(bundled_tokenizer), sequence_len=512,
+                     model="smollm2", run_code=False)
+    assert as_alpaca.load.rows == []  # without the config: Alpaca rows, which these are not

@@ -159,18 +159,20 @@ def _tokenizer_for(cfg: Config | None):
 
 
 def data_lint(paths: list[Path], *, config: Path | None = None, run_code: bool = True) -> int:
-    """Check Alpaca files: rows, duplicates, token lengths, answer lengths, and run every Python block.
+    """Check dataset files: rows, duplicates, token lengths, answer lengths, and run every Python block.
 
     paths: .jsonl or .json (array) files
-    config: a config whose base_model, chat template and sequence_len to count tokens with
+    config: a config whose base_model, chat template, sequence_len and dataset types to read and count with
     run_code: execute every ```python block in the sandbox and check its stated output
     """
     from tutorforge.config import load_config
     from tutorforge.lint import lint, render
 
-    tokenizer, fmt, sequence_len, name = _tokenizer_for(load_config(config) if config else None)
+    cfg = load_config(config) if config else None
+    tokenizer, fmt, sequence_len, name = _tokenizer_for(cfg)
     report = lint(list(paths), tokenizer=tokenizer, fmt=fmt, sequence_len=sequence_len, model=name,
-                  run_code=run_code)
+                  run_code=run_code, datasets=cfg.datasets if cfg else (),
+                  config_dir=config.parent if config else None)
     print(render(report))
     return 1 if report.failed else 0
 

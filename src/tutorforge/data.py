@@ -443,16 +443,26 @@ def load_files(paths: Iterable[Path], ds_types: Iterable[str | None] = (),
     return report
 
 
-def load_datasets(specs, config_dir: Path | None = None) -> LoadReport:
+def load_datasets(specs, config_dir: Path | None = None, *, only: Iterable[Path] | None = None) -> LoadReport:
     """Read the files of the config's `datasets:` entries, each in its entry's ds_type and type
-    (alpaca rows, or conversations: type chat_template or sharegpt)."""
+    (alpaca rows, or conversations: type chat_template or sharegpt). With `only`, read those files
+    instead: each as the entry that names it reads it, a file no entry names as Alpaca rows."""
     files, formats, readings = [], [], []
     for i, spec in enumerate(specs):
-        named = dataset_files([spec], config_dir, first=i)
+        named = dataset_files([spec], config_dir, first=i) if only is None else []
+        if only is not None:
+            try:
+                mine = {f.resolve() for f in dataset_files([spec], config_dir, first=i)}
+            except UserError:  # an entry whose files are not here names none of `only`
+                mine = set()
+            named = [f for f in only if f.resolve() in mine and f not in files]
         reading = None if spec.type == "alpaca" else conversation_reading(spec, i)
         files += named
         formats += [spec.ds_type] * len(named)
         readings += [reading] * len(named)
+    if only is not None:
+        rest = [f for f in only if f not in files]
+        files, formats, readings = files + rest, formats + [None] * len(rest), readings + [None] * len(rest)
     return load_files(files, formats, readings)
 
 

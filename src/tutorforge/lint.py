@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tutorforge import sandbox
-from tutorforge.data import LoadReport, load_files
+from tutorforge.data import LoadReport, load_datasets, load_files
 from tutorforge.formatting import PromptFormat, encode_row
 
 FAILING_CODE = ("syntax", "error", "timeout", "memory", "mismatch")
@@ -60,11 +60,19 @@ def _percentiles(values: list[int], points=(50, 90, 95, 99)) -> str:
     return ", ".join(f"p{p} {cuts[p - 1]:.0f}" for p in points) + f", max {max(values)}"
 
 
+def answers(row) -> str:
+    """What a row teaches the model to write: its output, or a conversation's trained turns."""
+    trained = [t.content for t in row.turns if t.train or (t.train is None and t.role in row.roles_to_train)]
+    return "\n\n".join(trained) if row.turns else row.output
+
+
 def _code_jobs(report: LintReport) -> list[tuple[str, str]]:
-    """(source, code) for every Python block; counts the rest (other languages, unfenced, none)."""
+    """(source, code) for every Python block of every answer; counts the rest (other languages,
+    unfenced, none)."""
     jobs = []
     for row in report.load.rows:
-        blocks = sandbox.find_blocks(row.output)
+        text = answers(row)
+        blocks = sandbox.find_blocks(text)
         python = [b for b in blocks if b.language in sandbox.PYTHON_TAGS]
         for b in blocks:
             if b.language not in sandbox.PYTHON_TAGS:
@@ -73,19 +81,22 @@ def _code_jobs(report: LintReport) -> list[tuple[str, str]]:
         if python:
             jobs += [(f"{row.source} block {i + 1}", b.code) for i, b in enumerate(python)]
         elif not blocks:
-            report.code["unfenced" if sandbox.looks_like_python(row.output) else "none"] += 1
+            report.code["unfenced" if sandbox.looks_like_python(text) else "none"] += 1
     return jobs
 
 
 def lint(paths: list[Path], *, tokenizer, fmt: PromptFormat, sequence_len: int, model: str,
-         run_code: bool = True, workers: int = 2) -> LintReport:
-    report = LintReport(load_files(paths), sequence_len, model, run_code=run_code)
+         run_code: bool = True, workers: int = 2, datasets=(), config_dir: Path | None = None) -> LintReport:
+    """Lint `paths`; a file that one of `datasets` (a config's DatasetSpecs) names is read as that
+    entry reads it (a conversation dataset as conversations), any other as Alpaca rows."""
+    load = load_datasets(datasets, config_dir, only=paths) if datasets else load_files(paths)
+    report = LintReport(load, sequence_len, model, run_code=run_code)
     for reject in report.load.rejects:
         report.findings.append(Finding(reject.source, reject.kind, reject.reason))
     for row in report.load.rows:
         length = len(encode_row(tokenizer, fmt, row).input_ids)
         report.token_lengths.append(length)
-        report.output_words.append(len(row.output.split()))
+        report.output_words.append(len(answers(row).split()))
         if length > sequence_len:
             report.findings.append(Finding(row.source, "too_long", f"{length} tokens > sequence_len "
                                            f"{sequence_len}: training drops this row, or cuts it with "
