@@ -168,20 +168,29 @@ def bundled_tokenizer(bundled_tokenizer_dir):
     return AutoTokenizer.from_pretrained(bundled_tokenizer_dir)
 
 
+def random_lora(model, *, r: int, alpha: float, targets, std: float, seed: int):
+    """`model` with a fresh LoRA adapter (peft) whose B matrices are drawn from N(0, std) instead of
+    peft's zeros, so the adapter changes the model."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    peft = get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, target_modules=targets))
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, std)
+    return peft
+
+
 @pytest.fixture(scope="session")
 def adapter(tmp_path_factory, bundled) -> Path:
     """A LoRA adapter on every linear layer of the bundled model, with non-zero updates."""
     import torch
-    from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(bundled.path, dtype=torch.float32)
-    torch.manual_seed(0)
-    peft = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
-    with torch.no_grad():
-        for name, p in peft.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.01)
+    peft = random_lora(model, r=8, alpha=16, targets="all-linear", std=0.01, seed=0)
     out = tmp_path_factory.mktemp("adapter")
     peft.save_pretrained(out)
     return out

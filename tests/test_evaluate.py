@@ -83,16 +83,12 @@ def test_perplexity_is_the_answer_tokens_own(torch_gen, rows):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, bundled) -> Path:
     """A training output_dir: run.json naming the bundled base and an adapter with non-zero updates."""
-    from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
+    from conftest import random_lora
+
     model = AutoModelForCausalLM.from_pretrained(bundled.path, dtype=torch.float32)
-    torch.manual_seed(0)
-    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
-    with torch.no_grad():
-        for name, p in peft.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.02)
+    peft = random_lora(model, r=4, alpha=8, targets=["q_proj", "v_proj"], std=0.02, seed=0)
     out = tmp_path_factory.mktemp("run")
     peft.save_pretrained(out / "adapter")
     config = {"base_model": "HuggingFaceTB/SmolLM2-135M-Instruct", "adapter": "lora", "chat_template": None,

@@ -174,18 +174,13 @@ def test_kill_9_then_resume_of_a_full_fine_tune_ends_with_the_same_weights(tmp_p
 def test_lora_model_dir_continues_that_adapter(tmp_path, tiny_model):  # noqa: F811
     """The loaded adapter's own rank, alpha and targets (the config's differ, a decision says so);
     the first step starts from its weights, and training moves them on."""
-    from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
+    from conftest import random_lora
     from tutorforge.train import build_run, train
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model)
-    torch.manual_seed(1)
-    peft = get_peft_model(model, LoraConfig(r=2, lora_alpha=5, target_modules=["q_proj", "v_proj"]))
-    with torch.no_grad():
-        for name, p in peft.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.05)
+    peft = random_lora(model, r=2, alpha=5, targets=["q_proj", "v_proj"], std=0.05, seed=1)
     source = tmp_path / "previous"
     peft.save_pretrained(source)
     saved = load_file(source / "adapter_model.safetensors")

@@ -31,6 +31,7 @@ from tutorforge.config_yaml import (
     MAX_CONFIG_BYTES,
     CappedLoader,
     TooLarge,
+    given_keys,
     read_capped,
     too_large_message,
     too_many_nodes_message,
@@ -437,7 +438,7 @@ def parse(text: str, source: str) -> Report:
     if config is not None:
         lines = top_lines(root)
         _cross_checks(config, report, lines)
-        config = fold(config, report, lines)
+        config = fold(config, report, lines, given_keys(root))
     if not report.errors:
         report.config = config
     return report

@@ -1,6 +1,6 @@
 """Axolotl's other spellings of a setting, folded by validation into tutorforge's one key.
 
-    cfg = fold(cfg, report, top_lines(root))   # config.parse does this after the cross-key checks
+    cfg = fold(cfg, report, top_lines(root), given_keys(root))   # config.parse, after the cross-key checks
 
 `batch_size` becomes gradient_accumulation_steps (as Axolotl derives it), `bnb_config_kwargs` the
 bitsandbytes keys, the older attention switches (`flash_attention: true`, ...) and hub kernels
@@ -24,7 +24,7 @@ from tutorforge.rules import Bool, Choice, plugin_package
 Config = Any  # a config.Config (this module is config's: it cannot import it back)
 
 
-def fold(cfg: Config, report: Problems, lines: dict[str, yaml.Node]) -> Config:
+def fold(cfg: Config, report: Problems, lines: dict[str, yaml.Node], given: set[str]) -> Config:
     """Axolotl's other spellings of a setting, turned into tutorforge's one key, each said in a
     warning where the meaning is not exactly the same: batch_size, bnb_config_kwargs, the older
     attention keys, gradient_checkpointing: offload, optimizer spellings; and the plugins ignored."""
@@ -36,7 +36,7 @@ def fold(cfg: Config, report: Problems, lines: dict[str, yaml.Node]) -> Config:
         if saves_memory:
             report.ignored_memory_saving(saves_memory)
 
-    if cfg.batch_size is not None and not _given(lines, "gradient_accumulation_steps"):
+    if cfg.batch_size is not None and "gradient_accumulation_steps" not in given:
         changes["gradient_accumulation_steps"] = max(1, cfg.batch_size // cfg.micro_batch_size)
         if cfg.batch_size % cfg.micro_batch_size:
             warn("batch_size", f"{cfg.batch_size} is not a multiple of micro_batch_size {cfg.micro_batch_size}: "
@@ -93,12 +93,6 @@ def fold(cfg: Config, report: Problems, lines: dict[str, yaml.Node]) -> Config:
                                     else d for d in cfg.datasets)
     changes["ignored_memory_savings"] = tuple(dict.fromkeys(report.memory_savings))
     return dataclasses.replace(cfg, **changes)
-
-
-def _given(lines: dict[str, yaml.Node], name: str) -> bool:
-    """Whether the YAML gives the top-level key a value (a key listed with no value is unset)."""
-    value = lines.get(f"{name}=")
-    return value is not None and not value.tag.endswith(":null") and value.value != ""
 
 
 def _older_attention(cfg: Config) -> list[str]:

@@ -72,9 +72,15 @@ def too_many_nodes_message() -> str:
 
 
 def top_lines(root: yaml.Node) -> dict[str, yaml.Node]:
-    """Each top-level key's node (its line is where a problem with that key is shown), and under
-    `KEY=` the node of its value."""
+    """Each top-level key's node (its line is where a problem with that key is shown)."""
     if not isinstance(root, yaml.MappingNode):
         return {}
-    lines: dict[str, yaml.Node] = {k.value: k for k, _ in root.value if isinstance(k, yaml.ScalarNode)}
-    return lines | {f"{k.value}=": v for k, v in root.value if isinstance(k, yaml.ScalarNode)}
+    return {k.value: k for k, _ in root.value if isinstance(k, yaml.ScalarNode)}
+
+
+def given_keys(root: yaml.Node) -> set[str]:
+    """The top-level keys the YAML gives a value (a key listed with no value, or null, is unset)."""
+    if not isinstance(root, yaml.MappingNode):
+        return set()
+    return {k.value for k, v in root.value if isinstance(k, yaml.ScalarNode)
+            and not (isinstance(v, yaml.ScalarNode) and (v.tag.endswith(":null") or v.value == ""))}

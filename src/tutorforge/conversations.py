@@ -59,6 +59,11 @@ class Turn:
     content: str
     train: bool | None = None  # message_field_training's value: train it or not; None: by roles_to_train
 
+    def trained(self, roles_to_train: tuple[str, ...], train_on_inputs: bool = False) -> bool:
+        """Whether training learns this turn: its own flag where it has one, else its role is one of
+        roles_to_train (with train_on_inputs, every turn is)."""
+        return self.train if self.train is not None else (train_on_inputs or self.role in roles_to_train)
+
 
 @dataclass(frozen=True)
 class Reading:
@@ -179,7 +184,7 @@ def read_conversation(row: dict, reading: Reading) -> Problem | tuple[tuple[Turn
         turns.insert(0, system)
     if reading.drop_system_message and turns[0].role == "system":
         turns.pop(0)  # Axolotl drops the first turn only, when it is a system turn
-    if not any(t.train if t.train is not None else t.role in reading.roles_to_train for t in turns):
+    if not any(t.trained(reading.roles_to_train) for t in turns):
         flagged = f" and no message's {reading.training_key!r} is true" if reading.training_key else ""
         return Problem("no_trainable_turn", f"no turn of roles_to_train ({', '.join(reading.roles_to_train)})"
                        f"{flagged}: roles {', '.join(t.role for t in turns)}")

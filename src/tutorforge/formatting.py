@@ -189,8 +189,7 @@ def encode_conversation(tokenizer, fmt: PromptFormat, row, *, train_on_inputs: b
                         "(or llama3, or chat_template: jinja with chat_template_jinja)")
     turns = list(row.turns)
     messages = [{"role": t.role, "content": t.content} for t in turns]
-    trained = [t.train if t.train is not None else (train_on_inputs or t.role in row.roles_to_train)
-               for t in turns]
+    trained = [t.trained(row.roles_to_train, train_on_inputs) for t in turns]
     if fmt.system and not any(t.role == "system" for t in turns):
         messages.insert(0, {"role": "system", "content": fmt.system})
         trained.insert(0, train_on_inputs)

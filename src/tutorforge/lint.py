@@ -62,7 +62,7 @@ def _percentiles(values: list[int], points=(50, 90, 95, 99)) -> str:
 
 def answers(row) -> str:
     """What a row teaches the model to write: its output, or a conversation's trained turns."""
-    trained = [t.content for t in row.turns if t.train or (t.train is None and t.role in row.roles_to_train)]
+    trained = [t.content for t in row.turns if t.trained(row.roles_to_train)]
     return "\n\n".join(trained) if row.turns else row.output
 
 
