@@ -171,7 +171,7 @@ def test_chat_template_default_is_chat_template():
 
 @pytest.mark.parametrize(("value", "expected"), [
     ("chat_template.argilla", "tutorforge reads Alpaca rows"),
-    ("alpaca:chat", "tutorforge reads Alpaca rows"),
+    ("alpaca:chatml_v2", "tutorforge reads Alpaca rows"),
     ("my_module.transform", "tutorforge reads Alpaca rows"),
     ("alpacca", "did you mean `alpaca`")])
 def test_axolotl_dataset_types_are_named_not_supported(value, expected):

@@ -197,3 +197,68 @@ def test_the_interactive_chat_survives_a_too_long_message(chat_model):
     repl(chat_model, read=lambda prompt: next(lines), write=screen.append, max_tokens=4)
     text = "".join(screen)
     assert re.search(r"\(the conversation is 6\d\d tokens; the model's context holds 512 .*/reset", text), text
+
+
+# --- a conversation of many turns gets the ids training gives it --------------------------------
+
+class TokenizerLlama:
+    """The llama.cpp calls ChatModel.prompt_ids makes, answered by a Hugging Face tokenizer (what a
+    GGUF exported from it tokenizes alike: test_export proves that parity)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def tokenize(self, text: bytes, add_bos: bool, special: bool) -> list[int]:
+        assert not add_bos
+        return self.tokenizer(text.decode(), add_special_tokens=False, split_special_tokens=not special)["input_ids"]
+
+    def token_bos(self) -> int:
+        return self.tokenizer.bos_token_id
+
+
+MULTI_TURN = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "What is a list?"},
+              {"role": "assistant", "content": "An ordered sequence:\n```python\nxs = [1, 2]\n```"},
+              {"role": "user", "content": "And a tuple — café 🐍?\tBriefly."}]
+
+
+@pytest.mark.parametrize("system", [None, "Answer in one line."])
+@pytest.mark.parametrize("history", [MULTI_TURN, MULTI_TURN[1:]], ids=["own-system", "no-system"])
+@pytest.mark.parametrize("template", [None, "chatml", "llama3"])
+def test_a_multi_turn_conversation_gets_the_training_ids(bundled_tokenizer, template, history, system):
+    """ChatModel.prompt_ids of (system,) user, assistant, user: formatting.encode_messages of the same
+    messages with the generation prompt, for SmolLM2's own template, ChatML and Llama 3 (with its BOS)."""
+    from tutorforge.chat import ChatModel
+    from tutorforge.chat_encoding import control_tokens
+    from tutorforge.formatting import encode_messages, prompt_messages
+    from tutorforge.ollama import prompt_template
+
+    tokenizer = bundled_tokenizer
+    if template == "llama3":
+        tokenizer.add_tokens(["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+                             special_tokens=True)
+        tokenizer.bos_token, tokenizer.add_bos_token = "<|begin_of_text|>", True
+    fmt, family, stops = prompt_template(tokenizer, template, system)
+    model = ChatModel(TokenizerLlama(tokenizer), family, stops, fmt.system, "test")  # pyright: ignore[reportArgumentType]
+    model.__dict__.update(markers=control_tokens(tokenizer),  # llama.cpp's control tokens, and its add_bos
+                          add_bos=tokenizer("x")["input_ids"][0] == tokenizer.bos_token_id)
+    ids = model.prompt_ids(model.messages_for(history, None))
+    expected = encode_messages(tokenizer, fmt, prompt_messages(fmt, history[:-1], history[-1]["content"]))
+    assert ids == expected
+    assert tokenizer.decode(ids).count("An ordered sequence:\n```python") == 1  # the earlier answer is there
+    if template == "llama3":  # one BOS: llama.cpp's, where training's template writes {{ bos_token }}
+        assert ids[0] == tokenizer.bos_token_id and ids.count(tokenizer.bos_token_id) == 1
+    text = tokenizer.decode(ids)
+    assert ("You are terse." in text) == (history is MULTI_TURN)
+    assert ("Answer in one line." in text) == (system is not None and history is not MULTI_TURN)
+
+
+@pytest.mark.slow
+def test_a_multi_turn_conversation_gets_the_training_ids_in_llama_cpp(chat_model, bundled_tokenizer):
+    """The same with the bundled GGUF in llama.cpp itself (its tokenizer, its control tokens)."""
+    from tutorforge.formatting import encode_messages, prompt_format, prompt_messages
+
+    fmt = prompt_format(bundled_tokenizer, None, None)
+    for history in (MULTI_TURN, MULTI_TURN[1:]):
+        expected = encode_messages(bundled_tokenizer, fmt, prompt_messages(fmt, history[:-1], history[-1]["content"]))
+        assert chat_model.prompt_ids(chat_model.messages_for(history, None)) == expected
+        assert fed_ids(chat_model, chat_model.messages_for(history, None)) == expected

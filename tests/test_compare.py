@@ -5,18 +5,11 @@ import json
 
 import pytest
 
-from tutorforge.compare import (
-    Comparison,
-    chrf,
-    load_prompts,
-    python_blocks,
-    run_comparison,
-    score_answer,
-    target_words_from,
-)
+from tutorforge.compare import Comparison, chrf, python_blocks, run_comparison, score_answer
 from tutorforge.data import Row
 from tutorforge.errors import UserError
 from tutorforge.evaluate import Answer
+from tutorforge.prompts import load_prompts, target_words_from
 from tutorforge.report import write_outputs
 
 GOOD = "Use len().\n\n```python\nitems = [1, 2, 3]\nprint(len(items))  # 3\n```\n\nTip: len works on strings too."
@@ -312,3 +305,120 @@ def test_compare_reuses_its_report_only_for_the_same_inputs_and_never_writes_ove
     assert "not written by tutorforge" in capsys.readouterr().err
     assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
     assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+# --- conversations: the last user turn asked after its history ---------------------------------
+
+CHAT = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "What is a list?"},
+        {"role": "assistant", "content": "An ordered sequence."}, {"role": "user", "content": "And a tuple?"},
+        {"role": "assistant", "content": "The same, immutable."}]
+
+
+def test_a_messages_file_is_read_as_conversations(tmp_path):
+    from tutorforge.prompts import history
+
+    path = tmp_path / "chats.jsonl"
+    path.write_text(json.dumps({"messages": CHAT}) + "\n" + json.dumps({"messages": CHAT[1:4]}) + "\n")
+    first, second = load_prompts(path)
+    assert (first.instruction, first.input, first.output, first.source) == (
+        "And a tuple?", "", "The same, immutable.", f"{path}:1")
+    assert history(first) == CHAT[:3] and [t.role for t in first.turns] == [m["role"] for m in CHAT]
+    assert (second.instruction, second.output, history(second)) == ("And a tuple?", "", CHAT[1:3])  # no reference
+    assert first.roles_to_train == second.roles_to_train == ("assistant",) and first.train_on_eos == "turn"
+
+    sharegpt = tmp_path / "share.json"  # ShareGPT's keys and role names, mapped as training maps them
+    turns = [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello."}, {"from": "human", "value": "Bye"}]
+    sharegpt.write_text(json.dumps([{"conversations": turns}]))
+    (row,) = load_prompts(sharegpt)
+    assert (row.instruction, row.output, history(row)) == ("Bye", "", [{"role": "user", "content": "Hi"},
+                                                                        {"role": "assistant", "content": "Hello."}])
+    path.write_text(json.dumps({"messages": CHAT[:1] + CHAT[2:3]}) + "\n")
+    with pytest.raises(UserError, match=r"chats.jsonl:1: a conversation with no user turn"):
+        load_prompts(path)
+    path.write_text(json.dumps({"messages": [{"role": "wizard", "content": "x"}]}) + "\n")
+    with pytest.raises(UserError, match=r"chats.jsonl:1: message 1's role 'wizard' is not one of the template's"):
+        load_prompts(path)
+
+
+class Remembering(Scripted):
+    """A Scripted Generator that takes the earlier turns of a follow-up question too."""
+
+    def generate(self, instruction, input="", *, system=None, max_new_tokens=256, history=()):
+        self.calls.append((instruction, system, max_new_tokens, history))
+        return self.answers[instruction]
+
+
+def test_a_follow_up_is_asked_with_its_history_and_reported_with_it(tmp_path):
+    path = tmp_path / "chats.jsonl"
+    path.write_text(json.dumps({"messages": CHAT}) + "\n")
+    rows = [*load_prompts(path), ROWS[1]]
+    answers = {"And a tuple?": answer("Immutable."), ROWS[1].instruction: answer("5")}
+    base, tuned = Remembering("base", answers, 9.0), Scripted("tuned", answers, 3.0)
+    with pytest.raises(TypeError, match="history"):  # a Generator that cannot take the history is not asked without it
+        run_comparison(base, tuned, rows, max_new_tokens=8, target_words=5)
+    base.calls.clear()
+    result = write_outputs(run_comparison(base, Remembering("tuned", answers, 3.0), rows, max_new_tokens=8,
+                                          target_words=5, system="Be brief."), tmp_path / "out")
+    assert base.calls[:2] == [("And a tuple?", "Be brief.", 8, CHAT[:3]), ("Add two numbers.", "Be brief.", 8, ())]
+    records = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert records[0]["history"] == CHAT[:3] and records[0]["reference"] == "The same, immutable."
+    assert "history" not in records[1]  # an Alpaca row's record is as before
+    assert result.records[0]["tuned"]["chrf"] == pytest.approx(chrf("Immutable.", "The same, immutable."))
+
+
+def test_held_out_conversations_keep_their_history_flags_and_roles(tmp_path):
+    """prepare.write_rows writes a conversation with its messages; compare reads back the same turns
+    (training flags, roles_to_train, train_on_eos), and an Alpaca reader still reads its last turns."""
+    from tutorforge.config import load_config
+    from tutorforge.conversations import Turn
+    from tutorforge.data import load_files
+    from tutorforge.prepare import write_rows
+    from tutorforge.prompts import heldout_rows, history, training_outputs
+
+    data = tmp_path / "chats.jsonl"
+    convs = [CHAT, CHAT[1:3], [CHAT[1], {"role": "assistant", "content": "x " * 30}]]
+    data.write_text("".join(json.dumps({"messages": c}) + "\n" for c in convs))
+    config = tmp_path / "c.yml"
+    config.write_text(f"base_model: smollm2\nadapter: lora\ndatasets:\n  - path: {data}\n    type: chat_template\n"
+                      f"val_set_size: 1\noutput_dir: {tmp_path / 'run'}\n")
+    cfg = load_config(config)
+    turns = tuple(Turn(m["role"], m["content"]) for m in CHAT)
+    flagged = (*turns[:2], Turn("assistant", CHAT[2]["content"], train=False), *turns[3:])
+    held = Row("What is a list?", "", "The same, immutable.", f"{data}:1", turns=turns)
+    (tmp_path / "run").mkdir()
+    write_rows([dataclasses_replace(held, turns=flagged, roles_to_train=("assistant", "user"), train_on_eos="last"),
+                ROWS[1]], tmp_path / "run" / "heldout.jsonl")
+    conversation, alpaca = heldout_rows(cfg)
+    assert conversation.turns == flagged and conversation.roles_to_train == ("assistant", "user")
+    assert conversation.train_on_eos == "last" and history(conversation) == CHAT[:3]
+    assert (conversation.instruction, conversation.output) == ("And a tuple?", "The same, immutable.")
+    assert (alpaca.instruction, alpaca.input, alpaca.output, alpaca.turns) == (*[ROWS[1].instruction, "2 and 3",
+                                                                                 ROWS[1].output], ())
+    as_alpaca = load_files([tmp_path / "run" / "heldout.jsonl"]).rows  # export's reading of heldout.jsonl
+    assert [(r.instruction, r.output) for r in as_alpaca] == [("What is a list?", "The same, immutable."),
+                                                               (ROWS[1].instruction, ROWS[1].output)]
+    (tmp_path / "run" / "heldout.jsonl").write_text("")
+    write_rows([held], tmp_path / "run" / "heldout.jsonl")
+    # the held-out conversation is not a training answer; the two others are
+    assert training_outputs(cfg, heldout_rows(cfg)) == ["An ordered sequence.", "x " * 30]
+
+
+def dataclasses_replace(row, **changes):
+    import dataclasses
+
+    return dataclasses.replace(row, **changes)
+
+
+def test_held_out_rows_without_a_prompt_are_left_out_and_a_rows_own_system_prompt_is_kept(tmp_path):
+    from tutorforge.prepare import write_rows
+    from tutorforge.prompts import history, load_prompts
+
+    path = tmp_path / "heldout.jsonl"
+    write_rows([Row("", "", "def f(): pass", "d.jsonl:1", kind="completion"),
+                Row("q", "", "a", "d.jsonl:2", kind="segments", segments=(("q", False), ("a", True))),
+                Row("Add them.", "1 2", "3", "d.jsonl:3", system="Answer with a number."),
+                Row("Say hi.", "", "hi", "d.jsonl:4")], path)
+    own, plain = load_prompts(path, held_out=True)
+    assert history(own) == [{"role": "system", "content": "Answer with a number."}]
+    assert (own.instruction, own.output, own.source) == ("Add them.\n\n1 2", "3", "d.jsonl:3")
+    assert (plain.instruction, plain.turns, plain.source) == ("Say hi.", (), "d.jsonl:4")

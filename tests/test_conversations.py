@@ -212,3 +212,40 @@ def test_message_keys_and_their_older_spellings(write_config, tmp_path):
 def test_alpaca_datasets_read_no_turns(write_config, tmp_path):
     report = load(write_config, tmp_path, [{"instruction": "a", "output": "b"}, CHAT], type_="alpaca")
     assert [r.turns for r in report.rows] == [()] and [r.kind for r in report.rejects] == ["missing_field"]
+
+
+def test_a_conversation_longer_than_sequence_len_is_dropped_named_and_kept(write_config, tmp_path, bundled_tokenizer):
+    from tutorforge.prepare import prepare
+
+    long = {"messages": [{"role": "user", "content": "Explain loops."},
+                         {"role": "assistant", "content": "A loop repeats. " * 60}]}
+    rows = [CHAT, long, {"messages": "broken"}, {"messages": CHAT["messages"][1:3]}]
+    path = write_rows(tmp_path / "d.jsonl", rows)
+    cfg = load_config(write_config(f"base_model: smollm2\nadapter: lora\nsequence_len: 96\nval_set_size: 0\n"
+                                   f"datasets:\n  - path: {path}\n    type: chat_template\n"
+                                   f"output_dir: {tmp_path / 'out'}\ntutorforge:\n  skip_bad_rows: true\n"))
+    prepared = prepare(cfg, bundled_tokenizer, skip_bad_rows=False)
+    written = [json.loads(line) for line in (tmp_path / "out" / "rejected.jsonl").read_text().splitlines()]
+    assert [(w["source"].rsplit(":", 1)[1], w["kind"]) for w in written] == [("3", "not_a_conversation"),
+                                                                             ("2", "too_long")]
+    assert "tokens > sequence_len 96" in written[1]["reason"]
+    assert [w["raw"] for w in written] == [path.read_text().splitlines()[n] for n in (2, 1)]  # verbatim
+    assert prepared.load.rows_read == 4 == len(prepared.train) + len(written)
+
+
+def test_sharegpts_older_conversation_key_names_the_chat_template(write_config, tmp_path):
+    from tutorforge.config import parse
+
+    def parsed(entry: str):
+        return parse(f"base_model: smollm2\nadapter: lora\ndatasets:\n  - path: d.jsonl\n    type: sharegpt\n{entry}",
+                     "c.yml")
+
+    for name, template in (("chatml", "chatml"), ("llama-3", "llama3")):
+        report = parsed(f"    conversation: {name}\n")
+        assert not report.errors and report.config is not None
+        assert report.config.datasets[0].chat_template == template
+        assert any(f"read as this dataset's chat_template: {template}" in w.message for w in report.warnings)
+    [error] = parsed("    conversation: vicuna_v1.1\n").errors
+    assert "FastChat's other conversation templates are not offered; set chat_template" in error.message
+    [error] = parsed("    conversation: chatml\n    chat_template: llama3\n").errors
+    assert "chatml renders as chat_template chatml, but this entry's chat_template is llama3" in error.message

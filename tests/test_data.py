@@ -390,12 +390,10 @@ def test_ds_type_says_the_format_of_a_file_without_extension(write_config, tmp_p
     assert (len(as_lines.rows), as_lines.rows_read, set(as_lines.counts())) == (0, 12, {"malformed_json"})
     assert [r.source for r in load("path: lines.json\n    ds_type: jsonl").rows] == ["lines.json:1", "lines.json:2"]
     (tmp_path / "rows.csv").write_text("instruction,output\nhi,there\n")
-    with pytest.raises(UserError, match=r"datasets\[0\].path: rows.csv: a CSV file by its name; tutorforge reads "
-                                        r"JSON and JSON lines"):
-        load("path: rows.csv")
-    with pytest.raises(UserError, match=r"datasets\[0\].ds_type: 'csv': `csv` is not supported: CSV files are "
-                                        r"not read"):
-        load("path: rows.csv\n    ds_type: csv")
+    assert [r.source for r in load("path: rows.csv").rows] == ["rows.csv:2"]  # CSV by its name (sources.py)
+    assert [r.output for r in load("path: rows.csv\n    ds_type: csv").rows] == ["there"]
+    with pytest.raises(UserError, match=r"datasets\[0\].ds_type: 'text': `text` is not supported: plain-text"):
+        load("path: rows.csv\n    ds_type: text")
 
 
 def test_reading_never_imports_preparing():

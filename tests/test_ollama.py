@@ -95,14 +95,73 @@ def test_a_wrong_template_is_caught(go_render, tokenizer):
 @pytest.mark.parametrize("system", [None, "You are a concise Python tutor."])
 @pytest.mark.parametrize("alpaca", [False, True])
 def test_package_time_verification_passes_for_the_right_template(go_render, tokenizer, system, alpaca):
-    from tutorforge.ollama import VERIFY_PROMPTS
+    from tutorforge.ollama import VERIFY_CONVERSATIONS, VERIFY_PROMPTS
 
     if alpaca:
         tokenizer.chat_template = None
     fmt = prompt_format(tokenizer, None, system)
     family = detect_family(tokenizer, fmt)
     checked = verify_template(tokenizer, fmt, family, render=lambda t, d: go_render(t, **d))
-    assert checked == (1 if alpaca else len(VERIFY_PROMPTS))
+    assert checked == (1 if alpaca else len(VERIFY_PROMPTS) + len(VERIFY_CONVERSATIONS))  # Alpaca: single-turn
+
+
+def family_tokenizer(tokenizer, template: str | None):
+    """The bundled tokenizer with a chat family's template: its own (SmolLM2's ChatML with a default
+    system turn), chatml, or llama3 (its tokens added, a BOS the tokenizer adds itself, as Llama 3's)."""
+    if template == "llama3":
+        tokenizer.add_tokens(["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+                             special_tokens=True)
+        tokenizer.bos_token = "<|begin_of_text|>"
+        tokenizer.add_bos_token = True
+    return tokenizer
+
+
+@pytest.mark.parametrize("system", [None, "You are a concise Python tutor."])
+@pytest.mark.parametrize("template, name", [(None, "chatml-default-system"), ("chatml", "chatml"),
+                                            ("llama3", "llama3")])
+def test_every_chat_family_is_verified_on_conversations_of_several_turns(go_render, tokenizer, template, name,
+                                                                         system):
+    """Go renders each family's TEMPLATE as training renders the conversations of VERIFY_CONVERSATIONS
+    (system + several turns; one without a system turn, where the Modelfile's SYSTEM goes first)."""
+    from tutorforge.formatting import prompt_messages
+    from tutorforge.ollama import VERIFY_CONVERSATIONS, VERIFY_PROMPTS
+
+    tokenizer = family_tokenizer(tokenizer, template)
+    fmt = prompt_format(tokenizer, template, system)
+    family = detect_family(tokenizer, fmt)
+    assert family.name == name
+    assert verify_template(tokenizer, fmt, family, render=lambda t, d: go_render(t, **d)) == len(VERIFY_PROMPTS) + 2
+    earlier, question = VERIFY_CONVERSATIONS[1]  # no system turn of its own
+    messages = prompt_messages(fmt, earlier, question)
+    assert [m["role"] for m in messages] == (["system"] if system else []) + ["user", "assistant", "user"]
+    text = go_render(family.template, messages=messages)
+    assert "\twith open('notes.txt') as fh:" in text and text.count("And write one?") == 1
+    assert (system or "SmolLM" if name == "chatml-default-system" else system or "How do I") in text
+
+
+def test_a_template_right_on_one_turn_but_wrong_on_several_is_caught(go_render, tokenizer):
+    """A Go template that drops the earlier assistant turns renders every single-turn prompt as
+    training does; the conversations of several turns catch it."""
+    import dataclasses
+
+    from tutorforge.errors import UserError
+    from tutorforge.formatting import user_turn
+    from tutorforge.ollama import VERIFY_PROMPTS
+
+    fmt = prompt_format(tokenizer, None, "Be brief.")
+    family = detect_family(tokenizer, fmt)
+    body = "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
+    assert body in family.template
+    dropping = family.template.replace(body, "{{- range .Messages }}{{ if ne .Role \"assistant\" }}<|im_start|>"
+                                             "{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}{{ end }}")
+    for instruction, input in VERIFY_PROMPTS:
+        messages = [{"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": user_turn(instruction, input)}]
+        assert go_render(dropping, messages=messages) == hf_render(tokenizer, messages)
+    wrong = dataclasses.replace(family, template=dropping)
+    with pytest.raises(UserError, match=r"renders 'user\\nAnd a tuple\?.* where training had "
+                                        r"'assistant\\nOrdered.*conversation 4 of 5, 6 messages"):
+        verify_template(tokenizer, fmt, wrong, render=lambda t, d: go_render(t, **d))
 
 
 def test_package_time_verification_refuses_a_wrong_template(go_render, tokenizer):

@@ -154,3 +154,24 @@ def test_compare_computes_and_report_writes_with_no_import_cycle():
     assert "tutorforge.report" not in tutorforge_imports("compare")
     assert "tutorforge.compare" in tutorforge_imports("report")
     assert not hasattr(tutorforge.compare, "write_outputs") and hasattr(tutorforge.report, "write_outputs")
+
+
+def test_a_follow_up_question_is_shown_after_its_earlier_turns(comparison):
+    import dataclasses
+
+    history = [{"role": "system", "content": "Be <terse>."}, {"role": "user", "content": "What is a list?"},
+               {"role": "assistant", "content": "An ordered sequence. " + "x" * 400}]
+    follow_up = {**_record(2, "A tuple is immutable.", "Immutable.", "Immutable, ordered."), "history": history,
+                 "instruction": "And a tuple?"}
+    c = dataclasses.replace(comparison, records=[*comparison.records, follow_up])
+    html = render_html(c)
+    section = html[html.index('<section class="prompt"><div class="history">'):]
+    assert section.index("What is a list?") < section.index("An ordered sequence.") < section.index("And a tuple?")
+    assert "Be &lt;terse&gt;." in section and "<terse>" not in html  # escaped like all text
+    assert "x" * 218 + "…" in section and "x" * 219 not in section  # cut to HISTORY_CHARS (240) in all
+    assert html.count('class="history"') == 1 and parse(html).tags.count("section") == 3
+    md = render_markdown(c)
+    assert "| 3 | [after 3 turns] And a tuple? |" in md
+    lines = md[md.index("## Follow-up questions in their conversations"):].splitlines()
+    assert lines[2:7] == ["- prompt 3:", "  - system: Be &lt;terse>.", "  - user: What is a list?",
+                          f"  - assistant: An ordered sequence. {'x' * 98}…", "  - **user (asked)**: And a tuple?"]

@@ -168,24 +168,28 @@ PLUGINS: dict[str, tuple[str, str]] = {
 }
 PLUGIN_OTHER = "only Axolotl's own integrations are known; a third-party plugin's code is not run"
 
-# Axolotl's `ds_type` file formats that tutorforge does not read (it reads JSON and JSON lines).
+# Axolotl's `ds_type` file formats that tutorforge does not read (it reads json, jsonl, csv, parquet,
+# arrow: sources.py).
 DS_TYPES: dict[str, str] = {
-    "csv": "CSV files are not read; convert the rows to JSON lines {instruction, input, output}",
-    "parquet": "Parquet files are not read; convert the rows to JSON lines {instruction, input, output}",
-    "arrow": "Arrow files are not read; convert the rows to JSON lines {instruction, input, output}",
     "text": "plain-text completion data is not supported; tutorforge trains on Alpaca rows",
 }
 
 # Axolotl dataset types other than alpaca, and what to do instead.
 DATASET_TYPES: dict[str, str] = {
-    "completion": "raw-text completion is not supported; tutorforge trains instruction following",
-    "alpaca_chat": "use type: alpaca (the chat template comes from the tokenizer)",
-    "alpaca_w_system": "use type: alpaca with default_system_message",
     "oasst": "convert the rows to {instruction, input, output}",
-    "input_output": "convert the rows to {instruction, input, output}",
     "pretrain": "pretraining data is not supported",
     "context_qa": "convert the rows to {instruction, input, output}",
 }
+
+# The older sharegpt key `conversation` (a FastChat conversation template, fastchat/conversation.py
+# names) -> the chat_template that renders the same turns.
+CONVERSATIONS: dict[str, str] = {
+    "chatml": "chatml",
+    "llama-3": "llama3",
+    "llama3": "llama3",
+}
+CONVERSATION_OTHER = ("FastChat's other conversation templates are not offered; set chat_template (tokenizer_default, "
+                      "chatml, llama3, or jinja with chat_template_jinja) and remove conversation")
 
 # Axolotl optimizers that tutorforge does not offer.
 OPTIMIZERS: dict[str, str] = {
@@ -266,9 +270,9 @@ OPTIMIZER_SPELLINGS: dict[str, tuple[str, str]] = {
     "adamw_hf": ("adamw_torch", "transformers' own AdamW is gone from transformers; torch's AdamW is used"),
 }
 OPTIMIZER_OTHER = "tutorforge offers AdamW (torch, fused, bitsandbytes 8-bit and paged), Adafactor and SGD"
-DATASET_TYPE_OTHER = ("tutorforge reads Alpaca rows {instruction, input, output} (type: alpaca) and "
-                      "conversations (type: chat_template or sharegpt); convert the rows, or use Axolotl for "
-                      "this prompt strategy")
+DATASET_TYPE_OTHER = ("tutorforge reads Alpaca rows (type: alpaca and Axolotl's other Alpaca spellings), "
+                      "conversations (type: chat_template or sharegpt), completion and input_output; convert "
+                      "the rows, or use Axolotl for this prompt strategy")
 
 # Axolotl's attn_implementation values that tutorforge does not offer.
 ATTENTION: dict[str, str] = {

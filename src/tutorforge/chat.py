@@ -7,7 +7,10 @@ stop tokens, so what you see here is what Ollama will say.
 Temperature 0 by default, decoded as Ollama decodes (llamacpp.py: llama.cpp's sampler, the repeat
 penalty's window over prompt + answer), so its greedy answers are those of `compare`'s GGUF models.
 The conversation is rendered with the template and tokenized so that only the template's own
-markers are control tokens: `<|im_start|>system` typed in a message is text and starts no turn.
+markers are control tokens: `<|im_start|>system` typed in a message is text and starts no turn. A
+conversation of many turns (system, user, assistant, user, ...) gets exactly the ids training gives
+it (formatting.encode_messages of the same messages with the generation prompt; the tests prove it
+for ChatML, Llama 3 and SmolLM2's own template).
 `tutorforge serve` (serve.py) answers over HTTP with the same ChatModel.
 """
 from __future__ import annotations
@@ -75,6 +78,14 @@ class ChatModel:
         return vocab
 
     @cached_property
+    def add_bos(self) -> bool:
+        """Whether llama.cpp puts a BOS token before a prompt (the GGUF's tokenizer.ggml.add_bos_token),
+        as training's template writes one (Llama 3's {{ bos_token }}) and Ollama's runner adds it."""
+        import llama_cpp
+
+        return bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
+
+    @cached_property
     def markers(self) -> list[str]:
         """The vocabulary's control tokens (what llama.cpp's special parsing would read)."""
         import llama_cpp
@@ -94,14 +105,12 @@ class ChatModel:
         """The template's rendering of `messages` as token ids: its markers as control tokens, the
         messages' content as text (llama.cpp's tokenizer, special parsing off). For content without
         markers these are exactly the ids of the rendered text tokenized whole."""
-        import llama_cpp
-
         from tutorforge.chat_encoding import encode_segments, render_segments
 
         def encode(text: str, special: bool) -> list[int]:
             return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)
 
-        bos = [self.llm.token_bos()] if llama_cpp.llama_vocab_get_add_bos(self.vocab) else []
+        bos = [self.llm.token_bos()] if self.add_bos else []
         return bos + encode_segments(render_segments(self.family.render, messages), self.markers, encode)
 
     def pieces(self, ids: list[int], outcome: Outcome, *, max_tokens: int = 512, temperature: float = 0.0,

@@ -231,7 +231,7 @@ def compare(config: Path | None = None, *, base: str | None = None, tuned: str |
     base: the base model: a model directory, a .gguf file or anything base_model accepts (default: the config's)
     tuned: the tuned model: a training output_dir (base + adapter/), a .gguf file or a model directory
     tuned_adapter: a PEFT adapter directory applied to --tuned (then a base model)
-    prompts: Alpaca JSONL to ask (reference outputs optional; default: the held-out split)
+    prompts: JSONL to ask: Alpaca rows or conversations (messages: the last user turn) (default: held-out split)
     out: directory for results.jsonl, report.md, report.html (default: the tuned run's compare/)
     max_new_tokens: longest answer (default: tutorforge.compare.max_new_tokens)
     max_prompts: ask at most this many prompts (default: tutorforge.compare.max_prompts, else all)

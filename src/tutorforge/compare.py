@@ -11,12 +11,15 @@ the perplexity of the reference answers. `run_comparison` returns a `Comparison`
 prompt, both answers and their metrics, and the aggregates); report.py writes it out (results.jsonl,
 report.md, report.html, summary.json) and `compare_once` keeps a report made from the same inputs.
 `Comparison.table()` is the terminal table of aggregates with the delta tuned - base.
+
+Prompts are Alpaca rows, or conversations (rows of messages, read as training reads them): a
+conversation's last user turn is the prompt, the turns before it its history (which both models see
+whole, rendered with the chat template), the assistant turn after it, if any, the reference.
 """
 from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 import statistics
 import time
@@ -28,9 +31,10 @@ from typing import TYPE_CHECKING
 
 from tutorforge import sandbox
 from tutorforge.errors import UserError
+from tutorforge.prompts import history
 
 if TYPE_CHECKING:
-    from tutorforge.config import CompareSettings, Config
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -105,17 +109,6 @@ def score_answer(answer, reference: str | None, *, target_words: int, timeout_s:
     return asdict(metrics)
 
 
-def target_words_from(outputs: list[str]) -> int:
-    """The brevity target: the 90th percentile of the training answers' word counts (rounded up)."""
-    counts = [len(o.split()) for o in outputs if o.strip()]
-    if not counts:
-        raise UserError("no training answers to set the brevity target from; set tutorforge.compare."
-                        "target_words in the config (or pass --target-words)")
-    if len(counts) == 1:
-        return counts[0]
-    return math.ceil(statistics.quantiles(counts, n=100, method="inclusive")[89])
-
-
 def _pct(flags: Sequence[bool | None]) -> float | None:
     known = [f for f in flags if f is not None]
     return 100.0 * sum(known) / len(known) if known else None
@@ -187,6 +180,21 @@ def _answer_record(answer, seconds: float, metrics: dict) -> dict:
     return {"text": answer.text, "seconds": round(seconds, 3), **metrics}
 
 
+def _answer(gen, row, *, system: str | None, max_new_tokens: int, target_words: int) -> tuple[dict, float]:
+    """One Generator's answer to a row (after its history, where it has one), scored."""
+    earlier = history(row)
+    extra = {"history": earlier} if earlier else {}  # an Alpaca row asks exactly as before
+    t0 = time.perf_counter()
+    try:
+        out = gen.generate(row.instruction, row.input, system=system, max_new_tokens=max_new_tokens, **extra)
+    except UserError as exc:
+        if not earlier:
+            raise
+        raise UserError(f"{row.source}: {exc}") from None
+    elapsed = time.perf_counter() - t0
+    return _answer_record(out, elapsed, score_answer(out, row.output or None, target_words=target_words)), elapsed
+
+
 def _perplexity(gen, rows: list, system: str | None) -> float | None:
     refs = [r for r in rows if r.output.strip()]
     return gen.perplexity(refs, system=system) if refs else None
@@ -205,17 +213,14 @@ def run_comparison(base, tuned, rows: list, *, max_new_tokens: int, target_words
 
     def answer(side_gen, row) -> tuple[str, dict, float]:
         side, gen = side_gen
-        t0 = time.perf_counter()
-        out = gen.generate(row.instruction, row.input, system=system, max_new_tokens=max_new_tokens)
-        elapsed = time.perf_counter() - t0
-        metrics = score_answer(out, row.output or None, target_words=target_words)
-        return side, _answer_record(out, elapsed, metrics), elapsed
+        return side, *_answer(gen, row, system=system, max_new_tokens=max_new_tokens, target_words=target_words)
 
     # the two models answer side by side, one thread each (llama.cpp and torch release the GIL)
     with ThreadPoolExecutor(max_workers=2) as pool:
         for i, row in enumerate(rows):
-            record = {"index": i, "source": row.source, "instruction": row.instruction, "input": row.input,
-                      "reference": row.output or None}
+            earlier = {"history": turns} if (turns := history(row)) else {}  # the follow-up's context
+            record = {"index": i, "source": row.source, **earlier, "instruction": row.instruction,
+                      "input": row.input, "reference": row.output or None}
             for side, result, elapsed in pool.map(answer, sides, [row] * len(sides)):
                 record[side] = result
                 seconds[side].append(elapsed)
@@ -232,104 +237,6 @@ def run_comparison(base, tuned, rows: list, *, max_new_tokens: int, target_words
                 "prompts": len(rows), "seconds": round(time.time() - started, 1), "decoding": "greedy, seed 0",
                 "sandbox_limits": sandbox.describe_limits()}
     return Comparison({"base": base.name, "tuned": tuned.name}, records, aggregates, settings)
-
-
-def load_prompts(path: Path) -> list:
-    """Alpaca rows from a .jsonl (or .json array) file; "output" (the reference) is optional."""
-    from tutorforge.data import Row
-
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such prompts file; give an Alpaca .jsonl (instruction, input, output)") from None
-    if Path(path).suffix == ".json" and text.lstrip().startswith("["):
-        try:
-            items = [(i + 1, v) for i, v in enumerate(json.loads(text))]
-        except ValueError as exc:
-            raise UserError(f"{path}: not a JSON array of Alpaca objects ({exc})") from None
-    else:
-        items = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    items.append((n, json.loads(line)))
-                except ValueError as exc:  # a JSONDecodeError, or int()'s digit limit on a long number
-                    detail = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
-                    raise UserError(f"{path}:{n}: not JSON ({detail}); one Alpaca object per line") from None
-    rows = []
-    for n, value in items:
-        instruction = value.get("instruction") if isinstance(value, dict) else None
-        if not isinstance(instruction, str) or not instruction.strip():
-            raise UserError(f"{path}:{n}: needs a non-empty \"instruction\" string (input and output are optional)")
-        fields = [value.get(k) or "" for k in ("input", "output")]
-        if not all(isinstance(f, str) for f in fields):
-            raise UserError(f"{path}:{n}: \"input\" and \"output\" must be strings")
-        rows.append(Row(value["instruction"], fields[0], fields[1], f"{path}:{n}"))
-    if not rows:
-        raise UserError(f"{path}: no prompts in the file")
-    return rows
-
-
-def heldout_rows(cfg: Config, config_dir: Path | None = None) -> list:
-    """The config's held-out split: output_dir/heldout.jsonl (training writes it), else the split
-    recomputed exactly as training makes it (prepare.prepare: same filtering, same seed)."""
-    from tutorforge.rundir import RunDir
-
-    heldout = RunDir.for_config(cfg).heldout
-    if heldout.is_file():
-        return load_prompts(heldout)
-    if not cfg.val_set_size:
-        raise UserError("val_set_size is 0, so the config holds no rows out to compare on; pass --prompts "
-                        "FILE.jsonl, or set val_set_size (e.g. 0.1) and train again")
-    from tutorforge.models import resolve_base_model
-    from tutorforge.prepare import prepare
-    from tutorforge.tokenizer import tokenizer_for
-
-    log.info("%s absent: the held-out split is recomputed from the datasets (val_set_size %g, seed %d)",
-             heldout, cfg.val_set_size, cfg.seed)
-    tokenizer = tokenizer_for(resolve_base_model(cfg.base_model).path, cfg.tokenizer_config,  # as training does
-                              special_tokens=cfg.special_tokens, trust_remote_code=cfg.trust_remote_code)
-    return prepare(cfg, tokenizer, skip_bad_rows=cfg.tutorforge.skip_bad_rows, config_dir=config_dir).val_rows
-
-
-def training_outputs(cfg: Config, held: list, config_dir: Path | None = None) -> list[str]:
-    """The answers of the config's datasets that are not held out (what training learned from)."""
-    from collections import Counter
-
-    from tutorforge.data import load_datasets
-
-    held_out = Counter((r.instruction, r.input, r.output) for r in held)  # one training row per held row:
-    answers = []  # conversations may share their last turns ("And with the index?") with other rows
-    for r in load_datasets(cfg.datasets, config_dir).rows:
-        key = (r.instruction, r.input, r.output)
-        if held_out[key]:
-            held_out[key] -= 1
-        else:
-            answers.append(r.output)
-    return answers
-
-
-def prompts_and_target(cfg: Config | None, config_dir: Path | None, *, settings: CompareSettings,
-                       prompts: Path | None = None,
-                       target_words: int | None = None, max_prompts: int | None = None) -> tuple[list, int]:
-    """The rows to ask (prompts, else tutorforge.compare.prompts, else the config's held-out split; at
-    most max_prompts) and the brevity target (target_words, else tutorforge.compare.target_words,
-    else p90 of the training answers; without a config, p90 of the prompts' references)."""
-    from tutorforge.rundir import RunDir
-
-    prompts = prompts or (Path(settings.prompts) if settings.prompts else None)
-    if prompts is None and cfg is None:
-        raise UserError("compare without a config needs --prompts FILE.jsonl (Alpaca rows)")
-    held = []
-    if cfg is not None and (prompts is None or RunDir.for_config(cfg).heldout.is_file()):
-        held = heldout_rows(cfg, config_dir)
-    rows = load_prompts(prompts) if prompts else held
-    target = target_words or settings.target_words
-    if not target:
-        target = target_words_from(training_outputs(cfg, held, config_dir) if cfg else [r.output for r in rows])
-        log.info("brevity target: %d words (p90 of %s)", target, "the training answers" if cfg else
-                 f"the references in {prompts}; give --target-words or a config to use the training answers")
-    return rows[: max_prompts or settings.max_prompts or None], target
 
 
 REPORT_FILES = ("results.jsonl", "report.md", "report.html", "summary.json")

@@ -10,7 +10,8 @@ warning when they only concern integrations, see `axolotl_keys.py`); keys that t
 that change nothing here (`axolotl_keys.IGNORED_FIELDS`) warn when set; other keys are errors with a
 "did you mean". tutorforge's own settings live under the `tutorforge:` section.
 
-This module holds the dataclasses, the rules that involve several keys, and the entry points. The
+This module holds the dataclasses (a `datasets:` entry's, DatasetSpec, is config_datasets.py's), the
+rules that involve several keys, and the entry points. The
 YAML is read within size caps by config_yaml.py (a file over MAX_CONFIG_BYTES, or an alias bomb, is
 refused before it is built) and turned node by node into the dataclasses by config_build.py.
 """
@@ -26,6 +27,7 @@ import yaml
 
 from tutorforge import axolotl_keys as ax
 from tutorforge.config_build import build
+from tutorforge.config_datasets import CHAT_TEMPLATES, DatasetSpec
 from tutorforge.config_fold import attention_checks, fold
 from tutorforge.config_yaml import (
     MAX_CONFIG_BYTES,
@@ -49,19 +51,13 @@ from tutorforge.rules import (
     IntList,
     OutputDir,
     Plugins,
-    RoleMap,
-    Rule,
     Str,
     StrList,
     StrMap,
     did_you_mean,
+    key,
 )
-
-
-def key(default: Any, rule: Rule, doc: str, *, required: bool = False) -> Any:
-    """A config field: its default, the rule its value must pass, and its documentation."""
-    meta = {"rule": rule, "doc": doc, "required": required}
-    return field(default=default, metadata=meta)
+from tutorforge.sources import FORMATS as DATA_SUFFIXES
 
 
 def section(cls: type, doc: str) -> Any:
@@ -72,50 +68,11 @@ OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_bnb_8bit", "adamw_8bit"
               "paged_adamw_8bit", "paged_adamw_32bit", "adafactor", "sgd")
 LR_SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts",
                  "polynomial", "inverse_sqrt")
-CHAT_TEMPLATES = ("tokenizer_default", "alpaca", "chatml", "llama3", "jinja")
-DATASET_TYPES = ("alpaca", "chat_template", "sharegpt", "chat_template.default")
 QUANT_TYPES = ("f16", "bf16", "q8_0", "q4_k_m", "q4_k_s", "q5_k_m", "q5_k_s", "q6_k", "q4_0")
 SPECIAL_TOKENS = ("bos_token", "eos_token", "pad_token", "unk_token")
 BNB_KWARGS = ("bnb_4bit_quant_type", "bnb_4bit_use_double_quant", "llm_int8_has_fp16_weight",
               "bnb_4bit_compute_dtype", "bnb_4bit_quant_storage")
 ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention", "xformers")
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """One entry of `datasets:`."""
-
-    path: str = key(None, Str(), "local .json/.jsonl file or directory, or a hub dataset id",
-                    required=True)
-    type: str = key("alpaca", Choice(DATASET_TYPES, tuple(ax.DATASET_TYPES.items()), ax.DATASET_TYPE_OTHER),
-                    "row format: alpaca rows {instruction, input, output}; chat_template, a list of messages "
-                    "per row; sharegpt, ShareGPT conversations (read as chat_template)")
-    data_files: tuple[str, ...] = key((), StrList(), "files inside `path` to read")
-    split: str = key("train", Str(), "split to read from a hub dataset")
-    name: str | None = key(None, Str(), "configuration name of a hub dataset")
-    ds_type: str | None = key(None, Choice(("json", "jsonl"), tuple(ax.DS_TYPES.items())),
-                              "file format (default: from the suffix; json = an array or JSON lines, "
-                              "jsonl = JSON lines)")
-    # conversations (type: chat_template or sharegpt), with Axolotl's names and defaults
-    field_messages: str | None = key(None, Str(), "a row's key holding its messages (default: messages; "
-                                     "sharegpt: conversations)")
-    message_property_mappings: tuple[tuple[str, str], ...] = key((), StrMap(("role", "content")), "the keys of a "
-                                                                 "message holding its role and content "
-                                                                 "(default role, content; sharegpt from, value)")
-    message_field_role: str | None = key(None, Str(), "older spelling of message_property_mappings.role")
-    message_field_content: str | None = key(None, Str(), "older spelling of message_property_mappings.content")
-    message_field_training: str | None = key(None, Str(), "a message's key saying whether to train on it "
-                                             "(true/false), over roles_to_train")
-    roles: tuple[tuple[str, tuple[str, ...]], ...] = key((), RoleMap(), "role names of the data mapped to the "
-                                                          "template's: {user: [human, user], assistant: [gpt, "
-                                                          "assistant], system: [system], tool: [tool]} by default")
-    roles_to_train: tuple[str, ...] = key(("assistant",), StrList(), "the roles whose turns are trained on")
-    train_on_eos: str = key("turn", Choice(("turn", "last", "all", "none")), "which end-of-turn tokens are "
-                            "trained: after each trained turn, the last one only, all, none")
-    field_system: str | None = key(None, Str(), "a row's key holding a system prompt (a system turn first)")
-    drop_system_message: bool = key(False, Bool(), "leave out the conversation's system turns")
-    chat_template: str | None = key(None, Choice(CHAT_TEMPLATES, tuple(ax.CHAT_TEMPLATES.items())),
-                                    "this dataset's prompt format (default: the top-level chat_template)")
 
 
 @dataclass(frozen=True)
@@ -146,7 +103,8 @@ class OllamaSettings:
 class CompareSettings:
     """tutorforge.compare: the A/B comparison of base vs tuned."""
 
-    prompts: str | None = key(None, Str(), "Alpaca JSONL of prompts (default: the held-out split)")
+    prompts: str | None = key(None, Str(), "JSONL of prompts: Alpaca rows or conversations (messages; the last "
+                              "user turn is asked) (default: the held-out split)")
     max_new_tokens: int = key(256, Int(1), "longest answer generated")
     target_words: int | None = key(None, Int(1), "brevity target (default: p90 of training outputs)")
     max_prompts: int | None = key(None, Int(1), "compare at most this many prompts")
@@ -391,7 +349,7 @@ def _cross_checks(cfg: Config, report: Report, lines: dict[str, yaml.Node]) -> N
                 f"{did_you_mean(quant, QUANT_TYPES)}")
     for i, dataset in enumerate(cfg.datasets):
         path = Path(dataset.path).expanduser()
-        local = path.suffix in {".json", ".jsonl"} or dataset.path.startswith((".", "/", "~"))
+        local = path.suffix.lower() in DATA_SUFFIXES or dataset.path.startswith((".", "/", "~"))
         if local and not path.exists():
             report.add("warning", f"datasets[{i}].path", lines.get("datasets"),
                        f"{dataset.path}: no such file (paths are relative to the current directory, "

@@ -4,7 +4,7 @@
     config = build(Config, loader, root, "", report, top=True)  # None where a required key is missing
 
 `build` knows nothing of any one config: it reads each field's metadata (`rule`, `doc`, `required`,
-`section`, `list_of`, `internal`, as config.key/section write it). A key that the class lacks is
+`section`, `list_of`, `internal`, as rules.key and config.section write it). A key that the class lacks is
 looked up in Axolotl's schema (axolotl_keys.schema): a refused key is an error naming the reason, an
 ignored one a warning; any other key is unknown, with a "did you mean". A field whose key Axolotl's
 schema marks ignored warns when set. A bad value keeps its default, so one pass reports every problem.

@@ -88,11 +88,30 @@ def fold(cfg: Config, report: Problems, lines: dict[str, yaml.Node], given: set[
     for plugin in cfg.plugins:
         status, reason = ax.PLUGINS[plugin_package(plugin)]
         warn("plugins", f"{plugin}: ignored ({reason})", plugin if status == "ignored:memory" else None)
-    if any(d.type == "chat_template.default" for d in cfg.datasets):  # Axolotl's name of its default loader
-        changes["datasets"] = tuple(dataclasses.replace(d, type="chat_template") if d.type == "chat_template.default"
-                                    else d for d in cfg.datasets)
+    datasets = tuple(_dataset(d, i, report, lines) for i, d in enumerate(cfg.datasets))
+    if datasets != cfg.datasets:
+        changes["datasets"] = datasets
     changes["ignored_memory_savings"] = tuple(dict.fromkeys(report.memory_savings))
     return dataclasses.replace(cfg, **changes)
+
+
+def _dataset(spec, index: int, report: Problems, lines: dict[str, yaml.Node]):
+    """A `datasets:` entry with Axolotl's other spellings folded: type chat_template.default (the
+    default loader's name) is chat_template; `conversation` (sharegpt's FastChat template) names its
+    chat_template."""
+    if spec.type == "chat_template.default":
+        spec = dataclasses.replace(spec, type="chat_template")
+    if spec.conversation is not None:
+        template = ax.CONVERSATIONS[spec.conversation]
+        where = f"datasets[{index}].conversation"
+        if spec.chat_template not in (None, template):
+            report.add("error", where, lines.get("datasets"), f"{spec.conversation} renders as chat_template "
+                       f"{template}, but this entry's chat_template is {spec.chat_template}; keep one")
+        else:
+            report.add("warning", where, lines.get("datasets"), f"{spec.conversation}: FastChat's name of a template; "
+                       f"read as this dataset's chat_template: {template}")
+            spec = dataclasses.replace(spec, chat_template=template)
+    return spec
 
 
 def _older_attention(cfg: Config) -> list[str]:

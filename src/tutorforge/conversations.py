@@ -46,6 +46,7 @@ DEFAULTS = {
     "chat_template": ("messages", "role", "content"),  # Axolotl's StrategyLoader and ChatTemplatePrompter
     "sharegpt": ("conversations", "from", "value"),  # ShareGPT's own format, as Axolotl's sharegpt read it
 }
+CONVERSATION_TYPES = tuple(DEFAULTS)  # the dataset types read here
 DEFAULT_FIELD_SYSTEM = "system"  # ChatTemplatePrompter's field_system, which its loader never overrides
 JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number",
               bool: "boolean", type(None): "null"}
@@ -88,7 +89,8 @@ class Problem(NamedTuple):
     what: str
 
 
-def _json_type(value: object) -> str:
+def json_type(value: object) -> str:
+    """A Python value's JSON type name, for messages."""
     return JSON_TYPES.get(type(value), type(value).__name__)
 
 
@@ -130,25 +132,25 @@ def conversation_reading(spec, index: int) -> Reading:
 def _turn(n: int, message: object, reading: Reading) -> Turn | Problem:
     """Message number `n` (from 1) of a row as a Turn, or what is wrong with it."""
     if not isinstance(message, dict):
-        return Problem("not_a_conversation", f"message {n} is a JSON {_json_type(message)}, not an object")
+        return Problem("not_a_conversation", f"message {n} is a JSON {json_type(message)}, not an object")
     missing = [k for k in (reading.role_key, reading.content_key) if message.get(k) is None]
     if missing:  # Axolotl's transform_message takes a null as missing too
         return Problem("missing_message_key", f"message {n} has no {' or '.join(map(repr, missing))} (its "
                        f"keys: {', '.join(map(str, message)) or 'none'})")
     name, content = message[reading.role_key], message[reading.content_key]
     if not isinstance(name, str) or (name not in reading.roles and name not in reading.template_roles):
-        shown = repr(name) if isinstance(name, str) else f"a JSON {_json_type(name)}"
+        shown = repr(name) if isinstance(name, str) else f"a JSON {json_type(name)}"
         return Problem("unknown_role", f"message {n}'s role {shown} is not one of the template's "
                        f"({', '.join(sorted(reading.template_roles))}) nor mapped to one "
                        f"(mapped: {', '.join(sorted(reading.roles))})")
     if not isinstance(content, str):
-        return Problem("content_not_text", f"message {n}'s {reading.content_key!r} is a JSON {_json_type(content)}")
+        return Problem("content_not_text", f"message {n}'s {reading.content_key!r} is a JSON {json_type(content)}")
     if not content.strip():
         return Problem("empty_content", f"message {n}'s {reading.content_key!r} is empty")
     train = message.get(reading.training_key) if reading.training_key else None
     if train is not None and not isinstance(train, bool):
         return Problem("bad_training_flag", f"message {n}'s {reading.training_key!r} is "
-                       f"{train!r}, a JSON {_json_type(train)}")
+                       f"{train!r}, a JSON {json_type(train)}")
     return Turn(reading.roles.get(name, name), content, train)
 
 
@@ -159,7 +161,7 @@ def _system_turn(row: dict, reading: Reading) -> Turn | Problem | None:
         return None
     if not isinstance(prompt, str):
         return Problem("content_not_text", f"the system prompt {reading.field_system!r} is a JSON "
-                       f"{_json_type(prompt)}")
+                       f"{json_type(prompt)}")
     return Turn("system", prompt)
 
 
@@ -170,7 +172,7 @@ def read_conversation(row: dict, reading: Reading) -> Problem | tuple[tuple[Turn
     if not isinstance(messages, list) or not messages:
         key = repr(reading.field_messages)
         what = (f"no {key} key (the list of messages)" if messages is None else f"{key} is an empty list"
-                if messages == [] else f"{key} is a JSON {_json_type(messages)}, not a list of messages")
+                if messages == [] else f"{key} is a JSON {json_type(messages)}, not a list of messages")
         return Problem("not_a_conversation", what)
     turns = []
     for n, message in enumerate(messages, start=1):

@@ -1,6 +1,8 @@
-"""Read dataset rows from .jsonl and .json files, losing nothing silently: Alpaca rows {instruction,
-input, output}, or conversations (type: chat_template or sharegpt, a list of messages per row: turns
-read by conversations.py, their problems rejects like any other).
+"""Read dataset rows, losing nothing silently: Alpaca rows {instruction, input, output} and the other
+types of row_types.py (Axolotl's Alpaca spellings, completion, input_output), or conversations
+(type: chat_template or sharegpt, a list of messages per row: turns read by conversations.py), from
+JSON and JSON lines files here and CSV, Parquet and Arrow files through sources.py (which also finds
+the files a `datasets:` entry names); every problem a reject like any other.
 
     report = load_files([Path("data/python_tutor.jsonl")])     # or load_datasets(cfg.datasets)
     print(report.summary())                                    # rows read, accepted, rejected by kind
@@ -30,8 +32,19 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tutorforge.conversations import Problem, Reading, Turn, conversation_reading, prompt_and_answer, read_conversation
+from tutorforge.conversations import (
+    CONVERSATION_TYPES,
+    Problem,
+    Reading,
+    Turn,
+    conversation_reading,
+    json_type,
+    prompt_and_answer,
+    read_conversation,
+)
 from tutorforge.errors import UserError
+from tutorforge.row_types import ALPACA_TYPES, RowReading, read_row, row_reading
+from tutorforge.sources import WholeFile, dataset_files, table_format, table_rows
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +52,13 @@ MAX_LINE_BYTES = 1 << 20  # a JSONL line over 1 MiB is a broken export, not a le
 MAX_INT_DIGITS = 4300  # Python's default int <-> str limit (sys.get_int_max_str_digits)
 LINE_SUFFIXES = {".jsonl", ".ndjson"}  # read line by line whatever the first line holds
 FIELDS = ("instruction", "input", "output")
+ALPACA = ALPACA_TYPES["alpaca"]  # how a file no dataset entry names is read
 KINDS = {  # problem kind -> what to do about it
     "malformed_json": "fix the JSON syntax",
     "not_an_object": "each row must be a JSON object {instruction, input, output}",
-    "missing_field": "every row needs instruction and output (input may be empty)",
-    "empty_field": "instruction and output must have text",
-    "wrong_type": "instruction, input and output must be strings",
+    "missing_field": "every row needs the keys its type reads (alpaca: instruction and output; input may be empty)",
+    "empty_field": "an instruction, answer or text must have text",
+    "wrong_type": "a row's instruction, input, answer, system prompt or text must be a string",
     "invalid_utf8": "save the file as UTF-8",
     "lone_surrogate": "half of a UTF-16 surrogate pair is no character; fix the escape or drop the row",
     "bad_number": "write the number as a string, or drop it",
@@ -59,6 +73,9 @@ KINDS = {  # problem kind -> what to do about it
     "empty_content": "every message needs text; fill it in or drop the message",
     "bad_training_flag": "message_field_training's key must hold true or false",
     "no_trainable_turn": "add a turn to train on (an answer), or set roles_to_train or message_field_training",
+    # type: input_output (row_types.py)
+    "bad_segment": "each row needs 'segments': a list of {text: string, label: true or false}",
+    "no_trained_segment": "give at least one segment label: true (the text to train on)",
     "too_long": "shorten the row, raise sequence_len, or set excess_length_strategy: truncate",
     "too_short": "lengthen the row or lower min_sample_len",
     "no_trained_tokens": "shorten the prompt, or raise sequence_len",
@@ -69,8 +86,6 @@ FILE_KINDS = frozenset({"empty_file", "not_utf8"})  # a whole file rejected: no 
 # Rows dropped by prepare's length rules (excess_length_strategy, min_sample_len, as Axolotl drops
 # them): counted and written to rejected.jsonl like any reject, but not errors that stop training.
 LENGTH_KINDS = frozenset({"too_long", "too_short", "no_trained_tokens"})
-JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number",
-              bool: "boolean", type(None): "null"}
 SURROGATE = re.compile("[\udc80-\udcff]")  # undecodable bytes, kept by surrogateescape
 ANY_SURROGATE = re.compile("[\ud800-\udfff]")  # also lone \ud800-style escapes, which encode nothing
 SPACE = re.compile(r"[ \t\r\n]*")  # JSON's whitespace
@@ -79,9 +94,12 @@ TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[][{},]|"')  # a string, a bracket
 
 @dataclass(frozen=True)
 class Row:
-    """One training example: an Alpaca row, or a conversation (`turns`, from type: chat_template or
-    sharegpt), whose instruction and output are then its last user turn and last assistant turn
-    (what the brevity and code checks read)."""
+    """One training example, of a `kind`: "alpaca" (any Alpaca spelling: instruction, input, output,
+    an optional system prompt), "conversation" (`turns`, from type chat_template or sharegpt; its
+    instruction and output are its last user turn and last assistant turn, what the brevity and code
+    checks read), "completion" (the text in `output`, trained whole) or "segments" (type
+    input_output: `segments` of (text, trained); instruction and output join the untrained and the
+    trained texts)."""
 
     instruction: str
     input: str
@@ -91,6 +109,9 @@ class Row:
     turns: tuple[Turn, ...] = ()  # a conversation's messages in order; () for an Alpaca row
     roles_to_train: tuple[str, ...] = ("assistant",)  # its dataset's roles_to_train
     train_on_eos: str = "turn"  # its dataset's train_on_eos: turn | last | all | none
+    kind: str = "alpaca"  # alpaca | conversation | completion | segments
+    system: str = ""  # an Alpaca row's own system prompt (alpaca_w_system); "": the config's
+    segments: tuple[tuple[str, bool], ...] = ()  # input_output: (text, trained) in order
 
 
 @dataclass(frozen=True)
@@ -152,10 +173,6 @@ class Unreadable:
     reason: str
 
 
-def _json_type(value: object) -> str:
-    return JSON_TYPES.get(type(value), type(value).__name__)
-
-
 def _text_problem(label: str, item: str, raw: str) -> tuple[str, str] | None:
     """(kind, reason) where a string holds no text a file can hold: bytes not UTF-8, a lone surrogate."""
     if found := ANY_SURROGATE.search(item):
@@ -169,33 +186,24 @@ def _text_problem(label: str, item: str, raw: str) -> tuple[str, str] | None:
 Checked = tuple[str, str] | tuple[dict, tuple, Counter]  # (kind, reason) or (Row fields, duplicate key, extra keys)
 
 
-def _check_row(value: object, raw: str) -> Checked:
-    """Either (kind, reason) for an unusable Alpaca row, or (its fields, its duplicate key, extra keys)."""
+def _check_row(value: object, raw: str, reading: RowReading) -> Checked:
+    """Either (kind, reason) for an unusable row of an Alpaca spelling, completion or input_output
+    (row_types.py), or (its fields, its duplicate key, extra keys)."""
     if not isinstance(value, dict):
-        return "not_an_object", f"a JSON {_json_type(value)}, not an object; {KINDS['not_an_object']}"
-    missing = [k for k in ("instruction", "output") if k not in value]
-    if missing:
-        return "missing_field", f"missing {', '.join(repr(k) for k in missing)}; {KINDS['missing_field']}"
-    for key in FIELDS:
-        item = value.get(key, "")
-        if item is None and key == "input":
-            continue
-        if not isinstance(item, str):
-            return "wrong_type", f"{key!r} is a JSON {_json_type(item)}; {KINDS['wrong_type']}"
-        if problem := _text_problem(repr(key), item, raw):
+        return "not_an_object", f"a JSON {json_type(value)}, not an object; {KINDS['not_an_object']}"
+    read = read_row(value, reading)
+    if isinstance(read, Problem):
+        return read.kind, f"{read.what}; {KINDS[read.kind]}"
+    for label, text in read.texts:
+        if problem := _text_problem(label, text, raw):
             return problem
-    for key in ("instruction", "output"):
-        if not value[key].strip():
-            return "empty_field", f"{key!r} is empty; {KINDS['empty_field']}"
-    extra = Counter(k for k in value if k not in FIELDS)
-    fields = {"instruction": value["instruction"], "input": value.get("input") or "", "output": value["output"]}
-    return fields, tuple(fields[k].strip() for k in FIELDS), extra
+    return read.fields, read.key, read.extra
 
 
 def _check_conversation(value: object, raw: str, reading: Reading) -> Checked:
     """Either (kind, reason) for an unusable conversation row, or (its fields, duplicate key, extra keys)."""
     if not isinstance(value, dict):
-        return "not_an_object", (f"a JSON {_json_type(value)}, not an object; each row must be a JSON object "
+        return "not_an_object", (f"a JSON {json_type(value)}, not an object; each row must be a JSON object "
                                  f"holding its messages under {reading.field_messages!r}")
     read = read_conversation(value, reading)
     if isinstance(read, Problem):
@@ -205,7 +213,7 @@ def _check_conversation(value: object, raw: str, reading: Reading) -> Checked:
         if problem := _text_problem(f"turn {n} ({turn.role})", turn.content, raw):
             return problem
     instruction, output = prompt_and_answer(turns)
-    fields = {"instruction": instruction, "input": "", "output": output, "turns": turns,
+    fields = {"instruction": instruction, "input": "", "output": output, "turns": turns, "kind": "conversation",
               "roles_to_train": reading.roles_to_train, "train_on_eos": reading.train_on_eos}
     return fields, ("turns",) + tuple((t.role, t.content.strip(), t.train) for t in turns), extra
 
@@ -372,11 +380,25 @@ def _array_items(path: Path, text: str) -> list[tuple[int, str, object]] | None:
 
 
 def read_file(path: Path, report: LoadReport, seen: dict, ds_type: str | None = None,
-              reading: Reading | None = None) -> None:
-    """Read one .jsonl or .json file into `report` (accepted rows and rejects). `ds_type` (a
-    dataset's ds_type) says the format whatever the suffix: "jsonl" is read line by line, "json"
-    as one array when it is one, else by lines; None: from the suffix (LINE_SUFFIXES: by lines).
-    `reading` reads each row as a conversation (None: an Alpaca row)."""
+              reading: Reading | RowReading | None = None) -> None:
+    """Read one file into `report` (accepted rows and rejects). `ds_type` (a dataset's ds_type) says
+    the format whatever the suffix: "jsonl" is read line by line, "json" as one array when it is one,
+    else by lines; "csv", "parquet", "arrow": their rows from sources.table_rows; None: from the suffix
+    (LINE_SUFFIXES: by lines; sources.FORMATS). `reading` says how a row is read (a conversation,
+    row_types' readings; None: an Alpaca row). Every row, whatever its format, goes through the same
+    checks (_add)."""
+    if (fmt := table_format(path, ds_type)) is not None:
+        report.files.append(str(path))
+        for source, raw, value in table_rows(path, fmt, report.notes):
+            if isinstance(value, WholeFile):  # before any row: the file gives none
+                report.rejects.append(Reject(source, value.kind, f"{value.reason}: {KINDS[value.kind]}", ""))
+                return
+            size = len(raw.encode("utf-8", "surrogateescape")) if len(raw) > MAX_LINE_BYTES // 4 else 0
+            if size > MAX_LINE_BYTES:
+                value = Unreadable("huge_line", f"a row of {size:,} bytes; {KINDS['huge_line']}")
+            report.rows_read += 1
+            _add(report, source, raw, value, seen, reading)
+        return
     data = path.read_bytes()
     report.files.append(str(path))
     encoding = json.detect_encoding(data)  # json's own check of the first bytes (RFC 4627)
@@ -404,11 +426,13 @@ def read_file(path: Path, report: LoadReport, seen: dict, ds_type: str | None = 
         _add(report, f"{path}:{line}", raw, value, seen, reading)
 
 
-def _add(report: LoadReport, source: str, raw: str, value: object, seen: dict, reading: Reading | None) -> None:
+def _add(report: LoadReport, source: str, raw: str, value: object, seen: dict,
+         reading: Reading | RowReading | None) -> None:
     if isinstance(value, Unreadable):
         report.rejects.append(Reject(source, value.kind, value.reason, raw))
         return
-    match _check_row(value, raw) if reading is None else _check_conversation(value, raw, reading):
+    reading = reading or ALPACA
+    match _check_conversation(value, raw, reading) if isinstance(reading, Reading) else _check_row(value, raw, reading):
         case (str() as kind, str() as reason):
             report.rejects.append(Reject(source, kind, reason, raw))
             return
@@ -424,10 +448,10 @@ def _add(report: LoadReport, source: str, raw: str, value: object, seen: dict, r
 
 
 def load_files(paths: Iterable[Path], ds_types: Iterable[str | None] = (),
-               readings: Iterable[Reading | None] = ()) -> LoadReport:
+               readings: Iterable[Reading | RowReading | None] = ()) -> LoadReport:
     """Read every file (duplicates are found across files); nothing is raised for bad rows.
     `ds_types`, when given, is each file's format (see read_file); `readings` how each file's rows
-    are conversations (conversations.Reading; None: Alpaca rows, as when not given)."""
+    are read (conversations.Reading, row_types.RowReading; None: Alpaca rows, as when not given)."""
     report, seen = LoadReport(), {}
     paths = list(paths)
     formats = list(ds_types) or [None] * len(paths)
@@ -439,13 +463,14 @@ def load_files(paths: Iterable[Path], ds_types: Iterable[str | None] = (),
             raise UserError(f"{path}: no such file; check datasets[].path (relative paths start at "
                             f"the current directory, {Path.cwd()})") from None
         except IsADirectoryError:
-            raise UserError(f"{path}: a directory; name the .jsonl/.json file, or list it in data_files") from None
+            raise UserError(f"{path}: a directory; name a data file (.jsonl, .json, .csv, .parquet, .arrow) "
+                            "inside it, or list it in data_files") from None
     return report
 
 
 def load_datasets(specs, config_dir: Path | None = None, *, only: Iterable[Path] | None = None) -> LoadReport:
     """Read the files of the config's `datasets:` entries, each in its entry's ds_type and type
-    (alpaca rows, or conversations: type chat_template or sharegpt). With `only`, read those files
+    (conversations.py's or row_types.py's reading). With `only`, read those files
     instead: each as the entry that names it reads it, a file no entry names as Alpaca rows."""
     files, formats, readings = [], [], []
     for i, spec in enumerate(specs):
@@ -456,7 +481,7 @@ def load_datasets(specs, config_dir: Path | None = None, *, only: Iterable[Path]
             except UserError:  # an entry whose files are not here names none of `only`
                 mine = set()
             named = [f for f in only if f.resolve() in mine and f not in files]
-        reading = None if spec.type == "alpaca" else conversation_reading(spec, i)
+        reading = conversation_reading(spec, i) if spec.type in CONVERSATION_TYPES else row_reading(spec, i)
         files += named
         formats += [spec.ds_type] * len(named)
         readings += [reading] * len(named)
@@ -465,32 +490,3 @@ def load_datasets(specs, config_dir: Path | None = None, *, only: Iterable[Path]
         files, formats, readings = files + rest, formats + [None] * len(rest), readings + [None] * len(rest)
     return load_files(files, formats, readings)
 
-
-# Suffixes of formats that are not JSON, and what they are (Axolotl's ds_type names them).
-OTHER_FORMATS = {".csv": "CSV", ".tsv": "TSV", ".parquet": "Parquet", ".arrow": "Arrow"}
-
-
-def dataset_files(specs, config_dir: Path | None = None, *, first: int = 0) -> list[Path]:
-    """The files named by the config's `datasets:` entries (DatasetSpec), in order. `first` is
-    the index of specs[0] in `datasets:`, for messages."""
-    files = []
-    for i, spec in enumerate(specs, start=first):
-        base = Path(spec.path).expanduser()
-        if not base.exists() and config_dir is not None and (config_dir / base).exists():
-            log.info("datasets[%d].path %s: not in %s; using %s", i, spec.path, Path.cwd(), config_dir / base)
-            base = config_dir / base
-        if base.is_dir():
-            names = spec.data_files or tuple(sorted(p.name for p in base.iterdir()
-                                                    if p.suffix in {".json", ".jsonl"}))
-            files += [base / n for n in names]
-        elif base.exists():
-            if spec.ds_type is None and base.suffix.lower() in OTHER_FORMATS:
-                raise UserError(f"datasets[{i}].path: {spec.path}: a {OTHER_FORMATS[base.suffix.lower()]} "
-                                "file by its name; tutorforge reads JSON and JSON lines: convert it, or set "
-                                "ds_type: json / jsonl if it holds JSON")
-            files.append(base)
-        else:
-            raise UserError(f"datasets[{i}].path: {spec.path}: no such file or directory (relative paths "
-                            f"start at {Path.cwd()}); tutorforge reads local .jsonl/.json files: download "
-                            "a hub dataset first and point path at the file")
-    return files

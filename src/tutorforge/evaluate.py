@@ -10,13 +10,17 @@ decodes: llama.cpp's sampler, Ollama's repeat-penalty window). Both render the p
 training-time formatter and tokenize it with the Hugging Face tokenizer as training did (`formatting.encode_prompt`:
 the same ids, except that a special token typed in a prompt is text, not a turn marker), decode
 greedily, stop on the format's end token, and measure the teacher-forced perplexity of reference
-answers (answer tokens and the end token only). The A/B comparison holds two Generators and does
+answers (answer tokens and the end token only). A follow-up question comes with its `history` (the
+conversation's earlier turns): the whole conversation is rendered with the chat template and the
+generation prompt (`formatting.encode_chat_prompt`), and a conversation row's perplexity scores
+the turns training labels (`formatting.encode_row`). The A/B comparison holds two Generators and does
 not care which kind each one is.
 """
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -38,7 +42,7 @@ class Generator(Protocol):
     name: str
 
     def generate(self, instruction: str, input: str = "", *, system: str | None = None,
-                 max_new_tokens: int = 256) -> Answer: ...
+                 max_new_tokens: int = 256, history: Sequence[dict] = ()) -> Answer: ...
 
     def perplexity(self, rows: list, *, system: str | None = None) -> float: ...
 
@@ -57,6 +61,20 @@ def _format(gen, system: str | None):
     if system not in gen.formats:
         gen.formats[system] = prompt_format(gen.tokenizer, gen.chat_template, system)
     return gen.formats[system]
+
+
+def _encode_reference(tokenizer, fmt, row):
+    """`encode_row` of a reference row; a conversation of one exchange (a system turn at most before
+    its user turn) asked of an Alpaca model is its Alpaca row, as generation asks it."""
+    import dataclasses
+
+    from tutorforge.formatting import encode_row
+
+    turns = getattr(row, "turns", ())
+    if fmt.kind == "alpaca" and turns and [t.role for t in turns if t.role != "system"] == ["user", "assistant"]:
+        system = next((t.content for t in turns if t.role == "system"), fmt.system)
+        return encode_row(tokenizer, dataclasses.replace(fmt, system=system), dataclasses.replace(row, turns=()))
+    return encode_row(tokenizer, fmt, row)
 
 
 class TorchGenerator:
@@ -87,20 +105,23 @@ class TorchGenerator:
         # transformers wraps PreTrainedModel.to in functools.wraps, which pyright sees as unbound
         self.model = model.to(device).eval()  # pyright: ignore[reportArgumentType] -- device is not self
 
-    def _prompt_ids(self, fmt, instruction: str, input: str):
+    def _prompt_ids(self, fmt, instruction: str, input: str, history: Sequence[dict]):
         import torch
 
-        from tutorforge.formatting import encode_prompt
+        from tutorforge.formatting import encode_chat_prompt
 
-        ids = torch.tensor([encode_prompt(self.tokenizer, fmt, instruction, input)], device=self.device)
+        ids = torch.tensor([encode_chat_prompt(self.tokenizer, fmt, instruction, input, history=history)],
+                           device=self.device)
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
     def generate(self, instruction: str, input: str = "", *, system: str | None = None,
-                 max_new_tokens: int = 256) -> Answer:
+                 max_new_tokens: int = 256, history: Sequence[dict] = ()) -> Answer:
+        """The greedy answer to the user turn `instruction` (+ `input`), after the conversation's
+        earlier turns `history` ({"role", "content"} dicts; its system turn replaces `system`)."""
         import torch
 
         fmt = _format(self, system)
-        ids = self._prompt_ids(fmt, instruction, input)
+        ids = self._prompt_ids(fmt, instruction, input, history)
         eos = fmt.end_token_id
         with torch.inference_mode():
             # GenerationMixin.generate types `self` as a Protocol (transformers._typing) no model class meets
@@ -114,13 +135,11 @@ class TorchGenerator:
         import torch
         import torch.nn.functional as F
 
-        from tutorforge.formatting import encode_row
-
         fmt = _format(self, system)
         nll, count = 0.0, 0
         with torch.inference_mode():
             for row in rows:
-                example = encode_row(self.tokenizer, fmt, row)
+                example = _encode_reference(self.tokenizer, fmt, row)
                 ids = torch.tensor([example.input_ids], device=self.device)
                 labels = torch.tensor(example.labels[1:], device=self.device)
                 logits = self.model(ids).logits[0, :-1].float()
@@ -161,12 +180,13 @@ class GGUFGenerator:
                               seed=0, last_n_tokens_size=repeat_last_n)
 
     def generate(self, instruction: str, input: str = "", *, system: str | None = None,
-                 max_new_tokens: int = 256) -> Answer:
-        from tutorforge.formatting import encode_prompt
+                 max_new_tokens: int = 256, history: Sequence[dict] = ()) -> Answer:
+        """As TorchGenerator.generate, decoded by llama.cpp."""
+        from tutorforge.formatting import encode_chat_prompt
         from tutorforge.llamacpp import greedy
 
         fmt = _format(self, system)
-        ids = encode_prompt(self.tokenizer, fmt, instruction, input)
+        ids = encode_chat_prompt(self.tokenizer, fmt, instruction, input, history=history)
         if len(ids) >= self.n_ctx:
             raise UserError(f"{self.name}: the prompt is {len(ids)} tokens, n_ctx is {self.n_ctx}; "
                             "shorten the prompt or raise n_ctx")
@@ -181,12 +201,10 @@ class GGUFGenerator:
         there (counted in a warning)."""
         import numpy as np
 
-        from tutorforge.formatting import encode_row
-
         fmt = _format(self, system)
         nll, count, cut = 0.0, 0, 0
         for row in rows:
-            example = encode_row(self.tokenizer, fmt, row)
+            example = _encode_reference(self.tokenizer, fmt, row)
             ids, labels = example.input_ids[: self.n_ctx], example.labels[: self.n_ctx]
             cut += len(ids) < len(example.input_ids)
             self.llm.reset()

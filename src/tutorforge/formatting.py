@@ -19,6 +19,7 @@ headers, separators and untrained turns never are.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from dataclasses import dataclass
@@ -164,8 +165,15 @@ def render_prompt(tokenizer, fmt: PromptFormat, instruction: str, input: str = "
 def encode_row(tokenizer, fmt: PromptFormat, row, *, train_on_inputs: bool = False) -> Example:
     """Token ids of prompt + output + end token, and labels (prompt masked unless train_on_inputs);
     a conversation row (row.turns) is encoded by `encode_conversation`."""
+    kind = getattr(row, "kind", "alpaca")
     if getattr(row, "turns", ()):
         return encode_conversation(tokenizer, fmt, row, train_on_inputs=train_on_inputs)
+    if kind == "segments":
+        return encode_labelled(tokenizer, row, train_on_inputs=train_on_inputs)
+    if kind == "completion":
+        return encode_text(tokenizer, row)
+    if getattr(row, "system", ""):  # alpaca_w_system: the row's own system prompt
+        fmt = dataclasses.replace(fmt, system=row.system)
     prompt = render_prompt(tokenizer, fmt, row.instruction, row.input)
     prompt_ids = tokenizer.encode(prompt, add_special_tokens=fmt.kind == "alpaca")
     answer_ids = tokenizer.encode(row.output, add_special_tokens=False) + [fmt.end_token_id]
@@ -175,6 +183,41 @@ def encode_row(tokenizer, fmt: PromptFormat, row, *, train_on_inputs: bool = Fal
     else:
         labels = [IGNORE] * len(prompt_ids) + answer_ids
     return Example(ids, labels, row.source)
+
+
+def encode_labelled(tokenizer, row, *, train_on_inputs: bool = False) -> Example:
+    """An input_output row: each segment's text tokenised alone with no special tokens added (what
+    the text holds is what the model sees), trained where its label is true (every segment under
+    train_on_inputs), as Axolotl's RawInputOutputStrategy does."""
+    ids: list[int] = []
+    labels: list[int] = []
+    for text, trained in row.segments:
+        piece = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids += piece
+        labels += piece if trained or train_on_inputs else [IGNORE] * len(piece)
+    if labels:
+        labels[0] = IGNORE  # the first token is never predicted
+    return Example(ids, labels, row.source)
+
+
+def encode_text(tokenizer, row) -> Example:
+    """A completion row: its text with the tokenizer's special tokens (a BOS where it adds one) and
+    the end-of-text token, every token trained, as Axolotl's CompletionPromptTokenizingStrategy
+    tokenises it; `text_chunks` cuts it to sequence_len."""
+    ids = tokenizer(row.output, add_special_tokens=True)["input_ids"]
+    if tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
+        ids.append(tokenizer.eos_token_id)
+    return Example(ids, [IGNORE] + ids[1:], row.source)
+
+
+def text_chunks(example: Example, sequence_len: int) -> list[Example]:
+    """A completion's example cut into pieces of sequence_len tokens (the last one shorter), each
+    trained whole but its first token, as Axolotl cuts completion texts; one piece when it fits."""
+    if len(example.input_ids) <= sequence_len:
+        return [example]
+    return [Example(example.input_ids[i:i + sequence_len], [IGNORE] + example.input_ids[i + 1:i + sequence_len],
+                    f"{example.source} (tokens {i + 1}-{min(i + sequence_len, len(example.input_ids))})")
+            for i in range(0, len(example.input_ids), sequence_len)]
 
 
 def encode_conversation(tokenizer, fmt: PromptFormat, row, *, train_on_inputs: bool = False) -> Example:
@@ -227,11 +270,52 @@ def encode_prompt(tokenizer, fmt: PromptFormat, instruction: str, input: str = "
         prompt = render_prompt(tokenizer, fmt, instruction, input)
         return tokenizer(prompt, add_special_tokens=True, split_special_tokens=True)["input_ids"]
 
+    return encode_messages(tokenizer, fmt, _messages(fmt.system, instruction, input))
+
+
+# What to do when a conversation meets a model without a chat template (encode_conversation's advice).
+NEEDS_TEMPLATE = ("set chat_template: chatml (or llama3, or chat_template: jinja with "
+                  "chat_template_jinja)")
+
+
+def prompt_messages(fmt: PromptFormat, history, instruction: str, input: str = "") -> list[dict]:
+    """The messages of a prompt asked after earlier turns (`history`: {"role", "content"} dicts, a
+    conversation's turns before its last user turn): fmt.system first where the history has no
+    system turn (as encode_conversation puts it), the history, then the user turn."""
+    messages = [{"role": m["role"], "content": m["content"]} for m in history]
+    if fmt.system and not any(m["role"] == "system" for m in messages):
+        messages.insert(0, {"role": "system", "content": fmt.system})
+    return messages + [{"role": "user", "content": user_turn(instruction, input)}]
+
+
+def encode_messages(tokenizer, fmt: PromptFormat, messages: list[dict]) -> list[int]:
+    """The token ids of `messages` rendered with the chat template and its generation prompt,
+    tokenized as training tokenizes a conversation (chat_encoding: the template's markers are control
+    tokens, every message's content is text)."""
+    if fmt.kind != "chat":
+        raise UserError(f"a conversation of {len(messages)} messages needs a chat template, and this model "
+                        f"has none (its Alpaca prompt is single-turn); {NEEDS_TEMPLATE}")
+
     def render(messages: list[dict]) -> str:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def encode(text: str, special: bool) -> list[int]:
         return tokenizer(text, add_special_tokens=False, split_special_tokens=not special)["input_ids"]
 
-    pieces = render_segments(render, _messages(fmt.system, instruction, input))
-    return encode_segments(pieces, control_tokens(tokenizer), encode)
+    return encode_segments(render_segments(render, messages), control_tokens(tokenizer), encode)
+
+
+def encode_chat_prompt(tokenizer, fmt: PromptFormat, instruction: str, input: str = "", *,
+                       history=()) -> list[int]:
+    """`encode_prompt` asked after a conversation's earlier turns (`history`, as prompt_messages
+    takes it): the whole conversation with the generation prompt. Without history, encode_prompt's
+    ids; an Alpaca format takes a history of one system turn at most (it replaces fmt.system), and
+    any other is an error saying a chat template is needed."""
+    if not history:
+        return encode_prompt(tokenizer, fmt, instruction, input)
+    if fmt.kind == "alpaca":
+        if [m["role"] for m in history] != ["system"]:
+            raise UserError(f"a follow-up question (after {len(history)} earlier turns) needs a chat template, "
+                            f"and this model has none (its Alpaca prompt is single-turn); {NEEDS_TEMPLATE}")
+        return encode_prompt(tokenizer, dataclasses.replace(fmt, system=history[0]["content"]), instruction, input)
+    return encode_messages(tokenizer, fmt, prompt_messages(fmt, history, instruction, input))

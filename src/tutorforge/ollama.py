@@ -5,7 +5,8 @@
 The prompt format is recognised by rendering probe conversations with the model's own chat template
 (or the Alpaca formatter) and matching them against the known families below; the family's Ollama
 TEMPLATE (Go text/template) is then written, and verified: rendered by Go itself (go_template.py)
-it must equal the training-time formatter byte for byte. Deploying it to an Ollama server is
+it must equal the training-time formatter byte for byte, on single-turn prompts and (chat families)
+conversations of several turns, with and without a system turn. Deploying it to an Ollama server is
 ollama_rest.py.
 """
 from __future__ import annotations
@@ -278,32 +279,56 @@ def _record(modelfile_path: Path, gguf_path: Path) -> None:
 
 VERIFY_PROMPTS = [("How do I reverse a list?", ""), ("What does this print?", "print(2 ** 3)"),
                   ("Explain f-strings — café 🐍", "name = 'Ada'\n\tprint(f'{name}')")]
+VERIFY_CONVERSATIONS = [  # (earlier turns, the follow-up question): chat families only
+    ([{"role": "system", "content": "You are a patient Python tutor."},
+      {"role": "user", "content": "What is a list?"},
+      {"role": "assistant", "content": "Ordered, changeable:\n```python\nxs = [1, 2]\nprint(xs[0])  # 1\n```"},
+      {"role": "user", "content": "And a tuple?"},
+      {"role": "assistant", "content": "The same, but it cannot change: `(1, 2)`."}],
+     "Which one is faster — café 🐍?"),
+    ([{"role": "user", "content": "How do I read a file?"},  # no system turn: the Modelfile's SYSTEM goes first
+      {"role": "assistant", "content": "Use open:\n\twith open('notes.txt') as fh:\n\t\ttext = fh.read()"}],
+     "And write one?"),
+]
+
+
+def _verify_cases(tokenizer, fmt: PromptFormat, family: Family) -> list[tuple[str, dict]]:
+    """(what training renders, the data Ollama gives the TEMPLATE) for every conversation checked:
+    an Alpaca Modelfile's single-turn prompts (the user's one message is the instruction, no input);
+    a chat family's single-turn prompts and VERIFY_CONVERSATIONS, with the Modelfile's SYSTEM in front
+    of a conversation that has none (as Ollama puts it, and training puts default_system_message)."""
+    from tutorforge.formatting import prompt_messages, render_prompt, user_turn
+
+    if family.name == "alpaca":
+        return [(render_prompt(tokenizer, fmt, instruction), {"System": fmt.system or "", "Prompt": instruction})
+                for instruction, input in VERIFY_PROMPTS if not input]
+    conversations = [([], user_turn(instruction, input)) for instruction, input in VERIFY_PROMPTS]
+    cases = []
+    for earlier, question in conversations + VERIFY_CONVERSATIONS:
+        messages = prompt_messages(fmt, earlier, question)
+        cases.append((hf_render(tokenizer, messages), {"messages": messages}))
+    return cases
 
 
 def verify_template(tokenizer, fmt: PromptFormat, family: Family, render=None) -> int:
-    """Render the family's TEMPLATE with Go as Ollama does (the Modelfile's SYSTEM in front of a
-    conversation that has none) and compare it byte for byte with the training formatter; the number
-    of prompts checked (0: Go is not installed). A difference is an error showing where."""
-    from tutorforge.formatting import render_prompt, user_turn
+    """Render the family's TEMPLATE with Go as Ollama does and compare it byte for byte with the
+    training template (`_verify_cases`: single-turn prompts, and for chat families conversations of
+    several turns, with and without a system turn); the number of conversations checked (0: Go is
+    not installed). A difference is an error showing where."""
     from tutorforge.go_template import go_renderer
 
     render = render or go_renderer()
     if render is None:
         return 0
-    # an Alpaca Modelfile is single-turn: the user's one message is the instruction, with no input
-    prompts = [p for p in VERIFY_PROMPTS if family.name != "alpaca" or not p[1]]
-    for instruction, input in prompts:
-        expected = render_prompt(tokenizer, fmt, instruction, input)
-        if family.name == "alpaca":
-            got = render(family.template, {"System": fmt.system or "", "Prompt": user_turn(instruction, input)})
-        else:
-            system = [{"role": "system", "content": fmt.system}] if fmt.system else []
-            got = render(family.template, {"messages": system + [{"role": "user",
-                                                                 "content": user_turn(instruction, input)}]})
+    cases = _verify_cases(tokenizer, fmt, family)
+    for n, (expected, data) in enumerate(cases, start=1):
+        got = render(family.template, data)
         if got != expected:
             at = next((i for i, (a, b) in enumerate(zip(got, expected, strict=False)) if a != b),
                       min(len(got), len(expected)))
+            turns = f"{len(data['messages'])} messages" if "messages" in data else "one prompt"
             raise UserError(f"the Ollama TEMPLATE ({family.name}) renders {got[at:at + 40]!r} where training "
-                            f"had {expected[at:at + 40]!r} (character {at}); the model would not see its "
-                            "training prompt in Ollama; please report this template")
-    return len(prompts)
+                            f"had {expected[at:at + 40]!r} (character {at} of conversation {n} of {len(cases)}, "
+                            f"{turns}); the model would not see its training prompt in Ollama; please report "
+                            "this template")
+    return len(cases)

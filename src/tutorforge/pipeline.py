@@ -270,14 +270,17 @@ def _package(p: Pipeline) -> Outcome:
 
 def _compare(p: Pipeline) -> Outcome:
     from tutorforge import compare as ab
+    from tutorforge import prompts
     from tutorforge.report import write_outputs
 
     run = run_dir_of(p)
     out = run.compare_dir
-    rows, target = ab.prompts_and_target(p.config, p.config_path.parent, settings=p.config.tutorforge.compare)
+    rows, target = prompts.prompts_and_target(p.config, p.config_path.parent, settings=p.config.tutorforge.compare)
     settings = {**dataclasses.asdict(p.config.tutorforge.compare), "target_words": target}
     inputs = {"tuned": digest(p.stages.get("export")), "rows": [(r.instruction, r.input, r.output) for r in rows],
               "settings": settings, "system": p.config.default_system_message}
+    if conversations := prompts.conversations_hash(rows):  # the earlier turns the rows leave out
+        inputs["conversations"] = conversations
 
     def work(resume: bool) -> Path:
         def compare():

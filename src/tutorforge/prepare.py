@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from tutorforge.data import FILE_KINDS, KINDS, LoadReport, Reject, Row, load_datasets
 from tutorforge.errors import UserError
-from tutorforge.formatting import IGNORE, Example, PromptFormat, encode_row, prompt_format, split_rows
+from tutorforge.formatting import IGNORE, Example, PromptFormat, encode_row, prompt_format, split_rows, text_chunks
 from tutorforge.fsutil import atomic_write
 
 if TYPE_CHECKING:
@@ -125,6 +125,8 @@ class Lengths:
     rejects_path: Path | None = None
     dropped: dict[str, list[Reject]] = field(default_factory=dict)
     truncated: Counter = field(default_factory=Counter)
+    chunked: Counter = field(default_factory=Counter)  # split -> completion texts cut into chunks
+    chunks: Counter = field(default_factory=Counter)  # split -> the chunks they were cut into
 
     @property
     def rejects(self) -> list[Reject]:
@@ -147,6 +149,19 @@ class Lengths:
                           f"{self.min_sample_len}; {KINDS['too_short']}", row.raw)
         return example
 
+    def cut(self, example: Example, row: Row, split: str) -> list[Example] | Reject:
+        """A completion's example under the rules: dropped whole when shorter than min_sample_len,
+        else cut into sequence_len chunks (formatting.text_chunks; a last chunk of one token, with
+        nothing to predict, is left out), counted by split."""
+        if len(example.input_ids) < self.min_sample_len:
+            return Reject(row.source, "too_short", f"{len(example.input_ids)} tokens < min_sample_len "
+                          f"{self.min_sample_len}; {KINDS['too_short']}", row.raw)
+        pieces = [p for p in text_chunks(example, self.sequence_len) if any(t != IGNORE for t in p.labels)]
+        if len(pieces) > 1:
+            self.chunked[split] += 1
+            self.chunks[split] += len(pieces)
+        return pieces
+
     def lines(self) -> list[str]:
         """One summary line per rule that changed rows, with the count per split."""
         see = f"; see {self.rejects_path}" if self.rejects_path is not None else ""
@@ -154,6 +169,10 @@ class Lengths:
         if n := sum(self.truncated.values()):
             out.append(f"{_rows(n)} truncated to sequence_len {self.sequence_len} (excess_length_strategy: "
                        f"truncate): {_by_split(self.truncated, 'in')}")
+        if n := sum(self.chunked.values()):
+            out.append(f"{n} completion text(s) longer than sequence_len {self.sequence_len} cut into "
+                       f"{sum(self.chunks.values())} chunks of at most {self.sequence_len} tokens, as Axolotl cuts "
+                       f"them: {_by_split(self.chunked, 'in')}")
         for kind, what in (
                 ("too_long", f"longer than sequence_len {self.sequence_len} dropped (excess_length_strategy: "
                              f"{self.strategy})"),
@@ -217,14 +236,14 @@ def _encode_split(tokenizer, fmt, rows: list[Row], split: str, lengths: Lengths,
     dropped = lengths.dropped.setdefault(split, [])
     for row in rows:
         full = encode_row(tokenizer, fmt, row, train_on_inputs=train_on_inputs)
-        fitted = lengths.fit(full, row)
+        fitted = lengths.cut(full, row, split) if row.kind == "completion" else lengths.fit(full, row)
         if isinstance(fitted, Reject):
             dropped.append(fitted)
             continue
-        if len(fitted.input_ids) < len(full.input_ids):
+        if isinstance(fitted, Example) and len(fitted.input_ids) < len(full.input_ids):
             lengths.truncated[split] += 1
         kept_rows.append(row)
-        kept.append(fitted)
+        kept += [fitted] if isinstance(fitted, Example) else fitted
     return kept_rows, kept
 
 
@@ -260,7 +279,7 @@ def prepare(cfg: Config, tokenizer, *, skip_bad_rows: bool, config_dir: Path | N
     val_rows, val = _encode_split(tokenizer, fmt, val_rows, "held out", lengths,
                                   train_on_inputs=cfg.train_on_inputs)
     _apply_lengths(report, lengths)
-    assert len(train) + len(val) == len(report.rows)
+    assert len(train_rows) + len(val_rows) == len(report.rows)
     if not train:
         raise UserError(f"no training row is left after the length rules ({'; '.join(lengths.lines())}); "
                         "raise sequence_len, set excess_length_strategy: truncate, or lower min_sample_len")
@@ -275,8 +294,27 @@ def prepare(cfg: Config, tokenizer, *, skip_bad_rows: bool, config_dir: Path | N
 
 
 def write_rows(rows: list[Row], path: Path) -> None:
-    """Write rows as Alpaca JSONL, atomically."""
+    """Write the rows that have a prompt to ask as JSONL, atomically: an Alpaca row's fields; a
+    conversation row with them (its last user and assistant turns, for Alpaca readers) its messages
+    too (role, content, and "train" where the turn has its own flag), roles_to_train and train_on_eos,
+    which prompts.load_prompts reads back; an Alpaca row with its own system prompt (alpaca_w_system)
+    as the conversation system, user, assistant. Completion and input_output rows have no prompt to
+    ask: they are left out, and counted in a log line."""
+    from tutorforge.formatting import user_turn
+
+    asked = [r for r in rows if r.kind in ("alpaca", "conversation")]
+    if left := len(rows) - len(asked):
+        log.info("%s: %d completion or input_output row(s) left out (no prompt to compare on; the evaluation "
+                 "loss counts them)", path.name, left)
     with atomic_write(path) as fh:
-        for r in rows:
-            fh.write(json.dumps({"instruction": r.instruction, "input": r.input, "output": r.output,
-                                 "source": r.source}, ensure_ascii=False) + "\n")
+        for r in asked:
+            item: dict = {"instruction": r.instruction, "input": r.input, "output": r.output}
+            if r.turns:
+                item["messages"] = [{"role": t.role, "content": t.content, **({} if t.train is None else
+                                                                             {"train": t.train})} for t in r.turns]
+                item |= {"roles_to_train": list(r.roles_to_train), "train_on_eos": r.train_on_eos}
+            elif r.system:
+                item["messages"] = [{"role": "system", "content": r.system},
+                                    {"role": "user", "content": user_turn(r.instruction, r.input)},
+                                    {"role": "assistant", "content": r.output}]
+            fh.write(json.dumps(item | {"source": r.source}, ensure_ascii=False) + "\n")

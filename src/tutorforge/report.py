@@ -8,8 +8,9 @@ and summary.json, written atomically; `compare_models` runs `tutorforge compare`
 compare.py computes the comparison (answers, metrics, aggregates); this module only renders and
 writes it, so it imports compare and never the other way round. The HTML shows the aggregates (a
 table with deltas and bar charts) and, for every prompt, both answers side by side with their
-metrics and code highlighted by pygments (inline styles). All model text is untrusted: it is escaped
-everywhere (pygments escapes the code it highlights).
+metrics and code highlighted by pygments (inline styles); a follow-up question shows its
+conversation's earlier turns (compactly, each cut to HISTORY_CHARS) above it. All model text is
+untrusted: it is escaped everywhere (pygments escapes the code it highlights).
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ SCALAR_KEYS = ["mean_words", "mean_chrf", "perplexity"]
 LOWER_IS_BETTER = {"perplexity"}
 NEUTRAL = {"mean_words"}  # brevity_pct says whether lengths hit the target
 COLORS = {"base": "#8c8c8c", "tuned": "#1f77b4"}
+HISTORY_CHARS = 240  # an earlier turn shown above a follow-up question is cut here (the full text: results.jsonl)
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:24px;color:#1d1d1f;background:#fff}
@@ -46,6 +48,8 @@ table.agg{border-collapse:collapse;margin:8px 0} .agg td,.agg th{padding:4px 10p
 .badges .fail{background:#fde2e1;color:#8a1c14} .badges .pass{background:#dcf5e3;color:#14532d}
 .prose{white-space:pre-wrap;overflow-wrap:anywhere} .highlight pre{overflow-x:auto;padding:8px;margin:6px 0}
 details{margin:6px 0} .sandbox{font-size:12px;color:#8a1c14;white-space:pre-wrap}
+.history{border-left:3px solid #ddd;padding:2px 0 2px 8px;margin:0 0 8px;font-size:13px;color:#444}
+.history .role{font-weight:600;margin-right:6px;color:#666}
 """
 
 
@@ -78,6 +82,26 @@ def _quoted(system: str | None) -> str:
     return f'"{_md_cell(system, 200)}"' if system else "(none)"
 
 
+def _cut(text: str, limit: int = HISTORY_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _md_history(records: list[dict]) -> list[str]:
+    """Each follow-up question in its context: the earlier turns, one line each, then the question."""
+    lines = []
+    for r in records:
+        if turns := r.get("history"):
+            lines += [f"- prompt {r['index'] + 1}:"] + [f"  - {t['role']}: {_md_cell(t['content'], 120)}"
+                                                        for t in turns]
+            lines.append(f"  - **user (asked)**: {_md_cell(r['instruction'], 120)}")
+    return ["", "## Follow-up questions in their conversations", ""] + lines if lines else []
+
+
+def _md_prompt(r: dict) -> str:
+    turns = len(r.get("history") or ())
+    return _md_cell(f"[after {turns} turns] {r['instruction']}" if turns else r["instruction"])
+
+
 def _code_summary(m: dict) -> str:
     if not m["has_code"]:
         return "no code"
@@ -100,9 +124,10 @@ def render_markdown(c) -> str:
               "|---:|---|---:|---:|---|---|---|"]
     for r in c.records:
         b, t = r["base"], r["tuned"]
-        lines.append(f"| {r['index'] + 1} | {_md_cell(r['instruction'])} | {b['words']} / {t['words']} | "
+        lines.append(f"| {r['index'] + 1} | {_md_prompt(r)} | {b['words']} / {t['words']} | "
                      f"{_num(b['chrf'])} / {_num(t['chrf'])} | {'yes' if b['stopped'] else 'cut'} / "
                      f"{'yes' if t['stopped'] else 'cut'} | {_code_summary(b)} | {_code_summary(t)} |")
+    lines += _md_history(c.records)
     failures = [(r, side, blk) for r in c.records for side in ("base", "tuned")
                 for blk in r[side]["sandbox"] if blk["kind"] != "ok"]
     lines += ["", "## Code that did not run as stated", ""]
@@ -167,11 +192,21 @@ def _side(name: str, side: str, m: dict, target: int) -> str:
             f'{render_answer(m["text"])}</div>')
 
 
+def _history(turns: list[dict]) -> str:
+    """The earlier turns of a follow-up question, one line each (cut to HISTORY_CHARS)."""
+    if not turns:
+        return ""
+    lines = "".join(f'<div class="turn"><span class="role">{_e(t["role"])}</span><span class="prose">'
+                    f'{_e(_cut(t["content"]))}</span></div>' for t in turns)
+    return f'<div class="history"><div class="muted">after {len(turns)} earlier turns:</div>{lines}</div>'
+
+
 def _prompt_section(r: dict, names: dict, target: int) -> str:
     prompt = r["instruction"] + (f"\n\n{r['input']}" if r["input"] else "")
     reference = (f"<details><summary>reference answer</summary>{render_answer(r['reference'])}</details>"
                  if r["reference"] else "")
-    return (f'<section class="prompt"><h3>{r["index"] + 1}. <span class="prose">{_e(prompt)}</span></h3>'
+    return (f'<section class="prompt">{_history(r.get("history") or [])}'
+            f'<h3>{r["index"] + 1}. <span class="prose">{_e(prompt)}</span></h3>'
             f'<div class="muted">{_e(r["source"])}</div>{reference}<div class="pair">'
             f'{_side(names["base"], "base", r["base"], target)}{_side(names["tuned"], "tuned", r["tuned"], target)}'
             "</div></section>")
@@ -270,6 +305,7 @@ def compare_models(cfg: Config | None, config_dir: Path | None, *, base: str | N
     greedy answers do not depend on); returns the comparison and the directory of its report (kept
     as it is when made from the same models, prompts and settings)."""
     from tutorforge import compare
+    from tutorforge import prompts as asked
     from tutorforge.config import CompareSettings
     from tutorforge.evaluate import open_generator
     from tutorforge.llamacpp import shared_threads
@@ -284,7 +320,7 @@ def compare_models(cfg: Config | None, config_dir: Path | None, *, base: str | N
     run = RunDir.find(Path(tuned))
     source = cfg or (run.cfg if run else None)  # whose settings, prompt format and tokenizer
     settings = source.tutorforge.compare if source else CompareSettings()
-    rows, target = compare.prompts_and_target(cfg, config_dir, settings=settings, prompts=prompts,
+    rows, target = asked.prompts_and_target(cfg, config_dir, settings=settings, prompts=prompts,
                                               target_words=target_words, max_prompts=max_prompts)
     out = out or (run.compare_dir if run else RunDir.for_config(cfg).compare_dir if cfg else None)
     if out is None:
@@ -302,6 +338,8 @@ def compare_models(cfg: Config | None, config_dir: Path | None, *, base: str | N
     inputs = {"base": compare.model_inputs(base), "tuned": compare.model_inputs(tuned, tuned_adapter),
               "names": names, "rows": rows_hash(rows), "target_words": target, "max_new_tokens": max_new_tokens,
               "chat_template": kwargs["chat_template"], "system": kwargs["system"]}
+    if conversations := asked.conversations_hash(rows):  # the earlier turns rows_hash leaves out
+        inputs["conversations"] = conversations
     # what it reads is never written over: the models and adapters (a training run's own compare/
     # is the default report directory, so of a run only what training wrote is protected)
     is_run = run is not None or (cfg is not None and Path(tuned) == Path(cfg.output_dir))

@@ -12,7 +12,7 @@ import difflib
 import math
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,14 @@ class Invalid(ValueError):
 
 
 Rule = Callable[[Any], Any]
+
+
+def key(default: Any, rule: Rule, doc: str, *, required: bool = False) -> Any:
+    """A config field (config.py, config_datasets.py): its default, the rule its value must pass, and
+    its documentation."""
+    meta = {"rule": rule, "doc": doc, "required": required}
+    return field(default=default, metadata=meta)
+
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
