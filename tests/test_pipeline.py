@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -178,3 +179,33 @@ def test_run_survives_kill_9_in_training_and_in_export_and_redoes_no_finished_st
 
     out = finish(start(recipe, "--from", "package"))
     assert [summary(out)[s] for s in ("export", "package", "compare")] == ["skipped", "done", "done"]
+
+
+@pytest.mark.slow
+def test_the_chat_recipe_runs_end_to_end_and_compares_follow_up_questions(tmp_path):
+    """The shipped multi-turn recipe, cut small: conversations in, a verified GGUF and Modelfile out,
+    and an A/B report whose prompts are follow-up questions asked after their conversations."""
+    data = tmp_path / "chat.jsonl"
+    data.write_text("\n".join((ROOT / "data" / "python_tutor_chat.jsonl").read_text().splitlines()[:30]) + "\n")
+    settings = yaml.safe_load((ROOT / "recipes" / "python-tutor-smollm2-chat-cpu.yml").read_text())
+    settings["datasets"][0]["path"] = str(data)
+    settings.update({"output_dir": str(tmp_path / "run"), "val_set_size": 3, "num_epochs": 1, "max_steps": 3,
+                     "lora_r": 4, "lora_alpha": 8, "evals_per_epoch": None, "saves_per_epoch": None,
+                     "peft_layers_to_transform": [28, 29]})
+    settings["tutorforge"]["compare"] = {"max_prompts": 3, "max_new_tokens": 32}
+    recipe = tmp_path / "recipe.yml"
+    recipe.write_text(yaml.safe_dump(settings))
+    out = finish(start(recipe))
+    assert set(summary(out).values()) == {"done"}, out[-3000:]
+    held = [json.loads(line) for line in (tmp_path / "run" / "heldout.jsonl").read_text().splitlines()]
+    assert len(held) == 3 and all(sum(m["role"] == "user" for m in h["messages"]) >= 2 for h in held)
+    records = [json.loads(line) for line in (tmp_path / "run" / "compare" / "results.jsonl").read_text().splitlines()]
+    assert len(records) == 3
+    for record, row in zip(records, held, strict=True):  # the last user turn, asked after the turns before it
+        asked = max(i for i, m in enumerate(row["messages"]) if m["role"] == "user")
+        assert record["instruction"] == row["messages"][asked]["content"]
+        assert record["history"] == [{"role": m["role"], "content": m["content"]} for m in row["messages"][:asked]]
+    assert "## Follow-up questions in their conversations" in (tmp_path / "run" / "compare" / "report.md").read_text()
+    assert re.search(r"TEMPLATE rendered by Go's text/template equals the training prompt on [5-9] conversations", out)
+    report = json.loads((tmp_path / "run" / "gguf" / "export.json").read_text())
+    assert report["verification"]["f16"]["tokenization_mismatches"] == 0
