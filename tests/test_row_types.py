@@ -147,3 +147,19 @@ def test_field_is_only_for_completion():
 def test_the_types_validate(write_config, tmp_path, type_):
     cfg = config(write_config, tmp_path, tmp_path / "d.jsonl", f"type: {type_}")
     assert cfg.datasets[0].type == type_
+
+
+def test_a_completion_chunk_under_min_sample_len_is_left_out_and_counted(bundled_tokenizer, tmp_path, write_config):
+    text = " ".join(f"item {i}" for i in range(60))
+    full = bundled_tokenizer(text)["input_ids"] + [bundled_tokenizer.eos_token_id]
+    tail = len(full) % 32
+    assert 2 <= tail < 16  # the text's last chunk is short
+    data = jsonl(tmp_path / "d.jsonl", [{"text": text}, {"text": "x"}])
+    cfg = config(write_config, tmp_path, data, "type: completion",
+                 extra="min_sample_len: 16\ntutorforge:\n  skip_bad_rows: true\n", sequence_len=32)
+    prepared = prepare(cfg, bundled_tokenizer, skip_bad_rows=False)
+    assert [len(e.input_ids) for e in prepared.train] == [32] * (len(full) // 32)  # the short end left out
+    assert [t for e in prepared.train for t in e.input_ids] == full[:len(full) - tail]
+    assert "1 chunk(s) shorter than min_sample_len 16 tokens left out" in prepared.summary()
+    [reject] = prepared.load.rejects
+    assert reject.kind == "too_short" and reject.source.endswith("d.jsonl:2") and "(min_sample_len 16)" in reject.reason

@@ -302,3 +302,15 @@ def test_nothing_is_lost_across_formats(tmp_path):
     nothing_lost(report)
     assert (report.rows_read, len(report.rows), len(report.rejects)) == (16, 6, 10)
     assert report.counts() == {"duplicate": 4, "empty_field": 4, "missing_field": 1, "malformed_json": 1}
+
+
+def test_data_files_may_be_written_as_axolotl_passes_them(write_config, tmp_path, monkeypatch):
+    """Axolotl gives a local directory's data_files to load_dataset as they are (relative to the
+    current directory); inside `path` is tried first."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.jsonl").write_text(json.dumps({**GOOD, "output": "t"}) + "\n")
+    (tmp_path / "data" / "more.jsonl").write_text(json.dumps({**GOOD, "output": "m"}) + "\n")
+    for data_files in ("[data/train.jsonl, more.jsonl]", "['data/t*.jsonl', 'm*.jsonl']"):
+        spec = entries(write_config, tmp_path, f"path: data\ndata_files: {data_files}")
+        assert [r.output for r in load_datasets(spec).rows] == ["t", "m"]

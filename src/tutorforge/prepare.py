@@ -127,6 +127,7 @@ class Lengths:
     truncated: Counter = field(default_factory=Counter)
     chunked: Counter = field(default_factory=Counter)  # split -> completion texts cut into chunks
     chunks: Counter = field(default_factory=Counter)  # split -> the chunks they were cut into
+    short_chunks: Counter = field(default_factory=Counter)  # split -> chunks left out under min_sample_len
 
     @property
     def rejects(self) -> list[Reject]:
@@ -150,17 +151,21 @@ class Lengths:
         return example
 
     def cut(self, example: Example, row: Row, split: str) -> list[Example] | Reject:
-        """A completion's example under the rules: dropped whole when shorter than min_sample_len,
-        else cut into sequence_len chunks (formatting.text_chunks; a last chunk of one token, with
-        nothing to predict, is left out), counted by split."""
-        if len(example.input_ids) < self.min_sample_len:
-            return Reject(row.source, "too_short", f"{len(example.input_ids)} tokens < min_sample_len "
-                          f"{self.min_sample_len}; {KINDS['too_short']}", row.raw)
-        pieces = [p for p in text_chunks(example, self.sequence_len) if any(t != IGNORE for t in p.labels)]
+        """A completion's example under the rules, as Axolotl applies them to completion texts: cut
+        into sequence_len chunks (formatting.text_chunks), a chunk shorter than min_sample_len left
+        out (the end of a long text; counted by split), dropped whole when no chunk is left."""
+        pieces = text_chunks(example, self.sequence_len)
+        least = max(self.min_sample_len, 2)  # a chunk of one token predicts nothing
+        kept = [p for p in pieces if len(p.input_ids) >= least]
+        if not kept:
+            why = f"min_sample_len {least}" if least == self.min_sample_len else "one token predicts nothing"
+            return Reject(row.source, "too_short", f"{len(example.input_ids)} tokens < {least} ({why}); "
+                          f"{KINDS['too_short']}", row.raw)
         if len(pieces) > 1:
             self.chunked[split] += 1
             self.chunks[split] += len(pieces)
-        return pieces
+            self.short_chunks[split] += len(pieces) - len(kept)
+        return kept
 
     def lines(self) -> list[str]:
         """One summary line per rule that changed rows, with the count per split."""
@@ -173,6 +178,9 @@ class Lengths:
             out.append(f"{n} completion text(s) longer than sequence_len {self.sequence_len} cut into "
                        f"{sum(self.chunks.values())} chunks of at most {self.sequence_len} tokens, as Axolotl cuts "
                        f"them: {_by_split(self.chunked, 'in')}")
+        if n := sum(self.short_chunks.values()):
+            out.append(f"{n} chunk(s) shorter than min_sample_len {self.min_sample_len} tokens left out (the ends "
+                       f"of long completion texts, as Axolotl drops them): {_by_split(self.short_chunks, 'from')}")
         for kind, what in (
                 ("too_long", f"longer than sequence_len {self.sequence_len} dropped (excess_length_strategy: "
                              f"{self.strategy})"),

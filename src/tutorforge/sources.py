@@ -206,18 +206,22 @@ def _looks_like_hub_id(path: str) -> bool:
 
 
 def _directory_files(base: Path, spec, where: str) -> list[Path]:
-    """A local directory's files: `data_files` (names or glob patterns inside it), else the files of
+    """A local directory's files: `data_files` (names or glob patterns inside it, else as they are
+    written: relative to the current directory, as Axolotl reads them), else the files of
     `split`, found as datasets.load_dataset(directory, split=...) finds them, which Axolotl calls
     (_repo_files: train.jsonl and test.jsonl are two splits; files named for no split are all train)."""
     if spec.data_files:
         files = []
         for name in spec.data_files:
+            # inside the directory; else as given (Axolotl passes data_files to load_dataset as they are)
+            roots = [base, Path()] if not Path(name).is_absolute() else [Path()]
             if not any(c in name for c in "*?["):
-                files.append(base / name)  # a missing one is load_files' "no such file"
-            elif matched := sorted(p for p in base.glob(name) if p.is_file()):
-                files += matched
-            else:
+                files.append(next((r / name for r in roots if (r / name).exists()), base / name))  # missing:
+                continue  # load_files' "no such file"
+            matched = next((m for r in roots if (m := sorted(p for p in r.glob(name) if p.is_file()))), [])
+            if not matched:
                 raise UserError(f"{where}.data_files: {name!r} matches no file in {base}")
+            files += matched
         return files
     return _repo_files(base, spec, where)
 
