@@ -46,7 +46,7 @@ def validate(config: Path) -> int:
     if not ready:
         print(f"{config}: warning: {where}")
     else:  # trust_remote_code, tokenizer_config and special_tokens are checked against the model here
-        _check_tokenizer(config, cfg)
+        _check_model(config, cfg)
     data = ", ".join(d.path for d in cfg.datasets) or "none"
     what = f"{cfg.adapter} r={cfg.lora_r}" if cfg.adapter else "full fine-tune" + (
         f" of {len(cfg.unfrozen_parameters)} parameter patterns" if cfg.unfrozen_parameters else "")
@@ -58,10 +58,12 @@ def validate(config: Path) -> int:
     return 0
 
 
-def _check_tokenizer(config: Path, cfg: Config) -> None:
-    """Whether the model needs trust_remote_code, and the config's tokenizer (tokenizer_config,
-    special_tokens) loads, without downloading anything."""
+def _check_model(config: Path, cfg: Config) -> None:
+    """Whether the model needs trust_remote_code, the config's tokenizer (tokenizer_config,
+    special_tokens) loads, and export and package can take the model (support.py), without
+    downloading anything."""
     from tutorforge.models import resolve_base_model
+    from tutorforge.support import check_model
     from tutorforge.tokenizer import check_remote_code, tokenizer_for
 
     try:
@@ -72,6 +74,7 @@ def _check_tokenizer(config: Path, cfg: Config) -> None:
                           trust_remote_code=cfg.trust_remote_code, allow_download=False)
     except UserError as exc:
         raise UserError(f"{config}: {exc}") from None
+    check_model(model_dir, str(config))  # before any training: export or package would refuse it
 
 
 def plan(config: Path, *, gpu: str | None = None, vram: float | None = None, ram: float | None = None) -> int:
@@ -83,11 +86,16 @@ def plan(config: Path, *, gpu: str | None = None, vram: float | None = None, ram
     ram: host RAM in GB (default: the profile's, or this machine's)
     """  # noqa: E501 (one line per option: the --help text)
     from tutorforge.config import load_config
+    from tutorforge.models import check_base_model, resolve_base_model
     from tutorforge.plan import plan_training
+    from tutorforge.support import check_model
 
     if gpu is not None and vram is not None:
         raise UserError("give --gpu or --vram, not both")
-    result = plan_training(load_config(config), hardware=gpu, vram_gb=vram, ram_gb=ram, source=str(config))
+    cfg = load_config(config)
+    if check_base_model(cfg.base_model)[0]:  # a model that is here: can it be exported and packaged?
+        check_model(resolve_base_model(cfg.base_model, allow_download=False).path, str(config))
+    result = plan_training(cfg, hardware=gpu, vram_gb=vram, ram_gb=ram, source=str(config))
     print(result.render())
     return 0 if result.fits else 1
 

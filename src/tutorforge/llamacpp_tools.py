@@ -6,6 +6,7 @@ templates of real models that llama.cpp tests against (models/templates/*.jinja)
     tools = tools_dir()                              # the cached copy, fetched on first use
     convert_checkpoint(model_dir, out, outtype="f16")   # llama.cpp's converter, output written atomically
     text = model_template("Qwen-Qwen3-0.6B")         # a real model's chat template, as llama.cpp keeps it
+    "Qwen3ForCausalLM" in converter_architectures()  # what the converter converts
 
 They ship in the llama-cpp-python source distribution (vendor/llama.cpp), not in its wheel: the
 sdist of the pinned version is downloaded from PyPI once (pip download), the files above are
@@ -103,6 +104,20 @@ def _extract(archive: Path, out: Path) -> None:
     if not (out / "convert_hf_to_gguf.py").is_file():
         raise UserError(f"{archive.name}: no {VENDOR}convert_hf_to_gguf.py in it; this llama-cpp-python "
                         "version does not ship llama.cpp's converter")
+
+
+def converter_architectures() -> frozenset[str]:
+    """The Hugging Face architectures llama.cpp's converter registers (its conversion/*.py classes'
+    @ModelBase.register(...) names), read from the source without importing it."""
+    import ast
+
+    names: set[str] = set()
+    for path in sorted((tools_dir() / "conversion").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "register"
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "ModelBase"):
+                names |= {a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)}
+    return frozenset(names)
 
 
 def model_template(name: str) -> str:

@@ -1,0 +1,61 @@
+"""Whether a base model can go the whole way (trained, exported to GGUF, packaged for Ollama), told
+before anything is trained: `validate`, `plan` and `run` call it on a base model that is here.
+
+    problems = model_problems(model_dir)     # [] when export and package can take it
+
+Export takes an architecture that tutorforge's own writer writes (gguf_write.ARCHS) or that
+llama.cpp's converter registers (llamacpp_tools.converter_architectures, read from its source at the
+pinned version). A problem names the architecture, what supports what, and what to do.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from tutorforge.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def architecture(model_dir: Path) -> str | None:
+    """A checkpoint's Hugging Face architecture (config.json's first `architectures` entry)."""
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return (config.get("architectures") or [None])[0]
+
+
+def export_problem(model_dir: Path) -> str | None:
+    """Why export could not write this checkpoint as GGUF, or None."""
+    from tutorforge.gguf_write import ARCHS
+    from tutorforge.llamacpp_tools import converter_architectures, version
+
+    arch = architecture(model_dir)
+    if arch is None:
+        return f"{model_dir}: config.json names no architecture; export would not know how to write it"
+    if arch in ARCHS:
+        return None
+    try:
+        known = converter_architectures()
+    except UserError as exc:  # the converter is not on this machine and cannot be fetched
+        log.warning("export support not checked: %s", exc)
+        return None
+    if arch in known:
+        return None
+    return (f"architecture {arch}: export cannot write it to GGUF (neither tutorforge's writer, for "
+            f"{', '.join(ARCHS)}, nor llama.cpp's converter at llama-cpp-python {version()} knows it), so a run "
+            "would stop after training; use a model of a supported architecture (tutorforge keys lists the "
+            "families in the README's export table), or a newer llama-cpp-python in pyproject.toml")
+
+
+def model_problems(model_dir: Path) -> list[str]:
+    """Every reason this base model could not go the whole way (empty: it can)."""
+    return [p for p in (export_problem(model_dir),) if p]
+
+
+def check_model(model_dir: Path, where: str) -> None:
+    """UserError listing model_problems, named by `where` (the config file)."""
+    if problems := model_problems(model_dir):
+        raise UserError(f"{where}: base_model cannot go the whole way:\n  " + "\n  ".join(problems))
