@@ -104,6 +104,8 @@ def add_metadata(writer: gguf.GGUFWriter, source: Source, config: dict, outtype:
     writer.add_feed_forward_length(config["intermediate_size"])
     writer.add_head_count(heads)
     writer.add_head_count_kv(config.get("num_key_value_heads", heads))
+    writer.add_key_length(head_dim)  # as llama.cpp's converter writes them (its TextModel.set_gguf_parameters)
+    writer.add_value_length(head_dim)
     writer.add_layer_norm_rms_eps(config.get("rms_norm_eps", 1e-5))
     rope = config.get("rope_parameters") or {}
     writer.add_rope_freq_base(float(rope.get("rope_theta", config.get("rope_theta", 10000.0))))
