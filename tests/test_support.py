@@ -70,3 +70,15 @@ def test_an_architecture_export_cannot_write_is_refused_before_training(tmp_path
         run(recipe)
     assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "adapter").exists()
     assert cli.main(["validate", str(config(tmp_path, good))]) == 0
+
+
+def test_a_chat_template_package_cannot_write_is_refused_before_training(tmp_path, capsys):
+    model = tiny_model(tmp_path / "odd")
+    (model / "chat_template.jinja").write_text("{% for m in messages %}<<{{ m['role'] }}: {{ m['content'] }}>>"
+                                               "{% endfor %}{% if add_generation_prompt %}<<assistant: {% endif %}")
+    recipe = config(tmp_path, model)
+    assert cli.main(["validate", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert "base_model cannot go the whole way:\n  the Ollama Modelfile:" in err and "ollama_templates.py" in err
+    recipe.write_text(recipe.read_text() + "chat_template: chatml\n")  # a template package can write
+    assert cli.main(["validate", str(recipe)]) == 0

@@ -28,7 +28,7 @@ from tutorforge.errors import UserError
 if TYPE_CHECKING:
     from llama_cpp import Llama, llama_vocab_p
 
-    from tutorforge.ollama import Family
+    from tutorforge.ollama_templates import Family
 
 log = logging.getLogger(__name__)
 

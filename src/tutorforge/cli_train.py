@@ -74,7 +74,7 @@ def _check_model(config: Path, cfg: Config) -> None:
                           trust_remote_code=cfg.trust_remote_code, allow_download=False)
     except UserError as exc:
         raise UserError(f"{config}: {exc}") from None
-    check_model(model_dir, str(config))  # before any training: export or package would refuse it
+    check_model(model_dir, str(config), cfg)  # before any training: export or package would refuse it
 
 
 def plan(config: Path, *, gpu: str | None = None, vram: float | None = None, ram: float | None = None) -> int:
@@ -94,7 +94,7 @@ def plan(config: Path, *, gpu: str | None = None, vram: float | None = None, ram
         raise UserError("give --gpu or --vram, not both")
     cfg = load_config(config)
     if check_base_model(cfg.base_model)[0]:  # a model that is here: can it be exported and packaged?
-        check_model(resolve_base_model(cfg.base_model, allow_download=False).path, str(config))
+        check_model(resolve_base_model(cfg.base_model, allow_download=False).path, str(config), cfg)
     result = plan_training(cfg, hardware=gpu, vram_gb=vram, ram_gb=ram, source=str(config))
     print(result.render())
     return 0 if result.fits else 1

@@ -3,8 +3,10 @@
     tutorforge package outputs/python-tutor-smollm2      # -> outputs/python-tutor-smollm2/gguf/Modelfile
 
 The prompt format is recognised by rendering probe conversations with the model's own chat template
-(or the Alpaca formatter) and matching them against the known families below; the family's Ollama
-TEMPLATE (Go text/template) is then written, and verified: rendered by Go itself (go_template.py)
+(or the Alpaca formatter) and matching them against the known families (ollama_templates.py: ChatML,
+Qwen3, SmolLM3, Llama 3 and 3.1-3.3, Mistral, Gemma 2/3, Phi-3, Granite 3, Alpaca); a template that
+matches none is refused, early too (`family_for`, from the tokenizer alone, for validate and plan).
+The family's Ollama TEMPLATE (Go text/template) is then written, and verified: rendered by Go itself (go_template.py)
 it must equal the training-time formatter byte for byte, on single-turn prompts and (chat families)
 conversations of several turns, with and without a system turn. Deploying it to an Ollama server is
 ollama_rest.py.
@@ -12,74 +14,21 @@ ollama_rest.py.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tutorforge.errors import UserError
-from tutorforge.formatting import ALPACA_PROMPT, PromptFormat, alpaca_prompt
+from tutorforge.formatting import PromptFormat
+from tutorforge.ollama_templates import EMPTY_THINK, GO_TEMPLATES, TEMPLATES, Family, make_family, supported
 
 if TYPE_CHECKING:
     from tutorforge.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
-# Ollama TEMPLATE per prompt-format family (Go text/template over .Messages, or .System/.Prompt).
-# {default_system} is filled in for ChatML models whose template adds a system turn of its own.
-GO_TEMPLATES: dict[str, str] = {
-    "chatml": (
-        "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
-        "<|im_start|>assistant\n"),
-    "chatml-default-system": (
-        "{{- if or (not .Messages) (ne (index .Messages 0).Role \"system\") }}<|im_start|>system\n"
-        "{default_system}<|im_end|>\n{{ end }}"
-        "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
-        "<|im_start|>assistant\n"),
-    "llama3": (  # the tokenizer adds <|begin_of_text|> itself (add_bos_token)
-        "{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n{{ .Content }}<|eot_id|>"
-        "{{ end }}<|start_header_id|>assistant<|end_header_id|>\n\n"),
-    "alpaca": (  # single-turn, as trained: the user's message is the instruction
-        "{{ if .System }}{{ .System }}\n\n{{ end }}"
-        + ALPACA_PROMPT.format(ctx="", instruction="{{ .Prompt }}", input_block="")),
-}
-
-
 # The Modelfile's first line: it says who wrote the file, so that package rewrites only its own
 # Modelfile and never one a user wrote (Ollama reads lines starting with # as comments).
 MODELFILE_HEADER = "# Modelfile written by tutorforge package (rewritten on each export: edit a copy)"
-
-
-@dataclass(frozen=True)
-class Family:
-    name: str
-    template: str  # the Go TEMPLATE, filled in
-    default_system: str | None = None  # the system turn a ChatML template adds when there is none
-
-    def render(self, messages: list[dict]) -> str:
-        """What Ollama renders from this family's TEMPLATE for `messages` (the tests prove the
-        equality with Go itself), for running the model outside Ollama with the same prompt."""
-        if self.name == "alpaca":
-            system = next((m["content"] for m in messages if m["role"] == "system"), None)
-            user = [m["content"] for m in messages if m["role"] == "user"][-1]
-            return alpaca_prompt(user, "", system)
-        if self.name == "llama3":
-            return _llama3(messages)
-        return _chatml(messages, self.default_system)
-
-
-def _chatml(messages: list[dict], default_system: str | None = None) -> str:
-    text = ""
-    if default_system is not None and (not messages or messages[0]["role"] != "system"):
-        text += f"<|im_start|>system\n{default_system}<|im_end|>\n"
-    for m in messages:
-        text += f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n"
-    return text + "<|im_start|>assistant\n"
-
-
-def _llama3(messages: list[dict]) -> str:
-    body = "".join(f"<|start_header_id|>{m['role']}<|end_header_id|>\n\n{m['content'].strip()}<|eot_id|>"
-                   for m in messages)
-    return body + "<|start_header_id|>assistant<|end_header_id|>\n\n"
 
 
 def hf_render(tokenizer, messages: list[dict]) -> str:
@@ -92,30 +41,92 @@ def hf_render(tokenizer, messages: list[dict]) -> str:
     return text
 
 
-PROBES = [
+PROBES = [  # conversations whose rendering tells the families apart
     [{"role": "user", "content": "Q1"}],
     [{"role": "system", "content": "S"}, {"role": "user", "content": "Q1"}],
     [{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"}, {"role": "user", "content": "Q2"}],
+    [{"role": "system", "content": "S"}, {"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"},
+     {"role": "user", "content": "Q2"}],  # Mistral: the system text opens the last user turn only
+    [{"role": "user", "content": "Q1"}, {"role": "assistant", "content": EMPTY_THINK + "A1"},  # Qwen3 drops it
+     {"role": "user", "content": "Q2"}],
 ]
 
 
+def _render_probes(tokenizer) -> tuple[list[str | None], str | None]:
+    """The model's rendering of each probe (None for one with a system turn that its template
+    refuses), and the template's words when it refuses one."""
+    import jinja2
+
+    rendered: list[str | None] = []
+    refusal = None
+    for probe in PROBES:
+        try:
+            rendered.append(hf_render(tokenizer, probe))
+        except jinja2.TemplateError as exc:
+            if probe[0]["role"] != "system":
+                raise UserError(f"the model's chat template fails on a plain conversation of {len(probe)} "
+                                f"messages: {exc}; tutorforge cannot train or package with it: fix the "
+                                "template (chat_template_jinja) or name one (chat_template: chatml)") from exc
+            rendered.append(None)
+            refusal = str(exc)
+    return rendered, refusal
+
+
 def detect_family(tokenizer, fmt: PromptFormat) -> Family:
-    """The family whose renderer reproduces the model's own template on every probe conversation."""
+    """The family whose renderer reproduces the model's own template on every probe conversation
+    (a BOS the template writes itself, where the tokenizer adds none, is part of the TEMPLATE). A
+    template that matches none, or refuses a system turn while fmt.system is set, is refused."""
     if fmt.kind == "alpaca":
-        return Family("alpaca", GO_TEMPLATES["alpaca"])
-    rendered = [hf_render(tokenizer, p) for p in PROBES]
-    first = rendered[0]
-    default = None
-    if first.startswith("<|im_start|>system\n"):
-        default = first[len("<|im_start|>system\n"):first.index("<|im_end|>")]
-    candidates = [("chatml-default-system", lambda m: _chatml(m, default)) if default is not None else
-                  ("chatml", _chatml), ("llama3", _llama3)]
-    for name, render in candidates:
-        if all(render(p) == r for p, r in zip(PROBES, rendered, strict=False)):
-            template = GO_TEMPLATES[name].replace("{default_system}", default or "")
-            return Family(name, template, default)
-    raise UserError("the model's chat template is not one tutorforge can write as an Ollama TEMPLATE "
-                    f"(it renders a user turn as {first[:80]!r}); supported: ChatML, Llama 3, Alpaca")
+        return make_family("alpaca", "") or Family("alpaca", GO_TEMPLATES["alpaca"])
+    rendered, refusal = _render_probes(tokenizer)
+    family = _matching_family(tokenizer, rendered, system_role=refusal is None)
+    if family is None:
+        raise UserError("the model's chat template is not one tutorforge can write as an Ollama TEMPLATE "
+                        f"(it renders a user turn as {(rendered[0] or '')[:80]!r}); supported families: "
+                        f"{supported()}. To add one, add an entry to TEMPLATES in src/tutorforge/"
+                        "ollama_templates.py (its Go TEMPLATE, its end-of-turn stop tokens, a Python renderer "
+                        "giving the same text as the model's template) and a test in "
+                        "tests/test_ollama_templates.py with the model's real template; or train with a "
+                        "template tutorforge knows (chat_template: chatml, llama3 or alpaca)")
+    if fmt.system and not family.system_role:
+        raise UserError(f"default_system_message is set, but this model's chat template "
+                        f"({TEMPLATES[family.name].label}) refuses a system turn ({refusal}); remove "
+                        "default_system_message (put its text in the instructions), or use a model whose "
+                        "template has a system role")
+    probe = [{"role": "system", "content": fmt.system or ""}, {"role": "user", "content": "Q1"}]
+    if fmt.system and family.render(probe) != hf_render(tokenizer, probe):
+        raise UserError(f"default_system_message {fmt.system[:60]!r}: the model's chat template "
+                        f"({TEMPLATES[family.name].label}) renders this system text in a way an Ollama TEMPLATE "
+                        "cannot (Go templates have no string functions: SmolLM3 reads /think and /no_think in "
+                        "it, Llama 3 and Gemma trim spaces around it); remove those from default_system_message")
+    return family
+
+
+def _matching_family(tokenizer, rendered: list[str | None], *, system_role: bool) -> Family | None:
+    """The first family in TEMPLATES whose renderer gives `rendered` (the model's renderings of
+    PROBES, None where it refused), with no BOS in front or the tokenizer's BOS text."""
+    bos = tokenizer.bos_token or ""
+    prefixes = [""] + ([bos] if bos and all(r.startswith(bos) for r in rendered if r is not None) else [])
+    first = rendered[0] or ""
+    for prefix in prefixes:
+        for name in (name for name in TEMPLATES if name != "alpaca"):
+            family = make_family(name, first[len(prefix):], bos=prefix, eos=tokenizer.eos_token or "",
+                                 system_role=system_role)
+            if family and all(r is None or family.render(p) == r for p, r in zip(PROBES, rendered, strict=True)):
+                return family
+    return None
+
+
+def family_for(tokenizer, chat_template: str | None, system: str | None, *,
+               chat_template_jinja: str | None = None) -> Family:
+    """The Ollama family of the prompt format these config values give (chat_template,
+    default_system_message, chat_template_jinja), from the tokenizer alone: no GGUF, no weights, so
+    `validate` and `plan` can refuse before training a model whose template cannot be packaged
+    (the UserError of detect_family)."""
+    from tutorforge.formatting import prompt_format
+
+    return detect_family(tokenizer, prompt_format(tokenizer, chat_template, system,
+                                                  chat_template_jinja=chat_template_jinja))
 
 
 def prompt_template(tokenizer, chat_template: str | None, system: str | None) -> tuple[PromptFormat, Family, list[str]]:
@@ -130,8 +141,7 @@ def prompt_template(tokenizer, chat_template: str | None, system: str | None) ->
 def stop_tokens(tokenizer, fmt: PromptFormat, family: Family) -> list[str]:
     """Every token that ends a turn in this format: Ollama must stop there."""
     stops = [tokenizer.convert_ids_to_tokens(fmt.end_token_id)]
-    extra = {"chatml": ["<|im_start|>"], "chatml-default-system": ["<|im_start|>"],
-             "llama3": ["<|start_header_id|>"], "alpaca": ["### Instruction:"]}[family.name]
+    extra = TEMPLATES[family.name].stops  # the family's markers (ollama_templates.py)
     if tokenizer.eos_token and tokenizer.eos_token not in stops:
         stops.append(tokenizer.eos_token)
     return stops + [s for s in extra if s not in stops]
@@ -296,7 +306,8 @@ def _verify_cases(tokenizer, fmt: PromptFormat, family: Family) -> list[tuple[st
     """(what training renders, the data Ollama gives the TEMPLATE) for every conversation checked:
     an Alpaca Modelfile's single-turn prompts (the user's one message is the instruction, no input);
     a chat family's single-turn prompts and VERIFY_CONVERSATIONS, with the Modelfile's SYSTEM in front
-    of a conversation that has none (as Ollama puts it, and training puts default_system_message)."""
+    of a conversation that has none (as Ollama puts it, and training puts default_system_message);
+    those with a system turn left out for a template that refuses one (Gemma 2)."""
     from tutorforge.formatting import prompt_messages, render_prompt, user_turn
 
     if family.name == "alpaca":
@@ -306,6 +317,8 @@ def _verify_cases(tokenizer, fmt: PromptFormat, family: Family) -> list[tuple[st
     cases = []
     for earlier, question in conversations + VERIFY_CONVERSATIONS:
         messages = prompt_messages(fmt, earlier, question)
+        if not family.system_role and any(m["role"] == "system" for m in messages):
+            continue  # the model's template raises on a system turn: training never has one
         cases.append((hf_render(tokenizer, messages), {"messages": messages}))
     return cases
 

@@ -172,7 +172,8 @@ def _validate(p: Pipeline) -> Outcome:
         from tutorforge.models import resolve_base_model
         from tutorforge.support import check_model
 
-        check_model(resolve_base_model(p.config.base_model, allow_download=False).path, str(p.config_path))
+        check_model(resolve_base_model(p.config.base_model, allow_download=False).path, str(p.config_path),
+                    p.config)
     p.run_dir = Path(p.config.output_dir)
     p.stages = run_dir_of(p).stages
     return Outcome("validate", "done", 0.0, p.config_path, p.config_path.stat().st_size)

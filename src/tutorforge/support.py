@@ -1,11 +1,12 @@
 """Whether a base model can go the whole way (trained, exported to GGUF, packaged for Ollama), told
 before anything is trained: `validate`, `plan` and `run` call it on a base model that is here.
 
-    problems = model_problems(model_dir)     # [] when export and package can take it
+    problems = model_problems(model_dir, cfg)     # [] when export and package can take it
 
 Export takes an architecture that tutorforge's own writer writes (gguf_write.ARCHS) or that
 llama.cpp's converter registers (llamacpp_tools.converter_architectures, read from its source at the
-pinned version). A problem names the architecture, what supports what, and what to do.
+pinned version); package takes a chat template of a family ollama_templates.py holds, as the config
+uses it (ollama.family_for). A problem names what fails, what is supported, and what to do.
 """
 from __future__ import annotations
 
@@ -50,12 +51,31 @@ def export_problem(model_dir: Path) -> str | None:
             "families in the README's export table), or a newer llama-cpp-python in pyproject.toml")
 
 
-def model_problems(model_dir: Path) -> list[str]:
-    """Every reason this base model could not go the whole way (empty: it can)."""
-    return [p for p in (export_problem(model_dir),) if p]
+def package_problem(model_dir: Path, cfg) -> str | None:
+    """Why package could not write an Ollama TEMPLATE for the prompt format this config trains with
+    (its chat_template, or the one its datasets name; default_system_message; chat_template_jinja),
+    or None: ollama.family_for, on the tokenizer alone."""
+    from tutorforge.ollama import family_for
+    from tutorforge.tokenizer import tokenizer_for
+
+    tokenizer = tokenizer_for(model_dir, cfg.tokenizer_config, special_tokens=cfg.special_tokens,
+                              trust_remote_code=cfg.trust_remote_code, allow_download=False)
+    template = cfg.chat_template or next((d.chat_template for d in cfg.datasets if d.chat_template), None)
+    try:
+        family_for(tokenizer, template, cfg.default_system_message, chat_template_jinja=cfg.chat_template_jinja)
+    except UserError as exc:
+        return f"the Ollama Modelfile: {exc}"
+    return None
 
 
-def check_model(model_dir: Path, where: str) -> None:
+def model_problems(model_dir: Path, cfg=None) -> list[str]:
+    """Every reason this base model (trained as `cfg` says, when given) could not go the whole way
+    (empty: it can)."""
+    found = [export_problem(model_dir)] + ([package_problem(model_dir, cfg)] if cfg is not None else [])
+    return [p for p in found if p]
+
+
+def check_model(model_dir: Path, where: str, cfg=None) -> None:
     """UserError listing model_problems, named by `where` (the config file)."""
-    if problems := model_problems(model_dir):
+    if problems := model_problems(model_dir, cfg):
         raise UserError(f"{where}: base_model cannot go the whole way:\n  " + "\n  ".join(problems))
