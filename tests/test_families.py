@@ -1,10 +1,12 @@
 """Model families end to end on tiny random models: 2 steps of LoRA training, merge, export to f16,
 q8_0 and q4_k_m, every file loaded by llama.cpp and checked against the PyTorch model (tokenization
 on the probe texts, top-1 agreement), with the family's real chat template (as llama.cpp keeps it,
-llamacpp_tools.model_template) on the bundled model's tokenizer."""
+llamacpp_tools.model_template) on the bundled model's BPE tokenizer, or, for the SentencePiece
+families (Llama 2, Mistral v0.1, Gemma 2, Phi-3.5), on a tokenizer.model trained in the test."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -79,14 +81,13 @@ def family_config(tmp_path: Path, model: Path, family: str) -> Path:
     return path
 
 
-@pytest.mark.slow  # about 30 s a family
-@pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_a_family_trains_merges_exports_and_verifies(tmp_path, bundled_tokenizer_dir, family):
+def trains_merges_exports_and_verifies(tmp_path: Path, model: Path, family: str) -> dict:
+    """The pipeline on a tiny model: 2 LoRA steps, merge, export (f16, q8_0, q4_k_m) with every
+    file verified; its export report, its numbers asserted."""
     from tutorforge.export import export_run
     from tutorforge.merge import merge
     from tutorforge.train import train
 
-    model = tiny_family_model(tmp_path / "base", bundled_tokenizer_dir, family)
     cfg = load_config(family_config(tmp_path, model, family))
     adapter = train(cfg, config_dir=tmp_path)
     steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -102,6 +103,134 @@ def test_a_family_trains_merges_exports_and_verifies(tmp_path, bundled_tokenizer
     assert report["verification"]["q8_0"]["top1_agreement"] >= 0.90
     assert all(f.startswith("q8_0: top-1 agreement") for f in report["failures"]), report["failures"]
     assert not (tmp_path / "run" / "gguf" / ".merged-for-converter").exists()
+    return report
+
+
+@pytest.mark.slow  # about 30 s a family
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_a_family_trains_merges_exports_and_verifies(tmp_path, bundled_tokenizer_dir, family):
+    model = tiny_family_model(tmp_path / "base", bundled_tokenizer_dir, family)
+    trains_merges_exports_and_verifies(tmp_path, model, family)
+
+
+# Llama 2's chat format (transformers models/llama/tokenization_llama.py B_INST, E_INST, B_SYS, E_SYS):
+# llama.cpp keeps no Llama 2 template, so the test writes the format itself.
+LLAMA2_TEMPLATE = (
+    "{% if messages[0]['role'] == 'system' %}{% set system = '<<SYS>>\\n' + messages[0]['content'] + "
+    "'\\n<</SYS>>\\n\\n' %}{% set messages = messages[1:] %}{% else %}{% set system = '' %}{% endif %}"
+    "{% for message in messages %}{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + "
+    "(system if loop.first else '') + message['content'] + ' [/INST]' }}{% else %}{{ ' ' + message['content'] + "
+    "' ' + eos_token }}{% endif %}{% endfor %}")
+
+
+@dataclass(frozen=True)
+class Spm:
+    """A SentencePiece family: its model config, the tokenizer class that wraps its tokenizer.model,
+    its chat template (a llama.cpp template name, or the text itself) and its tokenizer.model's make."""
+    config_class: str
+    extra: dict
+    tokenizer_class: str
+    template: str
+    ids: dict[str, tuple[int, str]]  # unk/bos/eos/pad -> (id, piece) in tokenizer.model
+    dummy_prefix: bool  # add_dummy_prefix: Llama's "▁" before the text; Gemma has none
+    pieces: tuple[str, ...] = ()  # turn markers trained into tokenizer.model (user-defined pieces)
+    added: tuple[str, ...] = ()  # turn markers added after it (tokenizer.json's added tokens), as Phi-3 has them
+    eos: str | None = None  # the tokenizer's eos when it is an added token (Phi-3's <|endoftext|>)
+
+
+LLAMA_IDS = {"unk": (0, "<unk>"), "bos": (1, "<s>"), "eos": (2, "</s>")}
+# family -> how a real model of it tokenizes, from its tokenizer files: Llama 2 and Mistral v0.1
+# (byte-fallback BPE, "▁" prefix, digits split; Llama 2's [INST] is plain text, Mistral's is a piece
+# here as it is a token in later Mistral vocabularies), Gemma 2 (pad 0, eos 1, bos 2, unk 3, <mask> 4,
+# no prefix, turn markers in tokenizer.model) and Phi-3.5 (Llama's tokenizer.model, its turn markers
+# and eos added after it).
+SENTENCEPIECE = {
+    "llama2": Spm("LlamaConfig", {}, "LlamaTokenizer", LLAMA2_TEMPLATE, LLAMA_IDS, True),
+    "mistral-v0.1": Spm("MistralConfig", {"sliding_window": 4096}, "LlamaTokenizer",
+                        "mistralai-Mistral-Nemo-Instruct-2407", LLAMA_IDS, True, pieces=("[INST]", "[/INST]")),
+    # query_pre_attn_scalar = head_dim as in Gemma 2 2B and 9B (llama.cpp scales queries by head_dim there)
+    "gemma2": Spm("Gemma2Config", {"head_dim": 16, "query_pre_attn_scalar": 16, "tie_word_embeddings": True},
+                  "GemmaTokenizer",
+                  "google-gemma-2-2b-it",
+                  {"pad": (0, "<pad>"), "eos": (1, "<eos>"), "bos": (2, "<bos>"), "unk": (3, "<unk>")}, False,
+                  pieces=("<mask>", "<start_of_turn>", "<end_of_turn>")),
+    "phi3.5": Spm("Phi3Config", {}, "LlamaTokenizer", "microsoft-Phi-3.5-mini-instruct", LLAMA_IDS, True,
+                  added=("<|endoftext|>", "<|assistant|>", "<|system|>", "<|end|>", "<|user|>"), eos="<|endoftext|>"),
+}
+
+
+def sentencepiece_tokenizer(directory: Path, spec: Spm):
+    """A SentencePiece model trained here on the shipped lessons (BPE, 3,000 pieces, byte fallback),
+    saved as `directory`/tokenizer.model and wrapped as the family's transformers tokenizer the way
+    transformers builds one from a tokenizer.model (convert_slow_tokenizer.SentencePieceExtractor:
+    the pieces in id order, merges generated from them, user-defined pieces as added tokens), with
+    the pieces read by sentencepiece itself instead of its protobuf."""
+    import sentencepiece as spm
+    import transformers
+    from tokenizers import AddedToken
+    from transformers.tokenization_utils_base import generate_merges
+
+    rows = [json.loads(line) for line in (ROOT / "data" / "python_tutor.jsonl").read_text().splitlines()]
+    special = {"pad_id": -1} | {f"{k}_id": i for k, (i, _) in spec.ids.items()} | {
+        f"{k}_piece": p for k, (_, p) in spec.ids.items()}
+    directory.mkdir(parents=True)
+    spm.SentencePieceTrainer.train(  # Llama's and Gemma's trainer settings (their tokenizer.model's trainer_spec)
+        sentence_iterator=iter([t for r in rows for t in (r["instruction"], r["output"])]),
+        model_prefix=str(directory / "tokenizer"), vocab_size=3000, model_type="bpe", byte_fallback=True,
+        split_digits=True, character_coverage=1.0, allow_whitespace_only_pieces=True,
+        remove_extra_whitespaces=False, normalization_rule_name="identity", add_dummy_prefix=spec.dummy_prefix,
+        user_defined_symbols=list(spec.pieces), max_sentence_length=100000, num_threads=1, minloglevel=2, **special)
+    (directory / "tokenizer.vocab").unlink()
+    processor = spm.SentencePieceProcessor(model_file=str(directory / "tokenizer.model"))
+    vocab = {processor.id_to_piece(i): i for i in range(processor.get_piece_size())}
+    tokenizer = getattr(transformers, spec.tokenizer_class)(
+        vocab=vocab, merges=generate_merges(vocab), **{f"{k}_token": p for k, (_, p) in spec.ids.items()},
+        additional_special_tokens=[AddedToken(p, normalized=False, special=False) for p in spec.pieces])
+    if spec.added:
+        tokenizer.add_special_tokens({"additional_special_tokens": list(spec.added)})
+    if spec.eos:
+        tokenizer.eos_token = tokenizer.pad_token = spec.eos
+    return tokenizer
+
+
+def tiny_sentencepiece_model(directory: Path, family: str) -> Path:
+    """A 2-layer random model of `family` (hidden 64) with its SentencePiece tokenizer (trained
+    here) and chat template, saved in `directory` beside the tokenizer.model."""
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    from tutorforge.llamacpp_tools import model_template
+
+    spec = SENTENCEPIECE[family]
+    tokenizer = sentencepiece_tokenizer(directory, spec)
+    tokenizer.chat_template = spec.template if "{%" in spec.template else model_template(spec.template)
+    settings = {"tie_word_embeddings": False, **spec.extra}
+    config = getattr(transformers, spec.config_class)(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        **settings)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)  # tokenizer.json and its config, beside the tokenizer.model
+    return directory
+
+
+@pytest.mark.slow  # about 30 s a family
+@pytest.mark.parametrize("family", sorted(SENTENCEPIECE))
+def test_a_sentencepiece_family_trains_merges_exports_and_verifies(tmp_path, family):
+    model = tiny_sentencepiece_model(tmp_path / "base", family)
+    report = trains_merges_exports_and_verifies(tmp_path, model, family)
+    merged = tmp_path / "run" / "merged" / "tokenizer.model"  # what llama.cpp's converter read
+    assert merged.read_bytes() == (model / "tokenizer.model").read_bytes()
+    assert (tmp_path / "run" / "adapter" / "tokenizer.model").is_file()
+    from gguf import GGUFReader
+
+    field = GGUFReader(report["files"]["f16"]).fields["tokenizer.ggml.model"]
+    assert field.contents() == "llama"  # llama.cpp's SentencePiece tokenizer, built from tokenizer.model
+    decisions = json.loads((tmp_path / "run" / "run.json").read_text())["decisions"]
+    if family == "gemma2":  # its class has no SDPA (attention logit softcapping): it trains with eager
+        assert "attention eager (the model's default)" in decisions
 
 
 @pytest.mark.slow

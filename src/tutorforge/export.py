@@ -4,8 +4,9 @@
                                                         a full fine-tune's model/ as it is)
 
 f32, f16, bf16 and q8_0 are written by gguf_write (one streaming pass from base + adapter, or from a
-merged checkpoint) for the Llama and Qwen2 families, by llama.cpp's own converter for every other
-architecture (llamacpp_tools.py, on a merged checkpoint; see write_plain); K-quants (q4_k_m, ...)
+merged checkpoint) for the Llama and Qwen2 families with a BPE tokenizer, by llama.cpp's own
+converter for every other architecture and for SentencePiece tokenizers (llamacpp_tools.py, on a
+merged checkpoint; see write_plain); K-quants (q4_k_m, ...)
 by llama.cpp's quantizer from the f16 file (quantize.py).
 Every file is checked by llama.cpp against the PyTorch model (verify.py) on the run's held-out rows
 and the shipped lessons (package data, read with importlib.resources), and recorded in export.json.
@@ -93,6 +94,23 @@ def architecture(model_dir: Path) -> str:
     return (json.loads((model_dir / "config.json").read_text()).get("architectures") or ["?"])[0]
 
 
+def sentencepiece_model(source: Source) -> Path | None:
+    """The SentencePiece model (tokenizer.model) of the tokenizer a source was trained with, or None
+    (none there, or a tokenizer.model that is not SentencePiece's, as Llama 3's tiktoken file is)."""
+    from tutorforge.tokenizer import tokenizer_dir
+
+    path = tokenizer_dir(source.model_dir, source.adapter) / "tokenizer.model"
+    if not path.is_file():
+        return None
+    import sentencepiece
+
+    try:
+        sentencepiece.SentencePieceProcessor().LoadFromFile(str(path))  # what llama.cpp's converter calls
+    except (OSError, RuntimeError):
+        return None
+    return path
+
+
 def write_plain(source: Source, path: Path, kind: str, *, name: str, scratch: Path, progress=None) -> Path:
     """One unquantised (or q8_0) GGUF: tutorforge's own streaming writer for the architectures it
     writes (gguf_write.ARCHS: base + adapter in one pass), else llama.cpp's converter
@@ -101,8 +119,13 @@ def write_plain(source: Source, path: Path, kind: str, *, name: str, scratch: Pa
 
     Why two writers: llama.cpp's converter knows every architecture llama.cpp runs, and is the
     reference its GGUFs are checked against; tutorforge's writer covers the Llama and Qwen2 families
-    in one pass with no merged copy on disk (bit-identical to the converter on the bundled model)."""
-    if architecture(source.model_dir) in ARCHS:
+    in one pass with no merged copy on disk (bit-identical to the converter on the bundled model).
+    A SentencePiece tokenizer (a tokenizer.model beside the run's tokenizer: Llama 2, Mistral v0.1,
+    Gemma, Phi-3) goes to the converter whatever the architecture: tutorforge's vocabulary writer
+    writes BPE vocabularies only (gguf_vocab), and the converter writes llama.cpp's "llama"
+    tokenizer from tokenizer.model itself (pieces, scores, token types), which llama.cpp then
+    tokenizes as SentencePiece does; re-implementing that reader would only copy it."""
+    if architecture(source.model_dir) in ARCHS and not sentencepiece_model(source):
         return write_gguf(source, path, kind, name=name, progress=progress)
     from tutorforge.llamacpp_tools import convert_checkpoint
 

@@ -23,6 +23,7 @@ import torch
 
 from tutorforge.errors import UserError
 from tutorforge.lora import add_lora, continue_lora
+from tutorforge.tokenizer import save_tokenizer
 
 if TYPE_CHECKING:
     from tutorforge.config import Config
@@ -105,7 +106,7 @@ def save_output(model, tokenizer, out: Path, *, full: bool, dtype: torch.dtype |
     else:
         model.save_pretrained(tmp)
     if tokenizer is not None:  # the tokenizer trained with (special_tokens, tokenizer_config)
-        tokenizer.save_pretrained(tmp)
+        save_tokenizer(tokenizer, tmp)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
@@ -117,7 +118,7 @@ def copy_adapter(source: Path, tokenizer, out: Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(source, tmp)
     if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
+        save_tokenizer(tokenizer, tmp)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out

@@ -168,19 +168,20 @@ def _validate(p: Pipeline) -> Outcome:
     p.cfg = report.config
     from tutorforge.models import check_base_model
 
-    if check_base_model(p.config.base_model)[0]:  # a damaged base model stops the run here, named
-        from tutorforge.models import resolve_base_model
-        from tutorforge.support import check_model
-
-        check_model(resolve_base_model(p.config.base_model, allow_download=False).path, str(p.config_path),
-                    p.config)
+    check_base_model(p.config.base_model)  # a damaged base model stops the run here, named
     p.run_dir = Path(p.config.output_dir)
     p.stages = run_dir_of(p).stages
     return Outcome("validate", "done", 0.0, p.config_path, p.config_path.stat().st_size)
 
 
 def _plan(p: Pipeline) -> Outcome:
+    from tutorforge.models import check_base_model, resolve_base_model
     from tutorforge.plan import apply_plan
+    from tutorforge.support import check_model
+
+    if check_base_model(p.config.base_model)[0]:  # export and package must take it, before training
+        check_model(resolve_base_model(p.config.base_model, allow_download=False).path, str(p.config_path),
+                    p.config)
 
     p.cfg, p.decisions = apply_plan(p.config, ignore=p.ignore_plan)
     for decision in p.decisions:

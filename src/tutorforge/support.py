@@ -13,8 +13,12 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tutorforge.errors import UserError
+
+if TYPE_CHECKING:
+    from tutorforge.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +55,19 @@ def export_problem(model_dir: Path) -> str | None:
             "families in the README's export table), or a newer llama-cpp-python in pyproject.toml")
 
 
-def package_problem(model_dir: Path, cfg) -> str | None:
+def package_problem(model_dir: Path, cfg: Config) -> str | None:
     """Why package could not write an Ollama TEMPLATE for the prompt format this config trains with
     (its chat_template, or the one its datasets name; default_system_message; chat_template_jinja),
     or None: ollama.family_for, on the tokenizer alone."""
     from tutorforge.ollama import family_for
     from tutorforge.tokenizer import tokenizer_for
 
-    tokenizer = tokenizer_for(model_dir, cfg.tokenizer_config, special_tokens=cfg.special_tokens,
-                              trust_remote_code=cfg.trust_remote_code, allow_download=False)
+    try:
+        tokenizer = tokenizer_for(model_dir, cfg.tokenizer_config, special_tokens=cfg.special_tokens,
+                                  trust_remote_code=cfg.trust_remote_code, allow_download=False)
+    except (OSError, ValueError) as exc:  # transformers' own refusals of a directory without a tokenizer
+        return (f"{model_dir}: its tokenizer does not load ({str(exc).strip().splitlines()[0][:200]}); training "
+                "needs it: give the model's tokenizer files, or tokenizer_config")
     template = cfg.chat_template or next((d.chat_template for d in cfg.datasets if d.chat_template), None)
     try:
         family_for(tokenizer, template, cfg.default_system_message, chat_template_jinja=cfg.chat_template_jinja)
@@ -68,14 +76,14 @@ def package_problem(model_dir: Path, cfg) -> str | None:
     return None
 
 
-def model_problems(model_dir: Path, cfg=None) -> list[str]:
+def model_problems(model_dir: Path, cfg: Config | None = None) -> list[str]:
     """Every reason this base model (trained as `cfg` says, when given) could not go the whole way
     (empty: it can)."""
     found = [export_problem(model_dir)] + ([package_problem(model_dir, cfg)] if cfg is not None else [])
     return [p for p in found if p]
 
 
-def check_model(model_dir: Path, where: str, cfg=None) -> None:
+def check_model(model_dir: Path, where: str, cfg: Config | None = None) -> None:
     """UserError listing model_problems, named by `where` (the config file)."""
     if problems := model_problems(model_dir, cfg):
         raise UserError(f"{where}: base_model cannot go the whole way:\n  " + "\n  ".join(problems))

@@ -3,8 +3,10 @@
     tokenizer = tokenizer_for(model_dir, cfg.tokenizer_config, special_tokens=cfg.special_tokens)
     check_remote_code(model_dir, trust_remote_code=False)   # UserError if it needs its own code
     tokenizer = run_tokenizer(base_dir, run_dir / "adapter", trust_remote_code=cfg.trust_remote_code)
+    save_tokenizer(tokenizer, run_dir / "adapter")          # save_pretrained + its tokenizer.model
 
-Training saves the tokenizer it used beside the adapter (train._finish); every later stage (merge,
+Training saves the tokenizer it used beside the adapter (train._finish, with save_tokenizer: a
+SentencePiece model's tokenizer.model too, which llama.cpp's converter reads); every later stage (merge,
 export, package, chat, compare) loads it back with `run_tokenizer`, so special_tokens and
 tokenizer_config reach the merged checkpoint, the GGUF and the Modelfile. The tokenizer comes from
 the directory tokenizer_config names (resolved as base_model is, by models.resolve_aux) or else from
@@ -35,6 +37,36 @@ def tokenizer_dir(model_dir: Path, adapter: Path | None = None) -> Path:
     if adapter is not None and any((Path(adapter) / name).is_file() for name in TOKENIZER_FILES):
         return Path(adapter)
     return Path(model_dir)
+
+
+def save_tokenizer(tokenizer, directory: Path) -> None:
+    """`tokenizer.save_pretrained(directory)` plus what llama.cpp's converter reads of a SentencePiece
+    model and transformers 5 no longer writes (TokenizersBackend._save_pretrained): the
+    tokenizer.model it was loaded from, copied beside (the converter builds the GGUF vocabulary from
+    it, _create_vocab_sentencepiece), and the added tokens in tokenizer_config.json's
+    added_tokens_decoder as transformers 4 wrote them (the converter marks turn markers such as
+    <start_of_turn> or [INST] as tokens from there; without it llama.cpp splits them into pieces).
+    A `vocab_file` path to the directory loaded from is left out of the saved config."""
+    import shutil
+
+    tokenizer.save_pretrained(str(directory))
+    target = Path(directory) / "tokenizer.model"
+    # where it was loaded from: vocab_file where the class keeps one (LlamaTokenizer, not GemmaTokenizer)
+    sources = [getattr(tokenizer, "vocab_file", None), str(Path(tokenizer.name_or_path or ".") / target.name)]
+    source = next((Path(s) for s in sources if isinstance(s, str) and Path(s).name == target.name
+                   and Path(s).is_file()), None)
+    if source is not None and not target.is_file() and source.resolve() != target.resolve():
+        shutil.copy2(source, target)
+    config_file = Path(directory) / "tokenizer_config.json"
+    if not config_file.is_file():
+        return
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config.pop("vocab_file", None)
+    config.setdefault("added_tokens_decoder", {
+        str(i): {"content": t.content, "lstrip": t.lstrip, "normalized": t.normalized, "rstrip": t.rstrip,
+                 "single_word": t.single_word, "special": t.special}
+        for i, t in sorted(tokenizer.added_tokens_decoder.items())})
+    config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def run_tokenizer(model_dir: Path, adapter: Path | None = None, *, trust_remote_code: bool = False):
@@ -80,8 +112,35 @@ def load_tokenizer(directory: Path, *, special_tokens: tuple[tuple[str, str], ..
 
     check_remote_code(directory, trust_remote_code)
     tokenizer = AutoTokenizer.from_pretrained(str(directory), trust_remote_code=trust_remote_code)
+    sentencepiece_prefix(tokenizer, directory)
     set_special_tokens(tokenizer, special_tokens)
     return tokenizer
+
+
+def sentencepiece_prefix(tokenizer, directory: Path) -> None:
+    """Give a SentencePiece-style tokenizer SentencePiece's own dummy prefix: "▁" before every text
+    segment (the text, and the text after each special or added token), even one that begins with a
+    space. transformers 5 rebuilds LlamaTokenizer (Llama 2, Mistral v0.1, Phi-3) with a Metaspace
+    pre-tokenizer whatever tokenizer.json says (models/llama/tokenization_llama.py), and Metaspace
+    adds no "▁" to a segment that starts with one, and with legacy: false none after a special
+    token; SentencePiece (tokenizer.model, which these models were trained with) and llama.cpp's
+    tokenizer of the GGUF (llama-vocab.cpp, SPM: a space before each raw-text fragment at the start
+    and after a token) do. The normalizer here is the one transformers 4's LlamaConverter wrote into
+    these models' tokenizer.json (Prepend + Replace, no pre-tokenizer). Other tokenizers are left as
+    they are."""
+    from tokenizers import normalizers, pre_tokenizers
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    pre = getattr(backend, "pre_tokenizer", None)
+    if (backend is None or not isinstance(pre, pre_tokenizers.Metaspace) or pre.split
+            or pre.prepend_scheme == "never" or backend.normalizer is not None):
+        return
+    backend.normalizer = normalizers.Sequence([normalizers.Prepend(pre.replacement),
+                                               normalizers.Replace(" ", pre.replacement)])
+    backend.pre_tokenizer = None
+    log.info("tokenizer %s: SentencePiece's prefix (%r before every text segment, as tokenizer.model and "
+             "llama.cpp tokenize) instead of transformers' Metaspace (prepend_scheme %s)", directory,
+             pre.replacement, pre.prepend_scheme)
 
 
 def tokenizer_for(model_dir: Path, tokenizer_config: str | None = None, *,
