@@ -86,15 +86,13 @@ def plan(config: Path, *, gpu: str | None = None, vram: float | None = None, ram
     ram: host RAM in GB (default: the profile's, or this machine's)
     """  # noqa: E501 (one line per option: the --help text)
     from tutorforge.config import load_config
-    from tutorforge.models import check_base_model, resolve_base_model
     from tutorforge.plan import plan_training
-    from tutorforge.support import check_model
+    from tutorforge.support import check_config_model
 
     if gpu is not None and vram is not None:
         raise UserError("give --gpu or --vram, not both")
     cfg = load_config(config)
-    if check_base_model(cfg.base_model)[0]:  # a model that is here: can it be exported and packaged?
-        check_model(resolve_base_model(cfg.base_model, allow_download=False).path, str(config), cfg)
+    check_config_model(cfg, str(config))  # a model that is here: can it be exported and packaged?
     result = plan_training(cfg, hardware=gpu, vram_gb=vram, ram_gb=ram, source=str(config))
     print(result.render())
     return 0 if result.fits else 1

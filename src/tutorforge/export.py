@@ -89,11 +89,6 @@ def export_model(source: Source, out_dir: Path, *, name: str, outtype: str = "f1
     return report
 
 
-def architecture(model_dir: Path) -> str:
-    """A checkpoint's Hugging Face architecture (config.json's first `architectures` entry)."""
-    return (json.loads((model_dir / "config.json").read_text()).get("architectures") or ["?"])[0]
-
-
 def sentencepiece_model(source: Source) -> Path | None:
     """The SentencePiece model (tokenizer.model) of the tokenizer a source was trained with, or None
     (none there, or a tokenizer.model that is not SentencePiece's, as Llama 3's tiktoken file is)."""
@@ -125,6 +120,8 @@ def write_plain(source: Source, path: Path, kind: str, *, name: str, scratch: Pa
     writes BPE vocabularies only (gguf_vocab), and the converter writes llama.cpp's "llama"
     tokenizer from tokenizer.model itself (pieces, scores, token types), which llama.cpp then
     tokenizes as SentencePiece does; re-implementing that reader would only copy it."""
+    from tutorforge.support import architecture
+
     if architecture(source.model_dir) in ARCHS and not sentencepiece_model(source):
         return write_gguf(source, path, kind, name=name, progress=progress)
     from tutorforge.llamacpp_tools import convert_checkpoint

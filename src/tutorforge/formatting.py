@@ -56,6 +56,8 @@ CHAT_TEMPLATES: dict[str, str] = {
         "'<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}"
         "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"),
 }
+# What to do when a conversation meets a model without a chat template (every such error says it).
+NEEDS_TEMPLATE = "set chat_template: chatml (or llama3, or chat_template: jinja with chat_template_jinja)"
 TEMPLATE_TOKENS = {"chatml": ("<|im_start|>", "<|im_end|>"),
                    "llama3": ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")}
 
@@ -228,8 +230,7 @@ def encode_conversation(tokenizer, fmt: PromptFormat, row, *, train_on_inputs: b
     none (trained only under train_on_inputs, like any turn)."""
     if fmt.kind != "chat":
         raise UserError(f"{row.source.rpartition(':')[0] or row.source}: a conversation dataset needs a "
-                        "chat template, and this model has none (a base model); set chat_template: chatml "
-                        "(or llama3, or chat_template: jinja with chat_template_jinja)")
+                        f"chat template, and this model has none (a base model); {NEEDS_TEMPLATE}")
     turns = list(row.turns)
     messages = [{"role": t.role, "content": t.content} for t in turns]
     trained = [t.trained(row.roles_to_train, train_on_inputs) for t in turns]
@@ -271,11 +272,6 @@ def encode_prompt(tokenizer, fmt: PromptFormat, instruction: str, input: str = "
         return tokenizer(prompt, add_special_tokens=True, split_special_tokens=True)["input_ids"]
 
     return encode_messages(tokenizer, fmt, _messages(fmt.system, instruction, input))
-
-
-# What to do when a conversation meets a model without a chat template (encode_conversation's advice).
-NEEDS_TEMPLATE = ("set chat_template: chatml (or llama3, or chat_template: jinja with "
-                  "chat_template_jinja)")
 
 
 def prompt_messages(fmt: PromptFormat, history, instruction: str, input: str = "") -> list[dict]:

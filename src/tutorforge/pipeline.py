@@ -175,13 +175,10 @@ def _validate(p: Pipeline) -> Outcome:
 
 
 def _plan(p: Pipeline) -> Outcome:
-    from tutorforge.models import check_base_model, resolve_base_model
     from tutorforge.plan import apply_plan
-    from tutorforge.support import check_model
+    from tutorforge.support import check_config_model
 
-    if check_base_model(p.config.base_model)[0]:  # export and package must take it, before training
-        check_model(resolve_base_model(p.config.base_model, allow_download=False).path, str(p.config_path),
-                    p.config)
+    check_config_model(p.config, str(p.config_path))  # export and package must take it, before training
 
     p.cfg, p.decisions = apply_plan(p.config, ignore=p.ignore_plan)
     for decision in p.decisions:

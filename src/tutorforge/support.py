@@ -83,6 +83,15 @@ def model_problems(model_dir: Path, cfg: Config | None = None) -> list[str]:
     return [p for p in found if p]
 
 
+def check_config_model(cfg: Config, where: str) -> None:
+    """check_model on the config's base model when it is on this machine (one that is not yet here
+    is checked where it is resolved)."""
+    from tutorforge.models import check_base_model, resolve_base_model
+
+    if check_base_model(cfg.base_model)[0]:
+        check_model(resolve_base_model(cfg.base_model, allow_download=False).path, where, cfg)
+
+
 def check_model(model_dir: Path, where: str, cfg: Config | None = None) -> None:
     """UserError listing model_problems, named by `where` (the config file)."""
     if problems := model_problems(model_dir, cfg):
