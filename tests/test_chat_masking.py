@@ -209,7 +209,8 @@ def test_prepare_names_the_conversation_dataset_a_base_model_cannot_format(bundl
 
     bundled_tokenizer.chat_template = None  # a base model
     rows = [Row("q", "", "a", "a.jsonl:1"), Row("", "", "", "chats.jsonl:1", turns=CONVERSATIONS["plain"])]
-    cfg = _cfg(None, ("a.jsonl", "alpaca", None), ("chats.jsonl", "chat_template", None))
+    cfg = _cfg(None, ("a.jsonl", "alpaca", None), ("chats.jsonl", "chat_template", None),
+               ("text.jsonl", "completion", None))  # completion needs no template: not named
     with pytest.raises(UserError, match=r"^datasets\[1\] \(chats.jsonl, type: chat_template\): conversations need "
                                         r"a chat template, and this model has none.*set chat_template: chatml"):
         choose_format(cfg, bundled_tokenizer, rows)

@@ -26,9 +26,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tutorforge.conversations import CONVERSATION_TYPES
 from tutorforge.data import FILE_KINDS, KINDS, LoadReport, Reject, Row, load_datasets
 from tutorforge.errors import UserError
-from tutorforge.formatting import IGNORE, Example, PromptFormat, encode_row, prompt_format, split_rows, text_chunks
+from tutorforge.formatting import (
+    IGNORE,
+    NEEDS_TEMPLATE,
+    Example,
+    PromptFormat,
+    encode_row,
+    prompt_format,
+    split_rows,
+    text_chunks,
+)
 from tutorforge.fsutil import atomic_write
 
 if TYPE_CHECKING:
@@ -230,10 +240,10 @@ def choose_format(cfg: Config, tokenizer, rows: list[Row]) -> PromptFormat:
                         chat_template_jinja=cfg.chat_template_jinja)
     if fmt.kind == "alpaca" and any(r.turns for r in rows):
         chats = [f"datasets[{i}] ({d.path}, type: {d.type})" for i, d in enumerate(cfg.datasets)
-                 if d.type != "alpaca"]
+                 if d.type in CONVERSATION_TYPES]
         why = "chat_template is alpaca" if template == "alpaca" else "this model has none (a base model)"
         raise UserError(f"{', '.join(chats) or 'a dataset'}: conversations need a chat template, and {why}; "
-                        "set chat_template: chatml (or llama3, or chat_template: jinja with chat_template_jinja)")
+                        f"{NEEDS_TEMPLATE}")
     return fmt
 
 
