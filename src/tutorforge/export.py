@@ -3,10 +3,10 @@
     tutorforge export outputs/python-tutor-smollm2     (merged/ if present, else base + adapter/;
                                                         a full fine-tune's model/ as it is)
 
-f32, f16, bf16 and q8_0 are written by gguf_write (one streaming pass from base + adapter, or from a
-merged checkpoint) for the Llama and Qwen2 families with a BPE tokenizer, by llama.cpp's own
-converter for every other architecture and for SentencePiece tokenizers (llamacpp_tools.py, on a
-merged checkpoint; see write_plain); K-quants (q4_k_m, ...)
+f32, f16, bf16 and q8_0 are written in one streaming pass from base + adapter, or from a merged
+checkpoint: by gguf_write for the Llama and Qwen2 families with a BPE tokenizer, by llama.cpp's own
+converter for every other architecture and for SentencePiece tokenizers (llamacpp_tools.py and
+convert_driver.py; see write_plain); K-quants (q4_k_m, ...)
 by llama.cpp's quantizer from the f16 file (quantize.py).
 Every file is checked by llama.cpp against the PyTorch model (verify.py) on the run's held-out rows
 and the shipped lessons (package data, read with importlib.resources), and recorded in export.json.
@@ -16,7 +16,6 @@ from __future__ import annotations
 import gzip
 import json
 import logging
-import shutil
 from importlib import resources
 from pathlib import Path
 
@@ -66,18 +65,16 @@ def export_model(source: Source, out_dir: Path, *, name: str, outtype: str = "f1
     if any(q in K_QUANTS for q in quantizations) and "f16" not in direct:
         direct.insert(0, "f16")  # the quantizer's input
     tied = bool(json.loads((source.model_dir / "config.json").read_text()).get("tie_word_embeddings"))
-    scratch = out_dir / ".merged-for-converter"  # write_plain's merged copy for llama.cpp's converter
     for kind in [*direct, *(q for q in quantizations if q in K_QUANTS)]:
         path = gguf_path(out_dir, name, kind)
         if claimed.reusable("export", inputs, path.name):
             log.info("export: %s was made from this same model; kept", path.name)
         elif kind in PLAIN_TYPES:
-            write_plain(source, path, kind, name=name, scratch=scratch, progress=progress)
+            write_plain(source, path, kind, name=name, progress=progress)
         else:
             quantize(files["f16"], path, kind, tied_embeddings=tied)
         files[kind] = path
         claimed.add("export", path)
-    shutil.rmtree(scratch, ignore_errors=True)
     report = {"files": {k: str(v) for k, v in files.items()},
               "sizes_mib": {k: round(v.stat().st_size / 2**20, 1) for k, v in files.items()}}
     if verify_rows:
@@ -106,15 +103,16 @@ def sentencepiece_model(source: Source) -> Path | None:
     return path
 
 
-def write_plain(source: Source, path: Path, kind: str, *, name: str, scratch: Path, progress=None) -> Path:
+def write_plain(source: Source, path: Path, kind: str, *, name: str, progress=None) -> Path:
     """One unquantised (or q8_0) GGUF: tutorforge's own streaming writer for the architectures it
     writes (gguf_write.ARCHS: base + adapter in one pass), else llama.cpp's converter
-    (llamacpp_tools) on a merged checkpoint, merged in bounded RAM into `scratch` first when the
-    source has an adapter (and kept there for the next file). Both write atomically.
+    (llamacpp_tools) with the adapter merged as the converter reads each tensor (convert_driver:
+    one pass too, no merged copy on disk). Both write atomically and in bounded RAM.
 
     Why two writers: llama.cpp's converter knows every architecture llama.cpp runs, and is the
-    reference its GGUFs are checked against; tutorforge's writer covers the Llama and Qwen2 families
-    in one pass with no merged copy on disk (bit-identical to the converter on the bundled model).
+    reference its GGUFs are checked against; tutorforge's writer, which came first, covers the Llama
+    and Qwen2 families in process, with its own progress (bit-identical to the converter on the
+    bundled model, tests/test_llamacpp_tools.py).
     A SentencePiece tokenizer (a tokenizer.model beside the run's tokenizer: Llama 2, Mistral v0.1,
     Gemma, Phi-3) goes to the converter whatever the architecture: tutorforge's vocabulary writer
     writes BPE vocabularies only (gguf_vocab), and the converter writes llama.cpp's "llama"
@@ -126,12 +124,7 @@ def write_plain(source: Source, path: Path, kind: str, *, name: str, scratch: Pa
         return write_gguf(source, path, kind, name=name, progress=progress)
     from tutorforge.llamacpp_tools import convert_checkpoint
 
-    model_dir = source.model_dir
-    if source.adapter is not None:
-        from tutorforge.merge import merge
-
-        model_dir = merge(source.model_dir, source.adapter, scratch)
-    return convert_checkpoint(model_dir, path, outtype=kind)
+    return convert_checkpoint(source.model_dir, path, outtype=kind, adapter=source.adapter)
 
 
 def _verification(source: Source, files: dict[str, Path], out_dir: Path, rows: list, system: str | None) -> dict:

@@ -129,23 +129,31 @@ def model_template(name: str) -> str:
     return path.read_text(encoding="utf-8")
 
 
-def convert_checkpoint(model_dir: Path, out: Path, *, outtype: str = "f16") -> Path:
-    """llama.cpp's converter on a Hugging Face checkpoint directory, in its own process: `out` is
+def convert_checkpoint(model_dir: Path, out: Path, *, outtype: str = "f16", adapter: Path | None = None) -> Path:
+    """llama.cpp's converter on a Hugging Face checkpoint directory, or on a base and a LoRA
+    `adapter` merged as the converter reads them (convert_driver), in its own process: `out` is
     written under a temporary name and renamed when the converter succeeds (UserError otherwise,
     with the converter's last lines)."""
     tools = tools_dir()
     tmp = out.with_name(f".{out.name}.converting")
+    staging = out.with_name(f".{out.name}.input")
     tmp.unlink(missing_ok=True)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tools / "gguf-py"), str(tools)]))
     env.pop("NO_LOCAL_GGUF", None)
-    cmd = [sys.executable, str(tools / "convert_hf_to_gguf.py"), str(model_dir), "--outfile", str(tmp),
-           "--outtype", outtype]
-    log.info("export: llama.cpp's converter on %s (%s)", model_dir, outtype)
+    cmd = [sys.executable, "-m", "tutorforge.convert_driver", str(model_dir), str(tmp), outtype]
+    if adapter is not None:
+        cmd[3] = str(_staging(model_dir, adapter, staging))
+        cmd += ["--base", str(model_dir), "--adapter", str(adapter)]
+    log.info("export: llama.cpp's converter on %s%s (%s)", model_dir, f" + {adapter}" if adapter else "", outtype)
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=CONVERT_TIMEOUT_S)
     except subprocess.TimeoutExpired:
+        done = None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if done is None:
         tmp.unlink(missing_ok=True)
-        raise UserError(f"{model_dir}: llama.cpp's converter ran past {CONVERT_TIMEOUT_S} s") from None
+        raise UserError(f"{model_dir}: llama.cpp's converter ran past {CONVERT_TIMEOUT_S} s")
     if done.returncode or not tmp.is_file():
         tmp.unlink(missing_ok=True)
         last = "\n  ".join((done.stderr or done.stdout).strip().splitlines()[-6:])
@@ -153,6 +161,20 @@ def convert_checkpoint(model_dir: Path, out: Path, *, outtype: str = "f16") -> P
                         "the architecture or tokenizer may be one llama.cpp does not convert at this version")
     os.replace(tmp, out)
     return out
+
+
+def _staging(base: Path, adapter: Path, staging: Path) -> Path:
+    """What the converter reads for base + adapter: the base's files beside its weights with the
+    run's tokenizer (as merge writes them), and links to the base's weight files (nothing copied)."""
+    from tutorforge.merge import copy_files
+
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    copy_files(base, adapter, staging)
+    for path in base.iterdir():
+        if path.name.endswith((".safetensors", ".safetensors.index.json")):
+            (staging / path.name).symlink_to(path.resolve())
+    return staging
 
 
 if __name__ == "__main__":

@@ -132,26 +132,32 @@ class Workspace:
         return self.raw[:n].view(DTYPES[ref.dtype]).reshape(ref.shape)
 
     def merged(self, ref: TensorRef, pair: LoraPair | None, replacement: torch.Tensor | None) -> torch.Tensor:
-        """`ref`'s tensor as W + scale * B @ A, computed in fp32 and cast back to W's dtype, where W is
-        the base tensor or its replacement (a module trained or saved in full) in W's dtype; valid until
-        the next call. Non-finite values are an error."""
+        """`ref`'s tensor merged (merged_into), in the workspace: valid until the next call."""
         base = self.read(ref)
         if replacement is None and pair is None:
             return base
-        if replacement is not None:
-            _check_shape(ref.name, replacement.shape, base.shape)
-            base.copy_(replacement)
-        if pair is not None:
-            a, b = pair.a.float(), pair.b.float()
-            if pair.transposed:  # (B @ A).T = A.T @ B.T
-                a, b = b.T, a.T
-            _check_shape(ref.name, (b.shape[0], a.shape[1]), base.shape)
-            work = self.work[:base.numel()].view(base.shape)
-            work.copy_(base)  # converted in place: no temporary fp32 copy of W
-            work.addmm_(b, a, alpha=pair.scale)
-            base.copy_(work)
-        _check_finite(ref.name, base)
-        return base
+        return merged_into(ref.name, base, pair, replacement, self.work[:base.numel()].view(base.shape))
+
+
+def merged_into(name: str, base: torch.Tensor, pair: LoraPair | None, replacement: torch.Tensor | None,
+                work: torch.Tensor) -> torch.Tensor:
+    """`base` (a writable tensor) overwritten with W + scale * B @ A, computed in fp32 in `work` (an
+    fp32 tensor of base's shape) and cast back to W's dtype, where W is the base tensor or its
+    replacement (a module trained or saved in full) in W's dtype. Non-finite values are an error.
+    The one merge arithmetic, for merge's shards and for export's one pass (convert_driver)."""
+    if replacement is not None:
+        _check_shape(name, replacement.shape, base.shape)
+        base.copy_(replacement)
+    if pair is not None:
+        a, b = pair.a.float(), pair.b.float()
+        if pair.transposed:  # (B @ A).T = A.T @ B.T
+            a, b = b.T, a.T
+        _check_shape(name, (b.shape[0], a.shape[1]), base.shape)
+        work.copy_(base)  # converted in place: no temporary fp32 copy of W
+        work.addmm_(b, a, alpha=pair.scale)
+        base.copy_(work)
+    _check_finite(name, base)
+    return base
 
 
 def _check_shape(name: str, update: tuple[int, ...], base: tuple[int, ...]) -> None:
@@ -213,7 +219,7 @@ def merge(base_dir: Path, adapter_dir: Path, out_dir: Path, *, shard_bytes: int 
     try:
         with disk_full_says_so(out_dir.parent, "the merged model"):
             _write_shards(tmp, refs, lora, full, shard_bytes, progress)
-            _copy_files(base_dir, adapter_dir, tmp)
+            copy_files(base_dir, adapter_dir, tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # a merge starts over: a partial one only takes space
         raise
@@ -228,7 +234,7 @@ def merge(base_dir: Path, adapter_dir: Path, out_dir: Path, *, shard_bytes: int 
     return out_dir
 
 
-def _copy_files(base_dir: Path, adapter_dir: Path, out: Path) -> None:
+def copy_files(base_dir: Path, adapter_dir: Path, out: Path) -> None:
     """The base's files beside its weights (config, generation config, license, tokenizer and chat
     template), the tokenizer files taken from the adapter instead when training saved its tokenizer
     there (tokenizer.run_tokenizer: special_tokens, tokenizer_config)."""
