@@ -51,12 +51,19 @@ def tiny_llama(tmp_path_factory) -> Path:
     return out
 
 
-def test_sdpa_on_gemma2_names_the_key_the_class_and_the_fix(tmp_path, tiny_gemma2):
+def test_sdpa_asked_of_gemma2_trains_eager_and_says_so(tmp_path, tiny_gemma2):
+    """Axolotl's configs say sdp_attention for any model: on a class with no SDPA, training runs its
+    default (eager) and says why; loading it with SDPA directly is still the named error."""
+    from tutorforge.lora import load_base
     from tutorforge.train import build_run
 
-    cfg = load_config(tiny_config(tmp_path, tiny_gemma2, attn_implementation="sdpa", rows=8, max_steps=2))
+    cfg = load_config(tiny_config(tmp_path, tiny_gemma2, sdp_attention=True, rows=8, max_steps=2))
+    run = build_run(cfg, config_dir=tmp_path, skip_bad_rows=False, device=CPU)
+    assert "attn_implementation sdpa: Gemma2ForCausalLM has no SDPA in transformers; using eager, its default" \
+        in run.decisions
+    assert "attention eager" in run.decisions and run.model.config._attn_implementation == "eager"
     with pytest.raises(UserError) as raised:
-        build_run(cfg, config_dir=tmp_path, skip_bad_rows=False, device=CPU)
+        load_base(tiny_gemma2, attention="sdpa", **FROZEN)
     text = str(raised.value)
     assert text.startswith("attn_implementation: sdpa: Gemma2ForCausalLM cannot run it here"), text
     assert "it runs eager, flash_attention_2, flash_attention_3, flex_attention" in text
@@ -112,6 +119,9 @@ def test_the_plan_predicts_the_kernel_without_loading_weights(tmp_path, tiny_gem
     assert kernel == "sdpa" and why.startswith("assumed: MyOwnForCausalLM is not a class transformers has here")
     assert plan.planned_attention(config(attn_implementation="eager"), hw, gemma) == (
         "eager", "attn_implementation: eager")
+    assert plan.planned_attention(config(attn_implementation="sdpa"), hw, gemma) == (
+        "eager", "attn_implementation sdpa: Gemma2ForCausalLM has no SDPA in transformers; using eager, its default")
+    assert plan.planned_attention(config(attn_implementation="sdpa"), hw, table) == ("sdpa", "attn_implementation: sdpa")
     kernel, why = plan.planned_attention(config(attn_implementation="flash_attention_2"), profile("cpu"), gemma)
     assert kernel == "eager" and why.startswith("attn_implementation flash_attention_2 needs CUDA")
 

@@ -114,12 +114,13 @@ def planned_attention(cfg: Config, hw: Hardware, shape: Shape | None) -> tuple[s
     is unknown here. No weights are loaded, and no model code imported."""
     from tutorforge.config_fold import attention_wanted
     from tutorforge.hardware import attention_implementation
-    from tutorforge.shapes import default_attention, model_class
+    from tutorforge.shapes import default_attention, model_class, runnable_attention
 
     chosen, fallback = attention_implementation(attention_wanted(cfg), hw.device)
-    if chosen is not None:
-        return chosen, f"attn_implementation: {chosen}"
     model_type, name = model_class(shape)
+    if chosen is not None:
+        chosen, instead = runnable_attention(chosen, model_type, name)
+        return chosen, instead or f"attn_implementation: {chosen}"
     kernel, name = default_attention(model_type, name)
     if kernel is None:
         label = name or model_type

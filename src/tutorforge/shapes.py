@@ -229,8 +229,14 @@ def model_class(shape: Shape | None) -> tuple[str | None, str | None]:
         fields = GGUFReader(str(source)).fields
         arch = fields["general.architecture"].contents() if "general.architecture" in fields else None
         return (str(arch) if arch else None), None
+    return model_class_of(source)
+
+
+def model_class_of(config_json: Path) -> tuple[str | None, str | None]:
+    """(model_type, class name) from a config.json, or a model directory's; None for what is not there."""
+    path = Path(config_json)
     try:
-        config = json.loads(source.read_text())
+        config = json.loads((path / "config.json" if path.is_dir() else path).read_text())
     except (OSError, ValueError):
         return None, None
     architectures = config.get("architectures") or [None]
@@ -253,3 +259,15 @@ def default_attention(model_type: str | None, name: str | None) -> tuple[str | N
     if not found or (name and f"class {name}(" not in text):
         return None, name
     return ("sdpa" if re.search(r"^\s+_supports_sdpa = True", text, re.M) else "eager"), name or found.group(1)
+
+
+def runnable_attention(wanted: str | None, model_type: str | None, name: str | None) -> tuple[str | None, str | None]:
+    """(`wanted`, None), or (eager, why) when `wanted` is SDPA and the model's class has none
+    (Gemma 2: SDPA cannot softcap attention logits, modeling_gemma2's _supports_sdpa): Axolotl's
+    configs often say sdp_attention for every model, and eager is what the class runs by default."""
+    if wanted != "sdpa":
+        return wanted, None
+    kernel, found = default_attention(model_type, name)
+    if kernel != "eager":
+        return wanted, None
+    return "eager", f"attn_implementation sdpa: {found} has no SDPA in transformers; using eager, its default"

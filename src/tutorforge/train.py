@@ -41,6 +41,7 @@ from tutorforge.formatting import IGNORE
 from tutorforge.hardware import attention_implementation
 from tutorforge.lora import build_optimizer, compute_dtype, load_base
 from tutorforge.rundir import RunDir
+from tutorforge.shapes import model_class_of, runnable_attention
 
 log = logging.getLogger(__name__)
 
@@ -390,7 +391,9 @@ def build_run(cfg: Config, *, config_dir: Path | None, skip_bad_rows: bool, devi
     if cfg.fp16 and device.type != "cuda":
         decisions.append("fp16: true needs CUDA (loss scaling); on CPU the compute dtype follows bf16")
     attention, why = attention_implementation(attention_wanted(cfg), device.type)
-    decisions += [why] if why else []
+    config_dir = model_config_dir(cfg.base_model_config)
+    attention, instead = runnable_attention(attention, *model_class_of(config_dir or resolved.path))
+    decisions += [w for w in (why, instead) if w]
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.tf32
     quant = cfg.bnb_4bit_quant_type if cfg.load_in_4bit else "int8" if cfg.load_in_8bit else None
@@ -398,7 +401,7 @@ def build_run(cfg: Config, *, config_dir: Path | None, skip_bad_rows: bool, devi
     model = load_base(resolved.path, quant=quant, double_quant=cfg.bnb_4bit_use_double_quant,
                       dtype=torch.float32 if cfg.adapter is None else dtype,  # a full fine-tune: fp32 master weights
                       device=device, gradient_checkpointing=cfg.gradient_checkpointing, attention=attention,
-                      trust_remote_code=cfg.trust_remote_code, config_dir=model_config_dir(cfg.base_model_config))
+                      trust_remote_code=cfg.trust_remote_code, config_dir=config_dir)
     chosen = getattr(model.config, "_attn_implementation", None)
     decisions.append(f"attention {chosen}" + ("" if attention else " (the model's default)"))
     model, chosen_weights = trainable_model(model, cfg)
