@@ -121,7 +121,8 @@ def test_the_plan_predicts_the_kernel_without_loading_weights(tmp_path, tiny_gem
         "eager", "attn_implementation: eager")
     assert plan.planned_attention(config(attn_implementation="sdpa"), hw, gemma) == (
         "eager", "attn_implementation sdpa: Gemma2ForCausalLM has no SDPA in transformers; using eager, its default")
-    assert plan.planned_attention(config(attn_implementation="sdpa"), hw, table) == ("sdpa", "attn_implementation: sdpa")
+    assert plan.planned_attention(config(attn_implementation="sdpa"), hw, table) == (
+        "sdpa", "attn_implementation: sdpa")
     kernel, why = plan.planned_attention(config(attn_implementation="flash_attention_2"), profile("cpu"), gemma)
     assert kernel == "eager" and why.startswith("attn_implementation flash_attention_2 needs CUDA")
 

@@ -26,7 +26,25 @@ GEMMA3_TEMPLATE = (
     "{{ ns.prefix if loop.first else '' }}{{ m['content'] | trim }}<end_of_turn>\n{% endfor %}"
     "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
 
-# model -> (its chat template: llama.cpp's models/templates name, a CHAT_TEMPLATES name, GEMMA3, or
+# A template written here for Phi-4's chat format (microsoft/phi-4's tokenizer_config.json; llama.cpp's
+# models/templates keeps none): each system, user or assistant turn is <|im_start|>, the role,
+# <|im_sep|>, the content and <|im_end|>, with nothing between turns and no default system turn; the
+# answer starts after <|im_start|>assistant<|im_sep|>.
+PHI4_TEMPLATE = (
+    "{% for turn in messages %}{% if turn['role'] in ('system', 'user', 'assistant') %}"
+    "{{ '<|im_start|>' ~ turn['role'] ~ '<|im_sep|>' ~ turn['content'] ~ '<|im_end|>' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant<|im_sep|>' }}{% endif %}")
+# Llama 2's chat format (transformers models/llama/tokenization_llama.py B_INST, E_INST, B_SYS, E_SYS;
+# llama.cpp's models/templates keeps none), written here.
+LLAMA2_TEMPLATE = (
+    "{% if messages[0]['role'] == 'system' %}{% set system = '<<SYS>>\\n' + messages[0]['content'] + "
+    "'\\n<</SYS>>\\n\\n' %}{% set messages = messages[1:] %}{% else %}{% set system = '' %}{% endif %}"
+    "{% for message in messages %}{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + "
+    "(system if loop.first else '') + message['content'] + ' [/INST]' }}{% else %}{{ ' ' + message['content'] + "
+    "' ' + eos_token }}{% endif %}{% endfor %}")
+WRITTEN_HERE = {"GEMMA3": GEMMA3_TEMPLATE, "PHI4": PHI4_TEMPLATE, "LLAMA2": LLAMA2_TEMPLATE}
+
+# model -> (its chat template: llama.cpp's models/templates name, a CHAT_TEMPLATES name, GEMMA3, PHI4, or
 # None for the bundled tokenizer's own; the turn markers added as special tokens; (bos, eos, whether
 # the tokenizer adds the BOS itself) or None to keep the bundled tokenizer's; the family; the tokens
 # that end an answer, each of which must be a PARAMETER stop)
@@ -43,6 +61,7 @@ MODELS = {
                  ("<|eot_id|>", "<|start_header_id|>")),
     "llama3.3": ("meta-llama-Llama-3.3-70B-Instruct", LLAMA3, ("<|begin_of_text|>", None, True), "llama3.1",
                  ("<|eot_id|>", "<|start_header_id|>")),
+    "llama2": ("LLAMA2", ("<s>", "</s>"), ("<s>", "</s>", True), "llama2", ("</s>", "[INST]")),
     "mistral-nemo": ("mistralai-Mistral-Nemo-Instruct-2407", ("[INST]", "[/INST]", "<s>", "</s>"),
                      ("<s>", "</s>", True), "mistral", ("</s>", "[INST]")),
     # Gemma 2 with the bundled tokenizer's BOS, which it does not add: the TEMPLATE writes it
@@ -52,6 +71,9 @@ MODELS = {
                ("<end_of_turn>", "<start_of_turn>")),
     "phi3.5": ("microsoft-Phi-3.5-mini-instruct", ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>"), None,
                "phi3", ("<|end|>", "<|user|>")),
+    # Phi-4's tokenizer: bos <|endoftext|> (which it does not add), eos <|im_end|>
+    "phi4": ("PHI4", ("<|im_start|>", "<|im_sep|>", "<|im_end|>"), ("<|endoftext|>", "<|im_end|>", False), "phi4",
+             ("<|im_end|>", "<|im_start|>", "<|im_sep|>")),
     "granite3.3": ("ibm-granite-granite-3.3-2B-Instruct", ("<|start_of_role|>", "<|end_of_role|>", "<|end_of_text|>"),
                    None, "granite", ("<|end_of_text|>", "<|start_of_role|>")),
 }
@@ -87,8 +109,8 @@ def model_tokenizer(bundled_tokenizer_dir, model: str):
         tokenizer.bos_token, tokenizer.add_bos_token = bos, adds_bos
         if eos:
             tokenizer.eos_token = eos
-    if template == "GEMMA3":
-        tokenizer.chat_template = GEMMA3_TEMPLATE
+    if template in WRITTEN_HERE:
+        tokenizer.chat_template = WRITTEN_HERE[template]
     elif template in CHAT_TEMPLATES:
         tokenizer.chat_template = CHAT_TEMPLATES[template]
     elif template:
@@ -150,8 +172,7 @@ def test_package_time_verification_passes(go_render, bundled_tokenizer_dir, mode
         return
     fmt, family, _ = prompt_template(tokenizer, None, system)
     checked = verify_template(tokenizer, fmt, family, render=lambda t, d: go_render(t, d["messages"]))
-    with_system = 0 if model in NO_SYSTEM_ROLE and not system else 1  # VERIFY_CONVERSATIONS[0] has one
-    assert checked == len(VERIFY_PROMPTS) + len(VERIFY_CONVERSATIONS) - 1 + with_system
+    assert checked == len(VERIFY_PROMPTS) + len(VERIFY_CONVERSATIONS)  # Gemma 2's without their system turns
 
 
 def test_a_qwen3_answer_with_its_empty_think_block_is_rendered_as_qwen3_renders_it(go_render, bundled_tokenizer_dir):
@@ -201,8 +222,9 @@ def test_a_template_of_no_known_family_is_refused(bundled_tokenizer):
         family_for(bundled_tokenizer, None, None)
     message = str(caught.value)
     assert "renders a user turn as 'USER: Q1\\nASSISTANT:'" in message
-    for label in ("ChatML", "Qwen3", "SmolLM3", "Llama 3.1-3.3", "Mistral", "Gemma 2/3", "Phi-3/3.5", "Granite 3.x",
-                  "Alpaca"):
+    for label in ("ChatML", "Qwen3", "SmolLM3", "Llama 3.1-3.3", "Llama 2", "Mistral", "Gemma 2/3", "Phi-3/3.5",
+                  "Phi-4",
+                  "Granite 3.x", "Alpaca"):
         assert label in message
     assert "TEMPLATES in src/tutorforge/ollama_templates.py" in message and "stop tokens" in message
 
@@ -217,7 +239,7 @@ def test_family_for_reads_the_configs_template_without_a_model(bundled_tokenizer
     assert family_for(bundled_tokenizer, "alpaca", "Be brief.").name == "alpaca"
 
 
-@pytest.mark.parametrize("model", ["mistral-nemo", "gemma2", "qwen3", "granite3.3"])
+@pytest.mark.parametrize("model", ["mistral-nemo", "gemma2", "qwen3", "granite3.3", "phi4"])
 def test_chat_gets_the_training_ids_of_a_conversation(bundled_tokenizer_dir, model):
     """chat.py's ChatModel.prompt_ids with the family's renderer: formatting.encode_messages of the
     same messages with the generation prompt (a BOS once: the tokenizer's, or the template's own)."""

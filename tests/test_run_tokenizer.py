@@ -72,6 +72,38 @@ def test_the_configured_eos_reaches_adapter_merged_gguf_and_modelfile(trained, t
     assert stops == ["<|im_end|>", CONFIGURED_EOS, "<|im_start|>"]
 
 
+def test_a_gpt2_tokenizer_class_survives_the_runs_save_and_reloads_as_the_base(bundled_tokenizer_dir, tmp_path):
+    """Phi-4's tokenizer_config.json names GPT2Tokenizer, which llama.cpp's converter needs to take
+    its GPT-2 vocabulary (conversion/phi.py); transformers 5 loads it beside a phi3 config.json as
+    TokenizersBackend and saves that name. The run's saved tokenizer keeps the base's class and
+    add_bos/eos flags, and reloads (from the adapter, without config.json) tokenizing as the base."""
+    import shutil
+
+    import transformers
+    from transformers import GPT2Tokenizer
+
+    from conftest import parity_texts
+    from tutorforge.tokenizer import load_tokenizer, run_tokenizer, save_tokenizer
+
+    base = tmp_path / "base"
+    shutil.copytree(bundled_tokenizer_dir, base)
+    settings = json.loads((base / "tokenizer_config.json").read_text())
+    (base / "tokenizer_config.json").write_text(json.dumps(
+        {**settings, "tokenizer_class": "GPT2Tokenizer", "add_bos_token": False, "add_eos_token": False}))
+    transformers.Phi3Config(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                            num_attention_heads=4).save_pretrained(base)
+    tokenizer = load_tokenizer(base)
+    save_tokenizer(tokenizer, tmp_path / "adapter")  # as training saves it (finetune.save_output)
+    saved = json.loads((tmp_path / "adapter" / "tokenizer_config.json").read_text())
+    assert (saved["tokenizer_class"], saved["add_bos_token"], saved["add_eos_token"]) == ("GPT2Tokenizer", False, False)
+    reloaded = run_tokenizer(base, tmp_path / "adapter")
+    texts = parity_texts(tokenizer)
+    assert len(texts) > 1000
+    assert sum(tokenizer(t)["input_ids"] != reloaded(t)["input_ids"] for t in texts) == 0
+    plain = GPT2Tokenizer.from_pretrained(tmp_path / "adapter")  # transformers' GPT2Tokenizer: no digit split
+    assert sum(tokenizer(t)["input_ids"] != plain(t)["input_ids"] for t in texts) > 0
+
+
 def test_a_changed_tokenizer_makes_merged_stale(trained, tmp_path):
     import shutil
 

@@ -1,6 +1,7 @@
 """llama.cpp's converter (convert_hf_to_gguf.py) run with tutorforge's two additions: a LoRA adapter
 merged into the base tensors as the converter reads them (one pass: no merged checkpoint on disk),
-and the family fixes of FIXES (what the converter leaves out of a family's GGUF).
+and the family fixes of FIXES (what the converter leaves out of a family's GGUF: Gemma 3's attention
+scale and layer pattern).
 
     python -m tutorforge.convert_driver MODEL_DIR OUTFILE OUTTYPE [--base DIR --adapter DIR]
 
@@ -52,27 +53,63 @@ def _merging(adapter: Path, base: Path, lazy_class):
     return wrap
 
 
-def _with_additions(model_class, wrap, fixes):
-    """The converter's model class, subclassed: each tensor's loader through `wrap`, then each of
-    `fixes` (a function of the model instance) applied after the converter's own GGUF parameters."""
+class _Merging:
+    """Over the converter's model class: each tensor's loader through `merge_wrap` (see _merging)."""
+    merge_wrap = None
+
+    @classmethod
     def filter_tensors(cls, item):
         name, gen = item
-        return super(subclass, cls).filter_tensors((name, wrap(name, gen) if wrap else gen))
+        return super().filter_tensors((name, cls.merge_wrap(name, gen)))  # pyright: ignore
+
+
+class _Gemma3:
+    """Over the converter's Gemma3Model (conversion/gemma.py), what it leaves out:
+
+    - the attention scale: transformers scales queries by query_pre_attn_scalar ** -0.5
+      (modeling_gemma3.py), llama.cpp by a constant it does not read from the file, 1/sqrt(head_dim)
+      (1/sqrt(hidden_size / heads) for its 62-layer "27B" type; llama-model.cpp, LLM_ARCH_GEMMA3).
+      Real Gemma 3 checkpoints have the two equal; where they differ, the ratio is folded into the
+      query norm's weight, which multiplies the queries just before RoPE (a linear map): exact.
+    - the layers' pattern: llama.cpp assumes every 6th layer global when the file has no
+      sliding_window_pattern; it is written from config.json's layer_types, and a model with no
+      sliding layer gets no sliding_window (llama.cpp refuses a window with no sliding layer)."""
+
+    def _sliding(self) -> list[bool] | None:
+        types = self.hparams.get("layer_types")  # pyright: ignore[reportAttributeAccessIssue]
+        return None if types is None else [t == "sliding_attention" for t in types]
 
     def set_gguf_parameters(self):
-        super(subclass, self).set_gguf_parameters()
-        for fix in fixes:
-            fix(self)
+        sliding = self._sliding()
+        if sliding is not None and not any(sliding):
+            self.hparams["sliding_window_pattern"] = 1  # pyright: ignore  (Gemma3Model then writes no window)
+        super().set_gguf_parameters()  # pyright: ignore[reportAttributeAccessIssue]
+        if sliding is not None and any(sliding):
+            self.gguf_writer.add_sliding_window_pattern(sliding)  # pyright: ignore[reportAttributeAccessIssue]
 
-    namespace = {"model_arch": model_class.model_arch, "filter_tensors": classmethod(filter_tensors),
-                 "set_gguf_parameters": set_gguf_parameters}
-    subclass = type(model_class.__name__, (model_class,), namespace)
-    return subclass
+    def _query_factor(self) -> float:
+        hp = self.hparams  # pyright: ignore[reportAttributeAccessIssue]
+        head_dim = hp.get("head_dim", 256)  # Gemma3TextConfig's defaults (configuration_gemma3.py)
+        llamacpp = (hp["hidden_size"] / hp["num_attention_heads"] if hp["num_hidden_layers"] == 62 else head_dim)
+        return (llamacpp / hp.get("query_pre_attn_scalar", 256)) ** 0.5
+
+    def modify_tensors(self, data_torch, name, bid):
+        factor = self._query_factor()
+        for new_name, tensor in super().modify_tensors(data_torch, name, bid):  # pyright: ignore
+            if factor != 1.0 and new_name.endswith(".attn_q_norm.weight"):  # after Gemma3Model's + 1
+                tensor = tensor * factor
+            yield new_name, tensor
 
 
-# architecture -> fixes: functions of the converter's model instance that add to its GGUF what it
-# leaves out for that family (none yet at the pinned llama.cpp)
-FIXES: dict[str, tuple] = {}
+# architecture -> the class over the converter's that adds what it leaves out of the family's GGUF
+FIXES: dict[str, type] = {"Gemma3ForCausalLM": _Gemma3}
+
+
+def _with_additions(model_class, wrap, fix: type | None):
+    """The converter's model class with the merge (when `wrap`) and the family's fix (when any)."""
+    bases = ((_Merging,) if wrap else ()) + ((fix,) if fix else ()) + (model_class,)
+    namespace = {"model_arch": model_class.model_arch, "merge_wrap": staticmethod(wrap) if wrap else None}
+    return type(model_class.__name__, bases, namespace)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -83,8 +120,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--base", type=Path)
     parser.add_argument("--adapter", type=Path)
     args = parser.parse_args(argv)
-    import convert_hf_to_gguf as converter  # llama.cpp's, on the path llamacpp_tools sets
-    from conversion.base import LazyTorchTensor
+    import convert_hf_to_gguf as converter  # pyright: ignore[reportMissingImports]  (llama.cpp's, on the path llamacpp_tools sets)
+    from conversion.base import LazyTorchTensor  # pyright: ignore[reportMissingImports]
 
     from tutorforge.errors import UserError
 
@@ -93,8 +130,8 @@ def main(argv: list[str] | None = None) -> None:
 
     def get_model_class(name: str, mmproj: bool = False):
         model_class = pick(name, mmproj=mmproj)
-        fixes = FIXES.get(name, ())
-        return _with_additions(model_class, wrap, fixes) if wrap or fixes else model_class
+        fix = FIXES.get(name)
+        return _with_additions(model_class, wrap, fix) if wrap or fix else model_class
 
     converter.get_model_class = get_model_class
     sys.argv = ["convert_hf_to_gguf.py", str(args.model), "--outfile", str(args.outfile), "--outtype", args.outtype]

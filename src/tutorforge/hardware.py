@@ -11,9 +11,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tutorforge.errors import UserError
 from tutorforge.rules import did_you_mean
+
+if TYPE_CHECKING:
+    from tutorforge.config import Config
 
 # name: (device, memory GiB, host RAM GiB, bf16, what the CUDA device name contains)
 # Memory is what nvidia-smi reports as memory.total (MiB / 1024); host RAM is a usual machine
@@ -112,3 +117,15 @@ def attention_implementation(wanted: str | None, device: str) -> tuple[str | Non
             return None, (f"attn_implementation {wanted} needs the {needs[wanted]} package, which is not "
                           "installed; using the model's default (SDPA or eager)")
     return wanted, None
+
+
+def training_attention(cfg: Config, device: str, model_dir: Path) -> tuple[str | None, list[str]]:
+    """The attention kernel training loads the model at `model_dir` with (None: the model's
+    default), and why, where that is not what the config (config_fold.attention_wanted) asks for:
+    attention_implementation on this machine, then shapes.runnable_attention for the model's class."""
+    from tutorforge.config_fold import attention_wanted
+    from tutorforge.shapes import model_class_of, runnable_attention
+
+    chosen, why = attention_implementation(attention_wanted(cfg), device)
+    chosen, instead = runnable_attention(chosen, *model_class_of(model_dir))
+    return chosen, [w for w in (why, instead) if w]

@@ -4,7 +4,7 @@
 
 The prompt format is recognised by rendering probe conversations with the model's own chat template
 (or the Alpaca formatter) and matching them against the known families (ollama_templates.py: ChatML,
-Qwen3, SmolLM3, Llama 3 and 3.1-3.3, Mistral, Gemma 2/3, Phi-3, Granite 3, Alpaca); a template that
+Qwen3, SmolLM3, Llama 3 and 3.1-3.3, Llama 2, Mistral, Gemma 2/3, Phi-3, Phi-4, Granite 3, Alpaca); a template that
 matches none is refused, early too (`family_for`, from the tokenizer alone, for validate and plan).
 The family's Ollama TEMPLATE (Go text/template) is then written, and verified: rendered by Go itself (go_template.py)
 it must equal the training-time formatter byte for byte, on single-turn prompts and (chat families)
@@ -111,7 +111,7 @@ def _matching_family(tokenizer, rendered: list[str | None], *, system_role: bool
     for prefix in prefixes:
         for name in (name for name in TEMPLATES if name != "alpaca"):
             family = make_family(name, first[len(prefix):], bos=prefix, eos=tokenizer.eos_token or "",
-                                 system_role=system_role)
+                                 system_role=system_role, bos_token=bos)
             if family and all(r is None or family.render(p) == r for p, r in zip(PROBES, rendered, strict=True)):
                 return family
     return None
@@ -307,7 +307,7 @@ def _verify_cases(tokenizer, fmt: PromptFormat, family: Family) -> list[tuple[st
     an Alpaca Modelfile's single-turn prompts (the user's one message is the instruction, no input);
     a chat family's single-turn prompts and VERIFY_CONVERSATIONS, with the Modelfile's SYSTEM in front
     of a conversation that has none (as Ollama puts it, and training puts default_system_message);
-    those with a system turn left out for a template that refuses one (Gemma 2)."""
+    their system turns left out for a template that refuses one (Gemma 2)."""
     from tutorforge.formatting import prompt_messages, render_prompt, user_turn
 
     if family.name == "alpaca":
@@ -317,8 +317,8 @@ def _verify_cases(tokenizer, fmt: PromptFormat, family: Family) -> list[tuple[st
     cases = []
     for earlier, question in conversations + VERIFY_CONVERSATIONS:
         messages = prompt_messages(fmt, earlier, question)
-        if not family.system_role and any(m["role"] == "system" for m in messages):
-            continue  # the model's template raises on a system turn: training never has one
+        if not family.system_role:  # the model's template raises on a system turn: training never has one
+            messages = [m for m in messages if m["role"] != "system"]
         cases.append((hf_render(tokenizer, messages), {"messages": messages}))
     return cases
 

@@ -43,6 +43,7 @@ class Family:
     bos: str = ""  # a BOS the template writes itself (the tokenizer does not add one)
     eos: str = ""  # the tokenizer's eos_token, for templates that write it after answers (Mistral)
     system_role: bool = True  # False: the model's template raises on a system turn (Gemma 2)
+    bos_token: str = ""  # the tokenizer's BOS text, for templates that write it between turns (Llama 2)
 
     def render(self, messages: list[dict]) -> str:
         """What Ollama renders from this family's TEMPLATE for `messages` (the tests prove the
@@ -53,27 +54,29 @@ class Family:
 @dataclass(frozen=True)
 class Entry:
     label: str  # how errors name the family
-    go: str  # the Go TEMPLATE; {default_system}, {preamble} and {eos} are filled in
+    go: str  # the Go TEMPLATE; {default_system}, {preamble}, {eos} and {bos} are filled in
     stops: tuple[str, ...]  # the family's end-of-turn and turn-start markers: Ollama stops there
     render: Callable[[list[dict], Family], str]  # the same text in Python
     defaults: Callable[[str], dict | None] = lambda first: {}  # read from one user turn; None: not it
 
 
-def make_family(name: str, first: str, *, bos: str = "", eos: str = "", system_role: bool = True) -> Family | None:
+def make_family(name: str, first: str, *, bos: str = "", eos: str = "", system_role: bool = True,
+                bos_token: str = "") -> Family | None:
     """The family `name` filled in from `first`, the model's rendering of one user turn (BOS
     removed), or None when that rendering does not have the family's shape."""
     entry = TEMPLATES[name]
     fields = entry.defaults(first)
     if fields is None:
         return None
-    filled = {"default_system": fields.get("default_system") or "", "preamble": fields.get("preamble", ""), "eos": eos}
+    filled = {"default_system": fields.get("default_system") or "", "preamble": fields.get("preamble", ""), "eos": eos,
+              "bos": bos_token}
     if any("{{" in text or "}}" in text for text in (*filled.values(), bos)):
         return None  # Go would read it as template code
     template = entry.go
     for key, text in filled.items():
         template = template.replace("{" + key + "}", text)
     return Family(name, bos + template, fields.get("default_system"), fields.get("preamble", ""), bos, eos,
-                  system_role)
+                  system_role, bos_token)
 
 
 def _between(text: str, start: str, end: str) -> str | None:
@@ -154,7 +157,26 @@ def _llama31_defaults(first: str) -> dict | None:
     return None if preamble is None else {"preamble": preamble}
 
 
-# --- Mistral, Gemma 2/3, Phi-3/3.5, Granite 3.x, Alpaca -------------------------------------------
+# --- Llama 2, Mistral, Gemma 2/3, Phi-3/3.5, Phi-4, Granite 3.x, Alpaca ---------------------------
+
+def _llama2(messages: list[dict], family: Family) -> str:
+    """Each user turn "[INST] Q [/INST]" after a BOS (the first one's is the tokenizer's), the system
+    text in <<SYS>> at the head of the first, each answer " A " and the eos token."""
+    system, rest = _split_system(messages)
+    text = ""
+    for i, m in enumerate(rest):
+        if m["role"] == "user":
+            block = f"<<SYS>>\n{system}\n<</SYS>>\n\n" if system is not None and i == 0 else ""
+            text += ("" if i == 0 else family.bos_token) + f"[INST] {block}{m['content']} [/INST]"
+        elif m["role"] == "assistant":
+            text += f" {m['content']} {family.eos}"
+    return text
+
+
+def _llama2_defaults(first: str) -> dict | None:
+    """Llama 2's shape: "[INST] Q1 [/INST]", spaces inside the markers (Mistral's has none)."""
+    return {} if first.startswith("[INST] Q1 [/INST]") else None
+
 
 def _mistral(messages: list[dict], family: Family) -> str:
     system, rest = _split_system(messages)
@@ -182,6 +204,17 @@ def _phi3(messages: list[dict], family: Family) -> str:
     text = "".join(f"<|{m['role']}|>\n{m['content']}<|end|>\n" for m in messages
                    if m["role"] in ("user", "assistant") or (m["role"] == "system" and m["content"]))
     return text + "<|assistant|>\n"
+
+
+def _phi4(messages: list[dict], family: Family) -> str:
+    text = "".join(f"<|im_start|>{m['role']}<|im_sep|>{m['content']}<|im_end|>" for m in messages
+                   if m["role"] in ("system", "user", "assistant"))
+    return text + "<|im_start|>assistant<|im_sep|>"
+
+
+def _phi4_defaults(first: str) -> dict | None:
+    """Phi-4's shape: the user turn first (no default system turn), closed with no newline."""
+    return {} if first.startswith("<|im_start|>user<|im_sep|>Q1<|im_end|><|im_start|>") else None
 
 
 def _granite(messages: list[dict], family: Family) -> str:
@@ -249,6 +282,15 @@ TEMPLATES: dict[str, Entry] = {
         + " }}<|start_header_id|>{{ $m.Role }}<|end_header_id|>\n\n{{ $m.Content }}<|eot_id|>{{ end }}{{ end }}"
         "<|start_header_id|>assistant<|end_header_id|>\n\n"), ("<|eot_id|>", "<|start_header_id|>"), _llama31,
         _llama31_defaults),
+    # Ollama template/llama2-chat.gotmpl; Llama 2's chat format as transformers wrote it for
+    # meta-llama/Llama-2-*-chat-hf (models/llama/tokenization_llama.py: B_INST, B_SYS): a BOS opens
+    # every user turn, the system text sits in <<SYS>> inside the first one
+    "llama2": Entry("Llama 2", (
+        _SYSTEM_VARS + "{{ $first := true }}{{ range $i, $m := .Messages }}{{ if eq $m.Role \"user\" }}"
+        "{{ if not $first }}{bos}{{ end }}[INST] {{ if and $first $hasSystem }}<<SYS>>\n{{ $system }}\n<</SYS>>\n\n"
+        "{{ end }}{{ $m.Content }} [/INST]{{ $first = false }}{{ else if eq $m.Role \"assistant\" }} {{ $m.Content }} "
+        "{eos}{{ $first = false }}{{ end }}{{ end }}"),
+        ("[INST]", "[/INST]", "<<SYS>>", "<</SYS>>"), _llama2, _llama2_defaults),
     # Ollama template/mistral-instruct.gotmpl; mistralai-Mistral-Nemo-Instruct-2407: the system text
     # opens the last user turn ("[INST]S\n\nQ[/INST]"), answers end with the eos token
     "mistral": Entry("Mistral", (
@@ -270,6 +312,13 @@ TEMPLATES: dict[str, Entry] = {
         "{{ end }}{{ else if eq .Role \"user\" }}<|user|>\n{{ .Content }}<|end|>\n{{ else if eq .Role \"assistant\" }}"
         "<|assistant|>\n{{ .Content }}<|end|>\n{{ end }}{{ end }}<|assistant|>\n"),
         ("<|end|>", "<|system|>", "<|user|>", "<|assistant|>"), _phi3),
+    # Ollama's library phi4 (its Modelfile's TEMPLATE and stops <|im_start|>, <|im_end|>, <|im_sep|>: the
+    # ollama/ollama repository has no phi-4.gotmpl); microsoft/phi-4's chat_template, which writes
+    # nothing between turns where Ollama's writes newlines: the TEMPLATE follows the model's
+    "phi4": Entry("Phi-4", (
+        "{{ range .Messages }}{{ if or (eq .Role \"system\") (eq .Role \"user\") (eq .Role \"assistant\") }}"
+        "<|im_start|>{{ .Role }}<|im_sep|>{{ .Content }}<|im_end|>{{ end }}{{ end }}<|im_start|>assistant<|im_sep|>"),
+        ("<|im_end|>", "<|im_start|>", "<|im_sep|>"), _phi4, _phi4_defaults),
     # Ollama template/granite-instruct.gotmpl is the older "Question:/Answer:" format, so the model's
     # own is the source: ibm-granite-granite-3.3-2B-Instruct, with its default system text
     # ("Knowledge Cutoff Date: April 2024. Today's Date: <today>. ...") when there is none

@@ -119,8 +119,8 @@ def planned_attention(cfg: Config, hw: Hardware, shape: Shape | None) -> tuple[s
     chosen, fallback = attention_implementation(attention_wanted(cfg), hw.device)
     model_type, name = model_class(shape)
     if chosen is not None:
-        chosen, instead = runnable_attention(chosen, model_type, name)
-        return chosen, instead or f"attn_implementation: {chosen}"
+        runs, instead = runnable_attention(chosen, model_type, name)
+        return runs or chosen, instead or f"attn_implementation: {chosen}"
     kernel, name = default_attention(model_type, name)
     if kernel is None:
         label = name or model_type

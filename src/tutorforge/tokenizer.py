@@ -6,7 +6,8 @@
     save_tokenizer(tokenizer, run_dir / "adapter")          # save_pretrained + its tokenizer.model
 
 Training saves the tokenizer it used beside the adapter (train._finish, with save_tokenizer: a
-SentencePiece model's tokenizer.model too, which llama.cpp's converter reads); every later stage (merge,
+SentencePiece model's tokenizer.model too, which llama.cpp's converter reads, and the base's
+tokenizer_class, by which it takes Phi-4's GPT-2 vocabulary); every later stage (merge,
 export, package, chat, compare) loads it back with `run_tokenizer`, so special_tokens and
 tokenizer_config reach the merged checkpoint, the GGUF and the Modelfile. The tokenizer comes from
 the directory tokenizer_config names (resolved as base_model is, by models.resolve_aux) or else from
@@ -18,11 +19,13 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import TypeVar, cast
 
 from tutorforge.errors import UserError
 from tutorforge.models import resolve_aux
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 # every file a tokenizer's save_pretrained may write (transformers tokenization_utils_base,
@@ -46,7 +49,8 @@ def save_tokenizer(tokenizer, directory: Path) -> None:
     it, _create_vocab_sentencepiece), and the added tokens in tokenizer_config.json's
     added_tokens_decoder as transformers 4 wrote them (the converter marks turn markers such as
     <start_of_turn> or [INST] as tokens from there; without it llama.cpp splits them into pieces).
-    A `vocab_file` path to the directory loaded from is left out of the saved config."""
+    A `vocab_file` path to the directory loaded from is left out of the saved config, and what the
+    loaded directory's tokenizer_config.json says that save_pretrained drops is kept (source_settings)."""
     import shutil
 
     tokenizer.save_pretrained(str(directory))
@@ -62,11 +66,40 @@ def save_tokenizer(tokenizer, directory: Path) -> None:
         return
     config = json.loads(config_file.read_text(encoding="utf-8"))
     config.pop("vocab_file", None)
+    config.update(source_settings(Path(tokenizer.name_or_path or "."), config))
     config.setdefault("added_tokens_decoder", {
         str(i): {"content": t.content, "lstrip": t.lstrip, "normalized": t.normalized, "rstrip": t.rstrip,
                  "single_word": t.single_word, "special": t.special}
         for i, t in sorted(tokenizer.added_tokens_decoder.items())})
     config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+# What a tokenizer_config.json says that transformers 5's save_pretrained does not write back as it was
+# (PreTrainedTokenizerBase.save_pretrained: the class it loaded as, and add_bos_token and
+# add_eos_token popped) and llama.cpp's converter reads: tokenizer_class picks Phi-4's GPT-2
+# vocabulary (conversion/phi.py, Phi3MiniModel.set_vocab), add_bos_token and add_eos_token the
+# GGUF's add-BOS/EOS flags (gguf-py vocab.py, SpecialVocab._try_load_from_tokenizer_json).
+KEPT_SETTINGS = ("tokenizer_class", "add_bos_token", "add_eos_token")
+
+
+def source_settings(source: Path, saved: dict) -> dict:
+    """The KEPT_SETTINGS of the tokenizer_config.json in `source` (the directory the tokenizer was
+    loaded from) that `saved` (what save_pretrained wrote) lacks or has otherwise. transformers 5
+    loads Phi-4's tokenizer (tokenizer_class GPT2Tokenizer, model_type phi3) as TokenizersBackend
+    (tokenization_auto, MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS) and saves that name, which the
+    converter does not know; load_tokenizer reads the kept name back as the same tokenizer."""
+    path = source / "tokenizer_config.json"
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(settings, dict):
+        return {}
+    kept = {key: settings[key] for key in KEPT_SETTINGS if key in settings and saved.get(key) != settings[key]}
+    if kept:
+        log.info("tokenizer saved with %s from %s (transformers wrote %s)", kept, path,
+                 {key: saved.get(key) for key in kept})
+    return kept
 
 
 def run_tokenizer(model_dir: Path, adapter: Path | None = None, *, trust_remote_code: bool = False):
@@ -112,9 +145,35 @@ def load_tokenizer(directory: Path, *, special_tokens: tuple[tuple[str, str], ..
 
     check_remote_code(directory, trust_remote_code)
     tokenizer = AutoTokenizer.from_pretrained(str(directory), trust_remote_code=trust_remote_code)
+    tokenizer = as_tokenizer_json(tokenizer, Path(directory))
     sentencepiece_prefix(tokenizer, directory)
     set_special_tokens(tokenizer, special_tokens)
     return tokenizer
+
+
+def as_tokenizer_json(tokenizer: T, directory: Path) -> T:
+    """`tokenizer`, or the directory's tokenizer.json as it is (TokenizersBackend) when the class
+    transformers 5 built pre-tokenizes otherwise. GPT2Tokenizer builds plain ByteLevel from the
+    vocabulary and merges whatever tokenizer.json says (models/gpt2/tokenization_gpt2.py), which
+    splits Phi-4's text (and SmolLM2's digits) otherwise than the model was trained with; transformers
+    itself loads TokenizersBackend for a phi3 model (tokenization_auto, MODELS_WITH_INCORRECT_HUB_
+    TOKENIZER_CLASS), but a directory without its config.json (an adapter's, a tokenizer_config
+    directory) names only the class. SentencePiece classes (a Metaspace pre-tokenizer) are left to
+    sentencepiece_prefix; a class with remote code is left as it is."""
+    from transformers.tokenization_utils_tokenizers import TokenizersBackend
+
+    path = directory / "tokenizer.json"
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if (type(tokenizer) is TokenizersBackend or not isinstance(tokenizer, TokenizersBackend) or backend is None
+            or not path.is_file() or not type(tokenizer).__module__.startswith("transformers.")):
+        return tokenizer
+    built, saved = json.loads(backend.to_str()), json.loads(path.read_text(encoding="utf-8"))
+    parts = ("normalizer", "pre_tokenizer")
+    if all(built.get(k) == saved.get(k) for k in parts) or "Metaspace" in json.dumps(built.get("pre_tokenizer")):
+        return tokenizer
+    log.info("tokenizer %s: its tokenizer.json as it is (TokenizersBackend), not %s, which pre-tokenizes "
+             "otherwise (%s)", directory, type(tokenizer).__name__, json.dumps(built.get("pre_tokenizer"))[:120])
+    return cast(T, TokenizersBackend.from_pretrained(str(directory)))  # a tokenizer, as `tokenizer` is
 
 
 def sentencepiece_prefix(tokenizer, directory: Path) -> None:

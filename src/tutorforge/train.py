@@ -34,14 +34,12 @@ import torch
 from tutorforge import distributed as dist
 from tutorforge.checkpoints import append_metrics, check_free_space, save_checkpoint
 from tutorforge.config import Config
-from tutorforge.config_fold import attention_wanted
 from tutorforge.errors import UserError
 from tutorforge.finetune import model_bytes, trainable_model
 from tutorforge.formatting import IGNORE
-from tutorforge.hardware import attention_implementation
+from tutorforge.hardware import training_attention
 from tutorforge.lora import build_optimizer, compute_dtype, load_base
 from tutorforge.rundir import RunDir
-from tutorforge.shapes import model_class_of, runnable_attention
 
 log = logging.getLogger(__name__)
 
@@ -390,10 +388,9 @@ def build_run(cfg: Config, *, config_dir: Path | None, skip_bad_rows: bool, devi
                      f"(bf16: {cfg.bf16}, fp16: {cfg.fp16})")
     if cfg.fp16 and device.type != "cuda":
         decisions.append("fp16: true needs CUDA (loss scaling); on CPU the compute dtype follows bf16")
-    attention, why = attention_implementation(attention_wanted(cfg), device.type)
     config_dir = model_config_dir(cfg.base_model_config)
-    attention, instead = runnable_attention(attention, *model_class_of(config_dir or resolved.path))
-    decisions += [w for w in (why, instead) if w]
+    attention, why = training_attention(cfg, device.type, config_dir or resolved.path)
+    decisions += why
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.tf32
     quant = cfg.bnb_4bit_quant_type if cfg.load_in_4bit else "int8" if cfg.load_in_8bit else None
