@@ -3,9 +3,9 @@ q8_0 and q4_k_m (and merge + export in one pass, bit-identical), every file load
 checked against the PyTorch model (tokenization on the probe texts, top-1 agreement), then packaged:
 the Modelfile's TEMPLATE proven with Go against the chat template, a stop for each end-of-turn token.
 Each family has its real chat template (as llama.cpp keeps it, llamacpp_tools.model_template, or
-written in tests/test_ollama_templates.py where llama.cpp keeps none: Llama 2, Gemma 3, Phi-4) on the
-bundled model's BPE tokenizer, or, for the SentencePiece families (Llama 2, Mistral v0.1, Gemma 2,
-Phi-3.5), on a tokenizer.model trained in the test."""
+written in tests/test_ollama_templates.py where llama.cpp keeps none: Llama 2, Mistral v0.1 and
+v0.3, Gemma 3, Phi-4) on the bundled model's BPE tokenizer, or, for the SentencePiece families
+(Llama 2, Mistral v0.1 and v0.3, Gemma 2, Phi-3.5), on a tokenizer.model trained in the test."""
 from __future__ import annotations
 
 import json
@@ -17,7 +17,13 @@ import torch
 import yaml
 
 from conftest import ROOT
-from test_ollama_templates import GEMMA3_TEMPLATE, LLAMA2_TEMPLATE, PHI4_TEMPLATE
+from test_ollama_templates import (
+    GEMMA3_TEMPLATE,
+    LLAMA2_TEMPLATE,
+    MISTRAL_V1_TEMPLATE,
+    MISTRAL_V3_TEMPLATE,
+    PHI4_TEMPLATE,
+)
 from tutorforge.config import load_config
 
 # family -> (transformers config class, its extra settings, llama.cpp's template of a real model of
@@ -71,7 +77,7 @@ def tiny_family_model(directory: Path, tokenizer_dir: Path, family: str) -> Path
     return directory
 
 
-NO_SYSTEM_ROLE = {"gemma2"}  # its template raises on a system turn
+NO_SYSTEM_ROLE = {"gemma2", "mistral-v0.1"}  # their templates raise on a system turn
 
 
 def family_config(tmp_path: Path, model: Path, family: str) -> Path:
@@ -124,7 +130,7 @@ def trains_merges_exports_and_verifies(tmp_path: Path, model: Path, family: str)
 END_OF_TURN = {"llama3": ("<|eot_id|>",), "granite": ("<|end_of_text|>",), "phi4": ("<|im_end|>",),
                "gemma3": ("<end_of_turn>",), "mistral": ("<|im_end|>",),  # Mistral's: the (bundled) eos
                "qwen2.5": ("<|im_end|>",), "qwen3": ("<|im_end|>",), "olmo2": ("<|im_end|>",),
-               "smollm3": ("<|im_end|>",), "llama2": ("</s>",), "mistral-v0.1": ("</s>",),
+               "smollm3": ("<|im_end|>",), "llama2": ("</s>",), "mistral-v0.1": ("</s>",), "mistral-v0.3": ("</s>",),
                "gemma2": ("<end_of_turn>",), "phi3.5": ("<|end|>",)}
 
 
@@ -195,15 +201,17 @@ class Spm:
 
 
 LLAMA_IDS = {"unk": (0, "<unk>"), "bos": (1, "<s>"), "eos": (2, "</s>")}
-# family -> how a real model of it tokenizes, from its tokenizer files: Llama 2 and Mistral v0.1
-# (byte-fallback BPE, "▁" prefix, digits split; Llama 2's [INST] is plain text, Mistral's is a piece
-# here as it is a token in later Mistral vocabularies), Gemma 2 (pad 0, eos 1, bos 2, unk 3, <mask> 4,
+# family -> how a real model of it tokenizes, from its tokenizer files: Llama 2, Mistral v0.1 and v0.3
+# (byte-fallback BPE, "▁" prefix, digits split; [INST] is plain text in Llama 2's and Mistral v0.1's,
+# a control token in v0.3's tokenizer.model: a piece here), Gemma 2 (pad 0, eos 1, bos 2, unk 3, <mask> 4,
 # no prefix, turn markers in tokenizer.model) and Phi-3.5 (Llama's tokenizer.model, its turn markers
 # and eos added after it).
 SENTENCEPIECE = {
     "llama2": Spm("LlamaConfig", {}, "LlamaTokenizer", LLAMA2_TEMPLATE, LLAMA_IDS, True),
-    "mistral-v0.1": Spm("MistralConfig", {"sliding_window": 4096}, "LlamaTokenizer",
-                        "mistralai-Mistral-Nemo-Instruct-2407", LLAMA_IDS, True, pieces=("[INST]", "[/INST]")),
+    "mistral-v0.1": Spm("MistralConfig", {"sliding_window": 4096}, "LlamaTokenizer", MISTRAL_V1_TEMPLATE, LLAMA_IDS,
+                        True),
+    "mistral-v0.3": Spm("MistralConfig", {}, "LlamaTokenizer", MISTRAL_V3_TEMPLATE, LLAMA_IDS, True,
+                        pieces=("[INST]", "[/INST]")),
     # query_pre_attn_scalar = head_dim as in Gemma 2 2B and 9B (llama.cpp scales queries by head_dim there)
     "gemma2": Spm("Gemma2Config", {"head_dim": 16, "query_pre_attn_scalar": 16, "tie_word_embeddings": True},
                   "GemmaTokenizer",

@@ -4,6 +4,7 @@ on conversations of one to three user turns, with and without a system turn."""
 from __future__ import annotations
 
 import datetime
+import re
 
 import pytest
 
@@ -42,7 +43,22 @@ LLAMA2_TEMPLATE = (
     "{% for message in messages %}{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + "
     "(system if loop.first else '') + message['content'] + ' [/INST]' }}{% else %}{{ ' ' + message['content'] + "
     "' ' + eos_token }}{% endif %}{% endfor %}")
-WRITTEN_HERE = {"GEMMA3": GEMMA3_TEMPLATE, "PHI4": PHI4_TEMPLATE, "LLAMA2": LLAMA2_TEMPLATE}
+# Mistral-7B-Instruct-v0.1's format, written here (llama.cpp's models/templates keeps none): a BOS, then
+# "[INST] Q [/INST]" and the answer with the eos token right after; any role but user and assistant raises.
+MISTRAL_V1_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}{{ '[INST] ' ~ m['content'] ~ ' [/INST]' }}"
+    "{% elif m['role'] == 'assistant' %}{{ m['content'] ~ eos_token }}{% else %}"
+    "{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}")
+# Mistral-7B-Instruct-v0.2/v0.3's format, written here: "[INST] Q[/INST]", each answer after a space
+# with the eos token, an optional leading system text opening the last user turn.
+MISTRAL_V3_TEMPLATE = (
+    "{% set ns = namespace(system=none) %}{% set turns = messages %}"
+    "{% if messages and messages[0]['role'] == 'system' %}{% set ns.system = messages[0]['content'] %}"
+    "{% set turns = messages[1:] %}{% endif %}{{ bos_token }}{% for m in turns %}{% if m['role'] == 'user' %}"
+    "{{ '[INST] ' ~ (ns.system ~ '\n\n' if loop.last and ns.system is not none else '') ~ m['content'] ~ '[/INST]' }}"
+    "{% elif m['role'] == 'assistant' %}{{ ' ' ~ m['content'] ~ eos_token }}{% endif %}{% endfor %}")
+WRITTEN_HERE = {"GEMMA3": GEMMA3_TEMPLATE, "PHI4": PHI4_TEMPLATE, "LLAMA2": LLAMA2_TEMPLATE,
+                "MISTRAL_V1": MISTRAL_V1_TEMPLATE, "MISTRAL_V3": MISTRAL_V3_TEMPLATE}
 
 # model -> (its chat template: llama.cpp's models/templates name, a CHAT_TEMPLATES name, GEMMA3, PHI4, or
 # None for the bundled tokenizer's own; the turn markers added as special tokens; (bos, eos, whether
@@ -62,6 +78,9 @@ MODELS = {
     "llama3.3": ("meta-llama-Llama-3.3-70B-Instruct", LLAMA3, ("<|begin_of_text|>", None, True), "llama3.1",
                  ("<|eot_id|>", "<|start_header_id|>")),
     "llama2": ("LLAMA2", ("<s>", "</s>"), ("<s>", "</s>", True), "llama2", ("</s>", "[INST]")),
+    "mistral-v0.1": ("MISTRAL_V1", ("<s>", "</s>"), ("<s>", "</s>", True), "mistral-v1", ("</s>", "[INST]")),
+    "mistral-v0.3": ("MISTRAL_V3", ("[INST]", "[/INST]", "<s>", "</s>"), ("<s>", "</s>", True), "mistral-v3",
+                     ("</s>", "[INST]")),
     "mistral-nemo": ("mistralai-Mistral-Nemo-Instruct-2407", ("[INST]", "[/INST]", "<s>", "</s>"),
                      ("<s>", "</s>", True), "mistral", ("</s>", "[INST]")),
     # Gemma 2 with the bundled tokenizer's BOS, which it does not add: the TEMPLATE writes it
@@ -77,7 +96,7 @@ MODELS = {
     "granite3.3": ("ibm-granite-granite-3.3-2B-Instruct", ("<|start_of_role|>", "<|end_of_role|>", "<|end_of_text|>"),
                    None, "granite", ("<|end_of_text|>", "<|start_of_role|>")),
 }
-NO_SYSTEM_ROLE = {"gemma2"}  # its template raises on a system turn
+NO_SYSTEM_ROLE = {"gemma2", "mistral-v0.1"}  # their templates raise on a system turn
 
 ANSWER = "Ordered, changeable:\n```python\nxs = [1, 2]\nprint(xs[0])  # 1\n```"
 TURNS = [{"role": "user", "content": "What is a list?"}, {"role": "assistant", "content": ANSWER},
@@ -166,8 +185,9 @@ def test_package_time_verification_passes(go_render, bundled_tokenizer_dir, mode
 
     tokenizer = model_tokenizer(bundled_tokenizer_dir, model)
     if system and model in NO_SYSTEM_ROLE:
-        with pytest.raises(UserError, match=r"default_system_message is set, but this model's chat template "
-                                            r"\(Gemma 2/3\) refuses a system turn \(System role not supported\)"):
+        label = TEMPLATES[MODELS[model][3]].label
+        with pytest.raises(UserError, match=rf"default_system_message is set, but this model's chat template "
+                                            rf"\({re.escape(label)}\) refuses a system turn \(.*supported.*\)"):
             prompt_template(tokenizer, None, system)
         return
     fmt, family, _ = prompt_template(tokenizer, None, system)

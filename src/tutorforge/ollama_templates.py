@@ -178,16 +178,30 @@ def _llama2_defaults(first: str) -> dict | None:
     return {} if first.startswith("[INST] Q1 [/INST]") else None
 
 
+# Mistral's spacing by version: (after "[INST]", before "[/INST]", before an answer)
+MISTRAL_SPACING = {"mistral": ("", "", ""), "mistral-v3": (" ", "", " "), "mistral-v1": (" ", " ", "")}
+
+
 def _mistral(messages: list[dict], family: Family) -> str:
+    opened, closed, answer = MISTRAL_SPACING[family.name]
     system, rest = _split_system(messages)
     text = ""
     for i, m in enumerate(rest):
         if m["role"] == "user":
             prefix = f"{system}\n\n" if system is not None and i == len(rest) - 1 else ""
-            text += f"[INST]{prefix}{m['content']}[/INST]"
+            text += f"[INST]{opened}{prefix}{m['content']}{closed}[/INST]"
         elif m["role"] == "assistant":
-            text += m["content"] + family.eos
+            text += answer + m["content"] + family.eos
     return text
+
+
+def _mistral_go(name: str) -> str:
+    """The Go TEMPLATE of a Mistral version: the system text opens the last user turn."""
+    opened, closed, answer = MISTRAL_SPACING[name]
+    return (_SYSTEM_VARS + "{{ range $i, $m := .Messages }}{{ $last := eq (len (slice $.Messages $i)) 1 }}"
+            "{{ if eq $m.Role \"user\" }}[INST]" + opened + "{{ if and $last $hasSystem }}{{ $system }}\n\n{{ end }}"
+            "{{ $m.Content }}" + closed + "[/INST]{{ else if eq $m.Role \"assistant\" }}" + answer
+            + "{{ $m.Content }}{eos}{{ end }}{{ end }}")
 
 
 def _gemma(messages: list[dict], family: Family) -> str:
@@ -291,13 +305,13 @@ TEMPLATES: dict[str, Entry] = {
         "{{ end }}{{ $m.Content }} [/INST]{{ $first = false }}{{ else if eq $m.Role \"assistant\" }} {{ $m.Content }} "
         "{eos}{{ $first = false }}{{ end }}{{ end }}"),
         ("[INST]", "[/INST]", "<<SYS>>", "<</SYS>>"), _llama2, _llama2_defaults),
-    # Ollama template/mistral-instruct.gotmpl; mistralai-Mistral-Nemo-Instruct-2407: the system text
-    # opens the last user turn ("[INST]S\n\nQ[/INST]"), answers end with the eos token
-    "mistral": Entry("Mistral", (
-        _SYSTEM_VARS + "{{ range $i, $m := .Messages }}{{ $last := eq (len (slice $.Messages $i)) 1 }}"
-        "{{ if eq $m.Role \"user\" }}[INST]{{ if and $last $hasSystem }}{{ $system }}\n\n{{ end }}{{ $m.Content }}"
-        "[/INST]{{ else if eq $m.Role \"assistant\" }}{{ $m.Content }}{eos}{{ end }}{{ end }}"),
-        ("[INST]", "[/INST]"), _mistral),
+    # mistralai-Mistral-Nemo-Instruct-2407 (Nemo, Small 3): no spaces inside the markers, the system
+    # text opens the last user turn ("[INST]S\n\nQ[/INST]"), answers end with the eos token
+    "mistral": Entry("Mistral (Nemo, Small 3)", _mistral_go("mistral"), ("[INST]", "[/INST]"), _mistral),
+    # Ollama template/mistral-instruct.gotmpl; Mistral-7B-Instruct-v0.2/v0.3's template: "[INST] Q[/INST] A</s>"
+    "mistral-v3": Entry("Mistral v0.2/v0.3", _mistral_go("mistral-v3"), ("[INST]", "[/INST]"), _mistral),
+    # Mistral-7B-Instruct-v0.1's template: "[INST] Q [/INST]A</s>", and no system role (it raises)
+    "mistral-v1": Entry("Mistral v0.1", _mistral_go("mistral-v1"), ("[INST]", "[/INST]"), _mistral),
     # Ollama template/gemma3-instruct.gotmpl; Gemma 3 (google/gemma-3-*-it): the system text opens
     # the first user turn; google-gemma-2-2b-it raises on a system turn ("System role not supported")
     "gemma": Entry("Gemma 2/3", (
