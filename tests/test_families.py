@@ -51,6 +51,29 @@ FAMILIES = {
 }
 
 
+# The splitting rules (tokenizer.json's pre_tokenizer) of the families whose own rules llama.cpp names
+# (llama-bpe, qwen2): the regex of Meta-Llama-3-8B's tokenizer.json (numbers in groups of up to three;
+# SmolLM3 has Llama 3's), and of Qwen2.5's (each digit alone), each followed by byte-level mapping.
+# The bundled vocabulary and merges are kept: llama.cpp must split the text by the family's rules.
+_RULES = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}%s| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+          r"|\s+(?!\S)|\s+")
+SPLIT_RULES = {"llama-bpe": _RULES % "{1,3}", "qwen2": _RULES % ""}
+FAMILY_RULES = {"llama3": "llama-bpe", "smollm3": "llama-bpe", "qwen2.5": "qwen2", "qwen3": "qwen2"}
+
+
+def with_splitting_rules(directory: Path, rules: str) -> None:
+    """The tokenizer.json in `directory` given the pre-tokenizer (and, for Qwen, the NFC normalizer)
+    of llama.cpp's `rules`."""
+    path = directory / "tokenizer.json"
+    settings = json.loads(path.read_text())
+    settings["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": SPLIT_RULES[rules]}, "behavior": "Isolated", "invert": False},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}]}
+    if rules == "qwen2":
+        settings["normalizer"] = {"type": "NFC"}
+    path.write_text(json.dumps(settings, ensure_ascii=False))
+
+
 def tiny_family_model(directory: Path, tokenizer_dir: Path, family: str) -> Path:
     """A 2-layer random model of `family` (hidden 64) with the bundled tokenizer and the family's
     chat template, saved in `directory`."""
@@ -71,6 +94,8 @@ def tiny_family_model(directory: Path, tokenizer_dir: Path, family: str) -> Path
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
+    if family in FAMILY_RULES:
+        with_splitting_rules(directory, FAMILY_RULES[family])
     if family == "phi4":  # Phi-4's tokenizer is a GPT-2 BPE, which its tokenizer_config.json names
         settings = json.loads((directory / "tokenizer_config.json").read_text())
         (directory / "tokenizer_config.json").write_text(json.dumps({**settings, "tokenizer_class": "GPT2Tokenizer"}))
@@ -178,9 +203,11 @@ def assert_same_tensors(a: Path, b: Path) -> None:
 def test_a_family_trains_merges_exports_and_verifies(tmp_path, bundled_tokenizer_dir, family):
     model = tiny_family_model(tmp_path / "base", bundled_tokenizer_dir, family)
     report = trains_merges_exports_and_verifies(tmp_path, model, family)
-    if family == "gemma3":  # the layer pattern as config.json has it (convert_driver._Gemma3)
-        from gguf import GGUFReader
+    from gguf import GGUFReader
 
+    pre = GGUFReader(report["files"]["f16"]).fields["tokenizer.ggml.pre"].contents()
+    assert pre == FAMILY_RULES.get(family, "smollm")  # the family's splitting rules, or the bundled's
+    if family == "gemma3":  # the layer pattern as config.json has it (convert_driver._Gemma3)
         fields = GGUFReader(report["files"]["f16"]).fields
         assert list(fields["gemma3.attention.sliding_window_pattern"].contents()) == [False, True]
 

@@ -1,7 +1,7 @@
 """llama.cpp's converter (convert_hf_to_gguf.py) run with tutorforge's two additions: a LoRA adapter
 merged into the base tensors as the converter reads them (one pass: no merged checkpoint on disk),
 and the family fixes of FIXES (what the converter leaves out of a family's GGUF: Gemma 3's attention
-scale and layer pattern).
+scale and layer pattern), and a BPE pre-tokenizer named from its rules where its hash is unknown.
 
     python -m tutorforge.convert_driver MODEL_DIR OUTFILE OUTTYPE [--base DIR --adapter DIR]
 
@@ -101,13 +101,38 @@ class _Gemma3:
             yield new_name, tensor
 
 
+class _PreTokenizerByRules:
+    """Over every converter class: a BPE tokenizer whose probe hash the converter's table lacks (a
+    vocabulary of its own, trained or extended, with a known family's splitting rules) is named by
+    its tokenizer.json's pre_tokenizer rules, as tutorforge's own writer names it
+    (gguf_vocab.pre_tokenizer_by_rules), instead of the converter's NotImplementedError; export's
+    verification then checks that llama.cpp tokenizes as the PyTorch tokenizer does."""
+
+    def get_vocab_base_pre(self, tokenizer) -> str:
+        try:
+            return super().get_vocab_base_pre(tokenizer)  # pyright: ignore[reportAttributeAccessIssue]
+        except NotImplementedError:
+            import json
+
+            from tutorforge.gguf_vocab import pre_tokenizer_by_rules
+
+            path = self.dir_model / "tokenizer.json"  # pyright: ignore[reportAttributeAccessIssue]
+            named = pre_tokenizer_by_rules(json.loads(path.read_text(encoding="utf-8"))) if path.is_file() else None
+            if named is None:
+                raise
+            print(f"tutorforge: {path}: pre-tokenizer {named!r} named from its rules (its probe hash is not "
+                  "in llama.cpp's table)", file=sys.stderr)
+            return named
+
+
 # architecture -> the class over the converter's that adds what it leaves out of the family's GGUF
 FIXES: dict[str, type] = {"Gemma3ForCausalLM": _Gemma3}
 
 
 def _with_additions(model_class, wrap, fix: type | None):
-    """The converter's model class with the merge (when `wrap`) and the family's fix (when any)."""
-    bases = ((_Merging,) if wrap else ()) + ((fix,) if fix else ()) + (model_class,)
+    """The converter's model class with the merge (when `wrap`), the family's fix (when any) and
+    the pre-tokenizer named by its rules."""
+    bases = ((_Merging,) if wrap else ()) + ((fix,) if fix else ()) + (_PreTokenizerByRules, model_class)
     namespace = {"model_arch": model_class.model_arch, "merge_wrap": staticmethod(wrap) if wrap else None}
     return type(model_class.__name__, bases, namespace)
 
@@ -130,8 +155,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def get_model_class(name: str, mmproj: bool = False):
         model_class = pick(name, mmproj=mmproj)
-        fix = FIXES.get(name)
-        return _with_additions(model_class, wrap, fix) if wrap or fix else model_class
+        return _with_additions(model_class, wrap, FIXES.get(name))
 
     converter.get_model_class = get_model_class
     sys.argv = ["convert_hf_to_gguf.py", str(args.model), "--outfile", str(args.outfile), "--outtype", args.outtype]

@@ -61,7 +61,7 @@ def probe_hash(tokenizer) -> str:
     return sha256(str(tokenizer.encode(PROBE_TEXT)).encode()).hexdigest()
 
 
-def _pre_tokenizer_by_rules(tokenizer_json: dict) -> str | None:
+def pre_tokenizer_by_rules(tokenizer_json: dict) -> str | None:
     """The pre-tokenizer read off tokenizer.json's pre_tokenizer rules, for tokenizers whose probe
     hash llama.cpp's table lacks (a vocabulary of its own with a known family's splitting rules)."""
     text = json.dumps(tokenizer_json.get("pre_tokenizer"))
@@ -80,7 +80,7 @@ def pre_tokenizer(tokenizer, tokenizer_json: dict, model_dir: Path) -> str:
     chkhsh = probe_hash(tokenizer)
     if chkhsh in PRE_TOKENIZER_HASHES:
         return PRE_TOKENIZER_HASHES[chkhsh]
-    assumed = _pre_tokenizer_by_rules(tokenizer_json)
+    assumed = pre_tokenizer_by_rules(tokenizer_json)
     if assumed is None:
         raise UserError(f"{model_dir}/tokenizer.json: its pre-tokenizer (probe hash {chkhsh}) is not one "
                         "llama.cpp's converter knows, nor one tutorforge can name from its rules "
