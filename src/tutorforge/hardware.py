@@ -12,13 +12,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from tutorforge.errors import UserError
 from tutorforge.rules import did_you_mean
 
-if TYPE_CHECKING:
-    from tutorforge.config import Config
+Config = Any  # a config.Config (config imports this module: it cannot import it back)
 
 # name: (device, memory GiB, host RAM GiB, bf16, what the CUDA device name contains)
 # Memory is what nvidia-smi reports as memory.total (MiB / 1024); host RAM is a usual machine
