@@ -140,9 +140,9 @@ def convert_checkpoint(model_dir: Path, out: Path, *, outtype: str = "f16", adap
     tmp.unlink(missing_ok=True)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tools / "gguf-py"), str(tools)]))
     env.pop("NO_LOCAL_GGUF", None)
-    cmd = [sys.executable, "-m", "tutorforge.convert_driver", str(model_dir), str(tmp), outtype]
+    source = model_dir if adapter is None else _staging(model_dir, adapter, staging)
+    cmd = [sys.executable, "-m", "tutorforge.convert_driver", str(source), str(tmp), outtype]
     if adapter is not None:
-        cmd[3] = str(_staging(model_dir, adapter, staging))
         cmd += ["--base", str(model_dir), "--adapter", str(adapter)]
     log.info("export: llama.cpp's converter on %s%s (%s)", model_dir, f" + {adapter}" if adapter else "", outtype)
     try:
