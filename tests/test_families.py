@@ -22,6 +22,7 @@ from test_ollama_templates import (
     LLAMA2_TEMPLATE,
     MISTRAL_V1_TEMPLATE,
     MISTRAL_V3_TEMPLATE,
+    OLMO2_TEMPLATE,
     PHI4_TEMPLATE,
 )
 from tutorforge.config import load_config
@@ -36,7 +37,8 @@ FAMILIES = {
     "mistral": ("MistralConfig", {}, "mistralai-Mistral-Nemo-Instruct-2407", ("[INST]", "[/INST]")),
     "qwen2.5": ("Qwen2Config", {}, "Qwen-Qwen2.5-7B-Instruct", ()),
     "qwen3": ("Qwen3Config", {"head_dim": 16}, "Qwen-Qwen3-0.6B", ()),
-    "olmo2": ("Olmo2Config", {}, "Qwen-Qwen2.5-7B-Instruct", ()),
+    # OLMo 2: its <|system|>, <|user|> and <|assistant|> are plain text (its special tokens below)
+    "olmo2": ("Olmo2Config", {}, OLMO2_TEMPLATE, ()),
     "granite": ("GraniteConfig", {}, "ibm-granite-granite-3.3-2B-Instruct", ("<|start_of_role|>", "<|end_of_role|>",
                                                                              "<|end_of_text|>")),
     "smollm3": ("SmolLM3Config", {}, "HuggingFaceTB-SmolLM3-3B", ()),
@@ -51,14 +53,29 @@ FAMILIES = {
 }
 
 
-# The splitting rules (tokenizer.json's pre_tokenizer) of the families whose own rules llama.cpp names
-# (llama-bpe, qwen2): the regex of Meta-Llama-3-8B's tokenizer.json (numbers in groups of up to three;
-# SmolLM3 has Llama 3's), and of Qwen2.5's (each digit alone), each followed by byte-level mapping.
-# The bundled vocabulary and merges are kept: llama.cpp must split the text by the family's rules.
+# The splitting rules (tokenizer.json's pre_tokenizer) of the BPE families, as llama.cpp names them
+# (llama-bpe, qwen2, tekken): the regex of Meta-Llama-3-8B's tokenizer.json (numbers in groups of up to
+# three), which OLMo 2's (allenai/OLMo-2-1124-7B-Instruct) and Phi-4's (microsoft/phi-4) cl100k rules
+# are too, and SmolLM3 has Llama 3's; Qwen2.5's (each digit alone); Mistral Nemo's Tekken (letters split
+# by case, each digit alone); each followed by byte-level mapping. The bundled vocabulary and merges are
+# kept: llama.cpp must split the text by the family's rules.
 _RULES = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}%s| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
           r"|\s+(?!\S)|\s+")
-SPLIT_RULES = {"llama-bpe": _RULES % "{1,3}", "qwen2": _RULES % ""}
-FAMILY_RULES = {"llama3": "llama-bpe", "smollm3": "llama-bpe", "qwen2.5": "qwen2", "qwen3": "qwen2"}
+_TEKKEN = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+           r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
+           r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+SPLIT_RULES = {"llama-bpe": _RULES % "{1,3}", "qwen2": _RULES % "", "tekken": _TEKKEN}
+FAMILY_RULES = {"llama3": "llama-bpe", "smollm3": "llama-bpe", "olmo2": "llama-bpe", "phi4": "llama-bpe",
+                "qwen2.5": "qwen2", "qwen3": "qwen2", "mistral": "tekken"}
+# family -> the GGUF's tokenizer.ggml.pre: its own rules' name, or the bundled tokenizer's "smollm". Granite 3's
+# own rules are the bundled ones (ibm-granite/granite-3.x's tokenizer.json: digits one by one, then GPT-2
+# byte-level splitting; llama.cpp names those "refact" by the hash of Granite's vocabulary, which it splits
+# as "smollm", the same case in llama-vocab.cpp).
+PRE_TOKENIZER = {**FAMILY_RULES, "granite": "smollm", "gemma3": "smollm"}
+# family -> its tokenizer's special tokens where they are not the bundled tokenizer's (OLMo 2's
+# tokenizer_config.json: bos, eos and unk <|endoftext|>, which its chat template writes first; pad <|pad|>)
+SPECIAL_TOKENS = {"olmo2": {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
+                            "pad_token": "<|pad|>"}}
 
 
 def with_splitting_rules(directory: Path, rules: str) -> None:
@@ -84,7 +101,7 @@ def tiny_family_model(directory: Path, tokenizer_dir: Path, family: str) -> Path
 
     config_class, extra, template, markers = FAMILIES[family]
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    tokenizer.add_special_tokens({"additional_special_tokens": list(markers)})
+    tokenizer.add_special_tokens({"additional_special_tokens": list(markers), **SPECIAL_TOKENS.get(family, {})})
     tokenizer.chat_template = template if "{%" in template else model_template(template)
     config = getattr(transformers, config_class)(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -154,7 +171,7 @@ def trains_merges_exports_and_verifies(tmp_path: Path, model: Path, family: str)
 # family -> the tokens its chat template ends a turn with (the model's own template, read by eye)
 END_OF_TURN = {"llama3": ("<|eot_id|>",), "granite": ("<|end_of_text|>",), "phi4": ("<|im_end|>",),
                "gemma3": ("<end_of_turn>",), "mistral": ("<|im_end|>",),  # Mistral's: the (bundled) eos
-               "qwen2.5": ("<|im_end|>",), "qwen3": ("<|im_end|>",), "olmo2": ("<|im_end|>",),
+               "qwen2.5": ("<|im_end|>",), "qwen3": ("<|im_end|>",), "olmo2": ("<|endoftext|>",),
                "smollm3": ("<|im_end|>",), "llama2": ("</s>",), "mistral-v0.1": ("</s>",), "mistral-v0.3": ("</s>",),
                "gemma2": ("<end_of_turn>",), "phi3.5": ("<|end|>",)}
 
@@ -206,7 +223,16 @@ def test_a_family_trains_merges_exports_and_verifies(tmp_path, bundled_tokenizer
     from gguf import GGUFReader
 
     pre = GGUFReader(report["files"]["f16"]).fields["tokenizer.ggml.pre"].contents()
-    assert pre == FAMILY_RULES.get(family, "smollm")  # the family's splitting rules, or the bundled's
+    assert pre == PRE_TOKENIZER[family]  # the family's splitting rules (the bundled ones: Gemma 3)
+    import llama_cpp
+    from transformers import AutoTokenizer
+
+    # a BOS before a text where the PyTorch tokenizer puts one, and only there: a name read off the rules
+    # does not bring the default of the real tokenizer it names (llama-bpe and tekken add one)
+    vocab = llama_cpp.Llama(report["files"]["f16"], vocab_only=True, verbose=False)
+    text = "Hello, World 42"
+    assert vocab.tokenize(text.encode(), add_bos=True, special=True) == AutoTokenizer.from_pretrained(model)(text)[
+        "input_ids"]
     if family == "gemma3":  # the layer pattern as config.json has it (convert_driver._Gemma3)
         fields = GGUFReader(report["files"]["f16"]).fields
         assert list(fields["gemma3.attention.sliding_window_pattern"].contents()) == [False, True]

@@ -57,8 +57,18 @@ MISTRAL_V3_TEMPLATE = (
     "{% set turns = messages[1:] %}{% endif %}{{ bos_token }}{% for m in turns %}{% if m['role'] == 'user' %}"
     "{{ '[INST] ' ~ (ns.system ~ '\n\n' if loop.last and ns.system is not none else '') ~ m['content'] ~ '[/INST]' }}"
     "{% elif m['role'] == 'assistant' %}{{ ' ' ~ m['content'] ~ eos_token }}{% endif %}{% endfor %}")
+# OLMo 2's chat format (allenai/OLMo-2-1124-7B-Instruct's tokenizer_config.json; llama.cpp's
+# models/templates keeps none), written here: the BOS first (its tokenizer adds none), then each system,
+# user or assistant turn as its role marker (plain text, not special tokens) and a newline, the content,
+# then a newline, or for an answer the eos token, and a newline unless it is the last message; the
+# generation prompt after the last message.
+OLMO2_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'system' or m['role'] == 'user' %}"
+    "{{ '<|' ~ m['role'] ~ '|>\n' ~ m['content'] ~ '\n' }}{% elif m['role'] == 'assistant' %}"
+    "{{ '<|assistant|>\n' ~ m['content'] ~ eos_token }}{% if not loop.last %}{{ '\n' }}{% endif %}{% endif %}"
+    "{% if loop.last and add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}{% endfor %}")
 WRITTEN_HERE = {"GEMMA3": GEMMA3_TEMPLATE, "PHI4": PHI4_TEMPLATE, "LLAMA2": LLAMA2_TEMPLATE,
-                "MISTRAL_V1": MISTRAL_V1_TEMPLATE, "MISTRAL_V3": MISTRAL_V3_TEMPLATE}
+                "MISTRAL_V1": MISTRAL_V1_TEMPLATE, "MISTRAL_V3": MISTRAL_V3_TEMPLATE, "OLMO2": OLMO2_TEMPLATE}
 
 # model -> (its chat template: llama.cpp's models/templates name, a CHAT_TEMPLATES name, GEMMA3, PHI4, or
 # None for the bundled tokenizer's own; the turn markers added as special tokens; (bos, eos, whether
@@ -93,6 +103,8 @@ MODELS = {
     # Phi-4's tokenizer: bos <|endoftext|> (which it does not add), eos <|im_end|>
     "phi4": ("PHI4", ("<|im_start|>", "<|im_sep|>", "<|im_end|>"), ("<|endoftext|>", "<|im_end|>", False), "phi4",
              ("<|im_end|>", "<|im_start|>", "<|im_sep|>")),
+    # OLMo 2's tokenizer: bos = eos = <|endoftext|>, which its template writes first (the tokenizer adds none)
+    "olmo2": ("OLMO2", (), ("<|endoftext|>", "<|endoftext|>", False), "olmo2", ("<|endoftext|>", "<|user|>")),
     "granite3.3": ("ibm-granite-granite-3.3-2B-Instruct", ("<|start_of_role|>", "<|end_of_role|>", "<|end_of_text|>"),
                    None, "granite", ("<|end_of_text|>", "<|start_of_role|>")),
 }
@@ -243,8 +255,7 @@ def test_a_template_of_no_known_family_is_refused(bundled_tokenizer):
     message = str(caught.value)
     assert "renders a user turn as 'USER: Q1\\nASSISTANT:'" in message
     for label in ("ChatML", "Qwen3", "SmolLM3", "Llama 3.1-3.3", "Llama 2", "Mistral", "Gemma 2/3", "Phi-3/3.5",
-                  "Phi-4",
-                  "Granite 3.x", "Alpaca"):
+                  "Phi-4", "Granite 3.x", "OLMo 2", "Alpaca"):
         assert label in message
     assert "TEMPLATES in src/tutorforge/ollama_templates.py" in message and "stop tokens" in message
 
@@ -259,7 +270,7 @@ def test_family_for_reads_the_configs_template_without_a_model(bundled_tokenizer
     assert family_for(bundled_tokenizer, "alpaca", "Be brief.").name == "alpaca"
 
 
-@pytest.mark.parametrize("model", ["mistral-nemo", "gemma2", "qwen3", "granite3.3", "phi4"])
+@pytest.mark.parametrize("model", ["mistral-nemo", "gemma2", "qwen3", "granite3.3", "phi4", "olmo2"])
 def test_chat_gets_the_training_ids_of_a_conversation(bundled_tokenizer_dir, model):
     """chat.py's ChatModel.prompt_ids with the family's renderer: formatting.encode_messages of the
     same messages with the generation prompt (a BOS once: the tokenizer's, or the template's own)."""
@@ -278,6 +289,9 @@ def test_chat_gets_the_training_ids_of_a_conversation(bundled_tokenizer_dir, mod
     assert ids == encode_messages(tokenizer, fmt, prompt_messages(fmt, history[:-1], history[-1]["content"]))
     if model in {"mistral-nemo", "gemma2"}:  # Mistral's tokenizer adds it; Gemma 2's template writes it
         assert ids[0] == tokenizer.bos_token_id and ids.count(tokenizer.bos_token_id) == 1
+    if model == "olmo2":  # its template writes the BOS, which is its eos too: once, and after each answer
+        answers = sum(m["role"] == "assistant" for m in history)
+        assert ids[0] == tokenizer.bos_token_id and ids.count(tokenizer.bos_token_id) == 1 + answers == 3
 
 
 @pytest.mark.parametrize("model, system", [("smollm3", "Be brief. /no_think"), ("llama3.1", "Be brief.\n")])

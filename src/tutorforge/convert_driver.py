@@ -106,7 +106,14 @@ class _PreTokenizerByRules:
     vocabulary of its own, trained or extended, with a known family's splitting rules) is named by
     its tokenizer.json's pre_tokenizer rules, as tutorforge's own writer names it
     (gguf_vocab.pre_tokenizer_by_rules), instead of the converter's NotImplementedError; export's
-    verification then checks that llama.cpp tokenizes as the PyTorch tokenizer does."""
+    verification then checks that llama.cpp tokenizes as the PyTorch tokenizer does.
+
+    The name brings llama.cpp's defaults for the real tokenizer it names (llama-vocab.cpp: llama-bpe
+    and tekken add a BOS before every text), which this vocabulary need not share: where the
+    converter's SpecialVocab found no add_bos_token to write, the file gets the PyTorch tokenizer's own
+    (whether it puts its BOS first), as gguf_vocab.tokenizer_from_hf writes it."""
+
+    adds_bos: bool | None = None  # set when the pre-tokenizer was named by its rules
 
     def get_vocab_base_pre(self, tokenizer) -> str:
         try:
@@ -122,7 +129,18 @@ class _PreTokenizerByRules:
                 raise
             print(f"tutorforge: {path}: pre-tokenizer {named!r} named from its rules (its probe hash is not "
                   "in llama.cpp's table)", file=sys.stderr)
+            bos = tokenizer.bos_token_id
+            self.adds_bos = bos is not None and tokenizer.encode("a")[:1] == [bos]
             return named
+
+    def set_vocab(self):
+        super().set_vocab()  # pyright: ignore[reportAttributeAccessIssue]
+        import gguf  # llama.cpp's gguf-py, which the converter writes with
+
+        writer = self.gguf_writer  # pyright: ignore[reportAttributeAccessIssue]
+        key = gguf.Keys.Tokenizer.ADD_BOS
+        if self.adds_bos is not None and not any(key in kv for kv in writer.kv_data):
+            writer.add_add_bos_token(self.adds_bos)
 
 
 # architecture -> the class over the converter's that adds what it leaves out of the family's GGUF

@@ -11,7 +11,8 @@ tokenizer is written the way llama.cpp's converter (convert_hf_to_gguf.py) write
 their types from the tokenizer; merges, special token ids and chat template by gguf-py's
 `SpecialVocab` (which also encodes merges saved as pairs whose tokens hold spaces); the
 pre-tokenizer named by the sha256 of the token ids of the converter's probe text, looked up in
-`PRE_TOKENIZER_HASHES`.
+`PRE_TOKENIZER_HASHES`, or for a vocabulary llama.cpp does not know, by its splitting rules
+(`SPLIT_REGEXES`: Llama 3's, Qwen2's, Tekken's, GPT-4o's).
 """
 from __future__ import annotations
 
@@ -61,12 +62,51 @@ def probe_hash(tokenizer) -> str:
     return sha256(str(tokenizer.encode(PROBE_TEXT)).encode()).hexdigest()
 
 
+# tokenizer.json's splitting regex -> llama.cpp's `tokenizer.ggml.pre`, for a pre-tokenizer that is that
+# one Split followed by byte-level mapping without a regex of its own; each regex as llama.cpp's
+# src/llama-vocab.cpp quotes the original tokenizer.json's (llm_tokenizer_bpe, the pre-type's case).
+_CASED = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+%s"  # Word, word
+          r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*%s"  # WORD, WOrd
+          r"|\p{N}%s| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_CONTRACTIONS = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)"
+_LLAMA3 = _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}%s| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+SPLIT_REGEXES = {
+    _LLAMA3 % "{1,3}": "llama-bpe",  # LLAMA_VOCAB_PRE_TYPE_LLAMA3: meta-llama/Meta-Llama-3-8B (and DBRX's, the same)
+    _LLAMA3 % "": "qwen2",  # LLAMA_VOCAB_PRE_TYPE_QWEN2: Qwen/Qwen1.5-7B (each digit alone)
+    _CASED % ("", "", ""): "tekken",  # LLAMA_VOCAB_PRE_TYPE_TEKKEN: mistralai/Mistral-Nemo-Base-2407
+    # LLAMA_VOCAB_PRE_TYPE_GPT4O: Xenova/gpt-4o (contractions kept with their word, numbers in threes)
+    _CASED % (_CONTRACTIONS + "?", _CONTRACTIONS + "?", "{1,3}"): "gpt-4o",
+}
+
+
+def _split_regexes(pre: object) -> list[str] | None:
+    """The regexes of the Split steps of a pre_tokenizer, or None when a step other than Split and
+    byte-level mapping without a regex (use_regex false) is in it."""
+    steps = pre.get("pretokenizers", []) if isinstance(pre, dict) and pre.get("type") == "Sequence" else [pre]
+    regexes = []
+    for step in steps:
+        if not isinstance(step, dict):
+            return None
+        if step.get("type") == "Split" and step.get("behavior") == "Isolated" and not step.get("invert"):
+            regexes.append((step.get("pattern") or {}).get("Regex"))
+        elif step.get("type") != "ByteLevel" or step.get("use_regex", True):
+            return None
+    return regexes
+
+
 def pre_tokenizer_by_rules(tokenizer_json: dict) -> str | None:
     """The pre-tokenizer read off tokenizer.json's pre_tokenizer rules, for tokenizers whose probe
-    hash llama.cpp's table lacks (a vocabulary of its own with a known family's splitting rules)."""
-    text = json.dumps(tokenizer_json.get("pre_tokenizer"))
+    hash llama.cpp's table lacks (a vocabulary of its own with a known family's splitting rules):
+    a splitting regex of SPLIT_REGEXES as it is, else the rules told apart by their digits."""
+    pre = tokenizer_json.get("pre_tokenizer")
+    regexes = _split_regexes(pre)
+    if regexes is not None and len(regexes) == 1 and regexes[0] in SPLIT_REGEXES:
+        return SPLIT_REGEXES[regexes[0]]
+    text = json.dumps(pre)
     if '"individual_digits": true' in text and '"ByteLevel"' in text:
         return "smollm"  # digits one by one, then GPT-2 byte-level splitting
+    if r"\\p{Lu}" in text:
+        return None  # letters split by case (Tekken's, GPT-4o's) in a regex other than theirs
     if r"\\p{N}{1,3}" in text:
         return "llama-bpe"  # Llama 3: numbers in groups of up to three
     if r"\\p{N}" in text and "Split" in text:

@@ -157,7 +157,7 @@ def _llama31_defaults(first: str) -> dict | None:
     return None if preamble is None else {"preamble": preamble}
 
 
-# --- Llama 2, Mistral, Gemma 2/3, Phi-3/3.5, Phi-4, Granite 3.x, Alpaca ---------------------------
+# --- Llama 2, Mistral, Gemma 2/3, Phi-3/3.5, Phi-4, Granite 3.x, OLMo 2, Alpaca -------------------
 
 def _llama2(messages: list[dict], family: Family) -> str:
     """Each user turn "[INST] Q [/INST]" after a BOS (the first one's is the tokenizer's), the system
@@ -242,6 +242,23 @@ def _granite(messages: list[dict], family: Family) -> str:
 def _granite_defaults(first: str) -> dict | None:
     default = _between(first, "<|start_of_role|>system<|end_of_role|>", "<|end_of_text|>")
     return None if default is None else {"default_system": default}
+
+
+def _olmo2(messages: list[dict], family: Family) -> str:
+    """OLMo 2's Tulu format: each turn its role marker on a line of its own and its text, a system or
+    user turn closed by a newline, an answer by the eos token (and a newline unless it is the last message)."""
+    text = ""
+    for i, m in enumerate(messages):
+        if m["role"] in ("system", "user"):
+            text += f"<|{m['role']}|>\n{m['content']}\n"
+        elif m["role"] == "assistant":
+            text += f"<|assistant|>\n{m['content']}{family.eos}" + ("\n" if i < len(messages) - 1 else "")
+    return text + "<|assistant|>\n"
+
+
+def _olmo2_defaults(first: str) -> dict | None:
+    """OLMo 2's shape: the user turn first (no default system turn), "<|user|>" on a line of its own."""
+    return {} if first.startswith("<|user|>\nQ1\n<|assistant|>\n") else None
 
 
 def _alpaca(messages: list[dict], family: Family) -> str:
@@ -342,6 +359,15 @@ TEMPLATES: dict[str, Entry] = {
         "<|start_of_role|>{{ $m.Role }}<|end_of_role|>{{ $m.Content }}<|end_of_text|>\n{{ end }}{{ end }}"
         "<|start_of_role|>assistant<|end_of_role|>"), ("<|end_of_text|>", "<|start_of_role|>"), _granite,
         _granite_defaults),
+    # The ollama/ollama repository has no OLMo 2 template (its zephyr.gotmpl, the nearest, closes every turn),
+    # so the model's own is the source: allenai/OLMo-2-1124-7B-Instruct's chat_template (Tulu's format), its
+    # BOS first (bos_token, which the tokenizer does not add: Family.bos), <|system|>, <|user|> and
+    # <|assistant|> as plain text on a line of their own, each answer closed by the eos token <|endoftext|>
+    "olmo2": Entry("OLMo 2", (
+        "{{ range $i, $m := .Messages }}{{ if eq $m.Role \"system\" }}<|system|>\n{{ $m.Content }}\n"
+        "{{ else if eq $m.Role \"user\" }}<|user|>\n{{ $m.Content }}\n{{ else if eq $m.Role \"assistant\" }}"
+        "<|assistant|>\n{{ $m.Content }}{eos}{{ if lt $i (len (slice $.Messages 1)) }}\n{{ end }}{{ end }}{{ end }}"
+        "<|assistant|>\n"), ("<|endoftext|>", "<|user|>", "<|assistant|>", "<|system|>"), _olmo2, _olmo2_defaults),
     # Ollama template/alpaca.gotmpl; the Stanford Alpaca prompt (formatting.ALPACA_PROMPT), single-turn
     "alpaca": Entry("Alpaca", (
         "{{ if .System }}{{ .System }}\n\n{{ end }}"
