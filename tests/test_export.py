@@ -178,6 +178,41 @@ def test_the_pre_tokenizer_is_named_by_llama_cpp_probe_hash(bundled_tokenizer_di
         pre_tokenizer(small, {"pre_tokenizer": {"type": "Whitespace"}}, tmp_path)
 
 
+def test_each_families_splitting_rules_are_named_as_llama_cpp_names_them():
+    """A vocabulary of its own with a family's splitting rules (tokenizer.json's pre_tokenizer) gets
+    the name llama.cpp gives the family's real tokenizer (by hash), or the name of the same split
+    (llama-bpe for DBRX's, OLMo 2's and Phi-4's Llama 3 regex; smollm for Granite 3's refact rules).
+    GPT-4o's regex, which has Llama 3's \\p{N}{1,3}, is not taken for llama-bpe, and a case-split
+    regex that is neither Tekken's nor GPT-4o's is not named at all."""
+    from test_families import SPLIT_RULES
+    from tutorforge.gguf_vocab import pre_tokenizer_by_rules
+
+    def split(regex: str, **byte_level) -> dict:
+        return {"pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": False},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False,
+             **byte_level}]}}
+
+    contraction = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    gpt4o = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+" + contraction
+             + r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*" + contraction
+             + r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+    granite = {"pre_tokenizer": {"type": "Sequence", "pretokenizers": [  # ibm-granite/granite-3.x, SmolLM
+        {"type": "Digits", "individual_digits": True},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}]}}
+    named = {name: pre_tokenizer_by_rules(split(regex)) for name, regex in SPLIT_RULES.items()}
+    assert named == {"llama-bpe": "llama-bpe", "qwen2": "qwen2", "tekken": "tekken"}
+    assert pre_tokenizer_by_rules(split(gpt4o)) == "gpt-4o"
+    assert pre_tokenizer_by_rules(granite) == "smollm"
+    # the same regexes otherwise: byte-level mapping that splits again (GPT-2's regex) is not Tekken's
+    assert pre_tokenizer_by_rules(split(SPLIT_RULES["tekken"], use_regex=True)) is None
+    tiny_aya = split(gpt4o)  # GPT-4o's regex after a split of its own (numbers grouped from the right)
+    tiny_aya["pre_tokenizer"]["pretokenizers"].insert(0, {"type": "Split", "pattern": {
+        "Regex": r"\d{1,3}(?=(?:\d{3})*\b)"}, "behavior": "Isolated", "invert": False})
+    assert pre_tokenizer_by_rules(tiny_aya) is None
+    assert pre_tokenizer_by_rules(split(gpt4o.replace(r"\p{N}{1,3}", r"\p{N}"))) is None
+
+
 def words_tokenizer(directory: Path):
     """A small BPE tokenizer whose merges are saved as pairs, one with a space inside a token."""
     from tokenizers import Tokenizer, models, pre_tokenizers
@@ -247,11 +282,11 @@ def test_a_killed_export_leaves_nothing_and_a_rerun_succeeds(bundled, tmp_path, 
 
     real, calls = ex._to_ggml, []
 
-    def dies(tensor, kind):
+    def dies(tensor, kind, *args):
         calls.append(kind)
         if len(calls) == 5:
             raise KeyboardInterrupt
-        return real(tensor, kind)
+        return real(tensor, kind, *args)
 
     monkeypatch.setattr(ex, "_to_ggml", dies)
     target = tmp_path / "m.F16.gguf"

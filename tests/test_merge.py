@@ -68,19 +68,19 @@ def test_merge_is_skipped_when_complete_and_atomic_when_killed(tmp_path, monkeyp
 
     base, adapter = synthetic(tmp_path, 3, 32)
     calls = []
-    real = m.Workspace.merged
+    real = m.Workspace.blocks
 
-    def dies_midway(self, ref, *args):
+    def dies_midway(self, ref, *args, **kwargs):
         calls.append(ref.name)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(self, ref, *args)
+        return real(self, ref, *args, **kwargs)
 
-    monkeypatch.setattr(m.Workspace, "merged", dies_midway)
+    monkeypatch.setattr(m.Workspace, "blocks", dies_midway)
     with pytest.raises(KeyboardInterrupt):
         merge(base, adapter, tmp_path / "merged")
     assert not (tmp_path / "merged").exists()  # nothing under the final name
-    monkeypatch.setattr(m.Workspace, "merged", real)
+    monkeypatch.setattr(m.Workspace, "blocks", real)
     out = merge(base, adapter, tmp_path / "merged")
     stamp = (out / "model.safetensors").stat().st_mtime_ns
     assert merge(base, adapter, tmp_path / "merged") == out
@@ -240,15 +240,15 @@ def test_a_disk_that_fills_mid_merge_says_so_and_leaves_nothing(tmp_path, monkey
 
     base, adapter = synthetic(tmp_path, 3, 32)
     written = []
-    real = m.ShardWriter.write
+    real = m.ShardWriter.write_blocks
 
-    def fills(self, name, tensor):
+    def fills(self, name, blocks):
         written.append(name)
         if len(written) == 2:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(self, name, tensor)
+        return real(self, name, blocks)
 
-    monkeypatch.setattr(m.ShardWriter, "write", fills)  # safetensors_io's class, as merge holds it
+    monkeypatch.setattr(m.ShardWriter, "write_blocks", fills)  # safetensors_io's class, as merge holds it
     with pytest.raises(UserError, match=r"the disk filled up while writing the merged model \(\d+ MiB free now\)"):
         merge(base, adapter, tmp_path / "merged")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "base"]  # no partial output anywhere

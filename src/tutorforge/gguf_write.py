@@ -4,8 +4,9 @@
 
 Tensor by tensor with the `gguf` package (GGUFWriter, TensorNameMap, its numpy quantizers): every
 tensor's GGUF name, type and shape is planned before any data is read (plan_tensors), then each is
-read (and merged with its LoRA update when an adapter is given), converted and written before the
-next is read. Metadata keys are gguf-py's (GGUFWriter's add_* methods, gguf.Keys); the tokenizer is
+read a block of rows at a time (merge.Workspace: merged with its LoRA update when an adapter is
+given), converted and written before the next block is read, so that peak RAM does not depend on
+the size of the largest tensor. Metadata keys are gguf-py's (GGUFWriter's add_* methods, gguf.Keys); the tokenizer is
 gguf_vocab's. The file is written under a temporary name and renamed when complete; free disk space
 is checked before writing. K-quants are quantize.py's.
 """
@@ -14,10 +15,11 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import gguf
 import numpy as np
@@ -82,15 +84,38 @@ class Source:
     trust_remote_code: bool = False  # config key: for a tokenizer defined by the model's own code
 
 
-def _to_ggml(tensor: torch.Tensor, kind: str) -> np.ndarray:
-    """The bytes of one tensor in GGML type `kind` (F32, F16, BF16 or Q8_0, decided by plan_tensors)."""
-    if kind == "F32":
-        return tensor.float().numpy()
-    if kind == "F16":
-        return tensor.to(torch.float16).numpy()
+class Buffers:
+    """One reused buffer per dtype for what export converts, block after block: a fresh tensor per
+    block would be fresh pages from the OS each time (bound_heap maps every block above 1 MiB on
+    its own), and faulting them in costs more than the conversion itself."""
+
+    def __init__(self) -> None:
+        self.held: dict[torch.dtype, torch.Tensor] = {}
+
+    def get(self, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+        n = math.prod(shape)
+        if n > self.held.get(dtype, torch.empty(0)).numel():
+            self.held.pop(dtype, None)  # the old buffer goes before the new one comes
+            self.held[dtype] = torch.empty(n, dtype=dtype)
+        return self.held[dtype][:n].view(shape)
+
+
+def _to_ggml(tensor: torch.Tensor, kind: str, buffers: Buffers, heads: int | None = None) -> np.ndarray:
+    """The bytes of one tensor (or block of rows) in GGML type `kind` (F32, F16, BF16 or Q8_0, decided
+    by plan_tensors), its q/k rows permuted for `heads` heads in the same copy (permute_qk)."""
+    if kind == "F32" and tensor.dtype == torch.float32 and heads is None:
+        return tensor.numpy()
+    dtype = {"F16": torch.float16, "BF16": torch.bfloat16}.get(kind, torch.float32)
+    out = buffers.get(dtype, tuple(tensor.shape))
+    if heads:
+        out.view(heads, -1, 2, *tensor.shape[1:]).copy_(tensor.reshape(heads, 2, -1, *tensor.shape[1:]).swapaxes(1, 2))
+    else:
+        out.copy_(tensor)
     if kind == "BF16":
-        return tensor.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
-    return gguf.quants.quantize(tensor.float().numpy(), gguf.GGMLQuantizationType.Q8_0)
+        return out.view(torch.int16).numpy().view(np.uint16)
+    if kind == "Q8_0":
+        return gguf.quants.quantize(out.numpy(), gguf.GGMLQuantizationType.Q8_0)
+    return out.numpy()
 
 
 def add_metadata(writer: gguf.GGUFWriter, source: Source, config: dict, outtype: str, name: str) -> None:
@@ -171,12 +196,44 @@ def plan_tensors(model_dir: Path, config: dict, arch: gguf.MODEL_ARCH, permute: 
     return plan
 
 
+def _ggml_blocks(workspace: Workspace, buffers: Buffers, p: Planned, lora: dict, full: dict
+                 ) -> Iterator[np.ndarray]:
+    """`p`'s tensor in its GGML type, block of rows by block (merge.block_rows: whole heads for
+    q/k, whose rows are permuted within each head): every type written here is row-wise."""
+    head_rows = p.ref.shape[0] // p.heads if p.heads else 1
+    for block in workspace.blocks(p.ref, lora.get(p.ref.name), full.get(p.ref.name), align=head_rows):
+        yield _to_ggml(block, p.ggml_type, buffers, block.shape[0] // head_rows if p.heads else None)
+
+
+class _Streamed:
+    """One tensor's bytes for GGUFWriter.write_tensor_data, which asks an array for its nbytes and
+    then writes it with tofile: here each block is made as the one before it has been written."""
+
+    def __init__(self, blocks: Iterator[np.ndarray], nbytes: int):
+        self.blocks, self.nbytes = blocks, nbytes
+
+    def tofile(self, fout) -> None:
+        written = 0
+        for block in self.blocks:
+            block.tofile(fout)
+            written += block.nbytes
+        if written != self.nbytes:
+            raise RuntimeError(f"{written} bytes written for a tensor of {self.nbytes}")
+
+
+def _as_array(blocks: Iterator[np.ndarray], nbytes: int) -> np.ndarray:
+    return cast(np.ndarray, _Streamed(blocks, nbytes))
+
+
 def write_gguf(source: Source, out: Path, outtype: str = "f16", *, name: str = "model",
                progress: Callable[[int, int], None] | None = None) -> Path:
     """Stream `source` (merging its adapter on the fly) into a GGUF file at `out`, atomically."""
     if outtype not in PLAIN_TYPES:
         raise UserError(f"export: {outtype!r} is not written directly; use one of {', '.join(PLAIN_TYPES)} "
                         f"(K-quants come from quantize(): {', '.join(K_QUANTS)})")
+    from tutorforge.heap import bound_heap
+
+    bound_heap()  # each block freed goes back to the OS
     config = json.loads((source.model_dir / "config.json").read_text())
     architecture = (config.get("architectures") or ["?"])[0]
     if architecture not in ARCHS:
@@ -202,12 +259,9 @@ def write_gguf(source: Source, out: Path, outtype: str = "f16", *, name: str = "
             writer.write_header_to_file()
             writer.write_kv_data_to_file()
             writer.write_ti_data_to_file()
-            workspace = Workspace(refs, lora)
+            workspace, buffers = Workspace(), Buffers()
             for i, p in enumerate(plan, start=1):
-                tensor = workspace.merged(p.ref, lora.get(p.ref.name), full.get(p.ref.name))
-                if p.heads:
-                    tensor = permute_qk(tensor, p.heads)
-                writer.write_tensor_data(_to_ggml(tensor, p.ggml_type))
+                writer.write_tensor_data(_as_array(_ggml_blocks(workspace, buffers, p, lora, full), p.nbytes))
                 if progress:
                     progress(i, len(plan))
             if rope_freqs is not None:

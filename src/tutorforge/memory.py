@@ -65,6 +65,7 @@ CPU_SLACK = {  # (checkpointing, run of at most 3 micro batches) -> RSS glibc's 
     (True, True): 0.55,  # checkpointing, 3 steps of 1: 512 tokens (1.80 GB), 1024 (2.27 GB); within 6%
     (True, False): 1.1,  # checkpointing, 1 step x 8 at 512 tokens (2.08 GB)
 }
+MERGE_BLOCK_BYTES = 32 << 20  # merge.BLOCK_BYTES: the rows merge and export's writer take at a time
 TOOLS_FRAMEWORK_GB = 0.4  # RSS of python + torch + transformers for merge and export (0.38 GB)
 LAYER_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 EMBEDDINGS = ("embed_tokens", "lm_head")
@@ -342,8 +343,8 @@ class Streaming:
     largest: int  # parameters of the largest tensor (an adapted linear layer or the embeddings)
     checkpoint_bytes: int  # per weight of the checkpoint on disk
     adapter: int  # the adapter, fp32
-    merged: int  # merge.Workspace: the largest tensor's bytes + an fp32 buffer for the largest adapted one
-    write: int  # export: + a q/k tensor's permuted copy and the f16 copy of what it writes
+    merged: int  # merge.Workspace: a block of rows (MERGE_BLOCK_BYTES) in the base dtype and in fp32
+    write: int  # export's writer: + a block's permuted copy (q/k) and its f16 copy
     quantize: int  # llama.cpp's quantizer: the largest tensor in fp32 + its output (0: no quantisation)
 
     def loading_gb(self) -> float:
@@ -361,8 +362,9 @@ def streaming(s: Settings, shape: Shape, quantizes: bool) -> Streaming:
     b = shape.dtype_bytes
     adapted = max(a * k for a, k in shape.linears().values())
     big = max(adapted, shape.embed_params)
-    merged = big * b + adapted * 4
-    write = merged + max(adapted * (b + 2), big * 2)
+    block = min(big, MERGE_BLOCK_BYTES // b)  # the weights of one block of rows
+    merged = block * (b + 4)
+    write = merged + block * (b + 2)
     adapter = 0 if s.full else trainable_bytes(s, shape)  # a full fine-tune exports model/ alone
     return Streaming(big, b, adapter, merged, write, big * (4 + 2) if quantizes else 0)
 

@@ -3,14 +3,15 @@
     tutorforge merge outputs/python-tutor-smollm2            (a training output_dir)
     tutorforge merge --base DIR --adapter DIR --out DIR
 
-Each base tensor is read from the safetensors shards with a positioned read (no mmap, so the page
-cache is not counted against us), merged as W + scale * B @ A in fp32, checked for non-finite
-values, cast back to the base dtype and streamed into the output shard, all in two buffers reused for
-every tensor (see Workspace). LoRA on Linear layers and on the token embeddings (PEFT's
-lora.Embedding, whose update is (B @ A).T) is merged; the safetensors I/O is safetensors_io's.
-Peak RSS is the largest tensor's bytes plus the largest adapted tensor in fp32, plus a fixed
-overhead, whatever the model's size. A QLoRA adapter is merged onto the original 16-bit weights it
-was trained against, never into a 4-bit model. The output (sharded
+Each base tensor is read from the safetensors shards a block of rows at a time with a positioned
+read (no mmap, so the page cache is not counted against us), merged as W + scale * B @ A in fp32,
+checked for non-finite values, cast back to the base dtype and streamed into the output shard, all
+in two buffers reused for every block (see Workspace). LoRA on Linear layers and on the token
+embeddings (PEFT's lora.Embedding, whose update is (B @ A).T) is merged; the safetensors I/O is
+safetensors_io's. Peak RSS is a block of rows (BLOCK_BYTES) in the base dtype and in fp32, plus
+the adapter and a fixed overhead, whatever the model's size or its largest tensor. A QLoRA adapter
+is merged onto the original 16-bit weights it was trained against, never into a 4-bit model. The
+output (sharded
 safetensors with index, config, and the run's tokenizer and chat template: the adapter's when
 training saved one there, else the base's) is written under a temporary name and
 renamed when complete.
@@ -115,43 +116,90 @@ def adapter_updates(base_dir: Path, refs: list[TensorRef], adapter_dir: Path
     return lora, full
 
 
+BLOCK_BYTES = 32 << 20  # the rows of a tensor read, merged and written at a time
+
+
+def block_rows(ref: TensorRef, align: int = 1, block_bytes: int | None = None) -> int:
+    """How many of `ref`'s rows make one block: about `block_bytes` (BLOCK_BYTES) of them, a
+    multiple of `align` (export permutes q/k rows head by head), at least one `align`."""
+    rows = ref.shape[0] if ref.shape else 1
+    row_bytes = max(1, (ref.end - ref.start) // max(rows, 1))
+    per_block = max(align, (block_bytes or BLOCK_BYTES) // row_bytes // align * align)
+    return min(rows, per_block)
+
+
 class Workspace:
-    """The two buffers a merge reuses for every tensor: the bytes read (sized for the largest tensor)
-    and an fp32 matrix for W + scale * B @ A (sized for the largest adapted tensor). Peak RAM is set
-    by those two, whatever the number of tensors, and nothing is left for the heap to pile up."""
+    """The two buffers a merge reuses for every block of rows of every tensor: the bytes read, and
+    an fp32 matrix for W + scale * B @ A. Each is one block (BLOCK_BYTES of the base's rows) or the
+    largest tensor if smaller, so peak RAM is the same whatever the size of the model or of its
+    largest tensor (embeddings and lm_head of a 128k vocabulary are 1 GB each in bf16), and nothing
+    is left for the heap to pile up."""
 
-    def __init__(self, refs: list[TensorRef], lora: dict[str, LoraPair]):
-        self.raw = torch.empty(max((r.end - r.start for r in refs), default=0), dtype=torch.uint8)
-        self.work = torch.empty(max((math.prod(r.shape) for r in refs if r.name in lora), default=0),
-                                dtype=torch.float32)
+    def __init__(self) -> None:
+        self.raw = torch.empty(0, dtype=torch.uint8)
+        self.work = torch.empty(0, dtype=torch.float32)
 
-    def read(self, ref: TensorRef) -> torch.Tensor:
-        """`ref`'s tensor, read into the workspace: valid until the next read."""
-        n = ref.end - ref.start
-        pread_into(ref, self.raw.numpy().data[:n])  # ndarray.data: a memoryview of its buffer
-        return self.raw[:n].view(DTYPES[ref.dtype]).reshape(ref.shape)
+    def read(self, ref: TensorRef, rows: slice | None = None) -> torch.Tensor:
+        """`ref`'s tensor, or its `rows`, read into the workspace: valid until the next read."""
+        dtype = DTYPES[ref.dtype]
+        if rows is None or not ref.shape:
+            start, n, shape = 0, ref.end - ref.start, ref.shape
+        else:
+            row_bytes = (ref.end - ref.start) // ref.shape[0]
+            start, n = rows.start * row_bytes, (rows.stop - rows.start) * row_bytes
+            shape = (rows.stop - rows.start, *ref.shape[1:])
+        if n > self.raw.numel():
+            self.raw = torch.empty(0, dtype=torch.uint8)  # the old buffer goes before the new one comes
+            self.raw = torch.empty(n, dtype=torch.uint8)
+        pread_into(ref, self.raw.numpy().data[:n], start)  # ndarray.data: a memoryview of its buffer
+        return self.raw[:n].view(dtype).reshape(shape)
 
-    def merged(self, ref: TensorRef, pair: LoraPair | None, replacement: torch.Tensor | None) -> torch.Tensor:
-        """`ref`'s tensor merged (merged_into), in the workspace: valid until the next call."""
-        base = self.read(ref)
-        if replacement is None and pair is None:
-            return base
-        return merged_into(ref.name, base, pair, replacement, self.work[:base.numel()].view(base.shape))
+    def blocks(self, ref: TensorRef, pair: LoraPair | None, replacement: torch.Tensor | None,
+               align: int = 1) -> Iterator[torch.Tensor]:
+        """`ref`'s tensor merged (merged_into), as consecutive blocks of rows (block_rows), each in
+        the workspace and valid until the next is asked for."""
+        if replacement is not None:
+            _check_shape(ref.name, replacement.shape, ref.shape)
+        if pair is not None:
+            _check_shape(ref.name, update_shape(pair), ref.shape)
+        if not ref.shape or not ref.shape[0]:
+            yield self.read(ref)
+            return
+        step = block_rows(ref, align)
+        for start in range(0, ref.shape[0], step):
+            rows = slice(start, min(start + step, ref.shape[0]))
+            base = self.read(ref, rows)
+            if pair is None and replacement is None:
+                yield base
+                continue
+            if base.numel() > self.work.numel():
+                self.work = torch.empty(0, dtype=torch.float32)
+                self.work = torch.empty(base.numel(), dtype=torch.float32)
+            yield merged_into(ref.name, base, pair, replacement, self.work[:base.numel()].view(base.shape), rows)
+
+
+def update_shape(pair: LoraPair) -> tuple[int, int]:
+    """The shape of the base tensor `pair` updates: B @ A's, or (B @ A).T's."""
+    rows, cols = pair.b.shape[0], pair.a.shape[1]
+    return (cols, rows) if pair.transposed else (rows, cols)
 
 
 def merged_into(name: str, base: torch.Tensor, pair: LoraPair | None, replacement: torch.Tensor | None,
-                work: torch.Tensor) -> torch.Tensor:
-    """`base` (a writable tensor) overwritten with W + scale * B @ A, computed in fp32 in `work` (an
-    fp32 tensor of base's shape) and cast back to W's dtype, where W is the base tensor or its
-    replacement (a module trained or saved in full) in W's dtype. Non-finite values are an error.
-    The one merge arithmetic, for merge's shards and for export's one pass (convert_driver)."""
+                work: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
+    """`base` (a writable tensor: the whole tensor, or its `rows`) overwritten with W + scale * B @ A,
+    computed in fp32 in `work` (an fp32 tensor of base's shape) and cast back to W's dtype, where W
+    is the base tensor or its replacement (a module trained or saved in full) in W's dtype.
+    Non-finite values are an error. The one merge arithmetic, for merge's shards and export's
+    writer (row by row block) and for llama.cpp's converter (convert_driver: whole tensors)."""
+    rows = rows or slice(None)
     if replacement is not None:
-        _check_shape(name, replacement.shape, base.shape)
-        base.copy_(replacement)
+        _check_shape(name, replacement[rows].shape, base.shape)
+        base.copy_(replacement[rows])
     if pair is not None:
         a, b = pair.a.float(), pair.b.float()
         if pair.transposed:  # (B @ A).T = A.T @ B.T
             a, b = b.T, a.T
+        b = b[rows]  # the update's rows: those of B
         _check_shape(name, (b.shape[0], a.shape[1]), base.shape)
         work.copy_(base)  # converted in place: no temporary fp32 copy of W
         work.addmm_(b, a, alpha=pair.scale)
@@ -257,13 +305,13 @@ def _write_shards(directory: Path, refs: list[TensorRef], lora: dict[str, LoraPa
                   full: dict[str, torch.Tensor], shard_bytes: int, progress) -> None:
     """The merged tensors as safetensors shards (with an index when there are several)."""
     shards = list(_shards(refs, shard_bytes))
-    workspace = Workspace(refs, lora)
+    workspace = Workspace()
     weight_map, done = {}, 0
     for i, shard in enumerate(shards, start=1):
         name = "model.safetensors" if len(shards) == 1 else f"model-{i:05d}-of-{len(shards):05d}.safetensors"
         writer = ShardWriter(directory / name, [(r.name, r.dtype, r.shape) for r in shard])
         for ref in shard:
-            writer.write(ref.name, workspace.merged(ref, lora.get(ref.name), full.get(ref.name)))
+            writer.write_blocks(ref.name, workspace.blocks(ref, lora.get(ref.name), full.get(ref.name)))
             weight_map[ref.name] = name
             done += 1
             if progress:

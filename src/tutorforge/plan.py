@@ -235,10 +235,11 @@ def ram(cfg: Config, s: Settings, shape: Shape, hw: Hardware) -> list[Line]:
                   f"({t.largest / 1e6:.0f}M x {t.checkpoint_bytes} bytes); the checkpoint's page cache is reclaimable")
              ] if hw.device == "cuda" else []
     if not s.full:  # a full fine-tune's model/ is exported as it is: nothing to merge
-        lines.append(Line("merging", t.merging_gb(), f"framework + adapter {t.adapter / GB:.2f} GB + one tensor "
-                          f"at a time (largest {t.merged / GB:.2f} GB)"))
-    lines.append(Line("exporting", t.exporting_gb(), f"framework + adapter + the largest tensor written "
-                      f"({t.write / GB:.2f} GB) or quantised by llama.cpp ({t.quantize / GB:.2f} GB)"))
+        lines.append(Line("merging", t.merging_gb(), f"framework + adapter {t.adapter / GB:.2f} GB + a block of "
+                          f"rows at a time ({t.merged / GB:.2f} GB)"))
+    lines.append(Line("exporting", t.exporting_gb(), f"framework + adapter + a block of rows written "
+                      f"({t.write / GB:.2f} GB) or the largest tensor quantised by llama.cpp "
+                      f"({t.quantize / GB:.2f} GB)"))
     if cfg.tutorforge.export.verify:
         lines.append(verifying(shape, hw))
     return lines

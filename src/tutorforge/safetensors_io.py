@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,13 +64,14 @@ def tensor_refs(model_dir: Path) -> list[TensorRef]:
     return refs
 
 
-def pread_into(ref: TensorRef, view: memoryview) -> None:
-    """`ref`'s bytes into `view` (len(view) of them) with positioned reads: no mmap, no file offset."""
+def pread_into(ref: TensorRef, view: memoryview, offset: int = 0) -> None:
+    """`ref`'s bytes from `offset` on into `view` (len(view) of them) with positioned reads: no mmap,
+    no file offset."""
     fd = os.open(ref.file, os.O_RDONLY)
     try:
         done = 0
         while done < len(view):
-            n = os.preadv(fd, [view[done:]], ref.start + done)
+            n = os.preadv(fd, [view[done:]], ref.start + offset + done)
             if n == 0:
                 raise UserError(f"{ref.file}: truncated while reading {ref.name}")
             done += n
@@ -99,19 +101,29 @@ class ShardWriter:
         header["__metadata__"] = {"format": "pt"}
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * (-len(raw) % 8)  # align the data section
-        self.expected = [name for name, _, _ in layout]
+        self.expected = [(name, header[name]["data_offsets"][1] - header[name]["data_offsets"][0])
+                         for name, _, _ in layout]
         self.fh = path.open("wb")
         self.fh.write(len(raw).to_bytes(8, "little") + raw)
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
-        if name != self.expected.pop(0):
+        self.write_blocks(name, [tensor])
+
+    def write_blocks(self, name: str, blocks: Iterable[torch.Tensor]) -> None:
+        """Tensor `name` from its consecutive row blocks, each written as it comes."""
+        expected, size = self.expected.pop(0)
+        if name != expected:
             raise RuntimeError(f"shard written out of order at {name}")
-        if tensor.numel():  # the tensor's own bytes, not a copy of them
-            self.fh.write(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().data)
+        written = 0
+        for block in blocks:
+            if block.numel():  # the block's own bytes, not a copy of them
+                written += self.fh.write(block.contiguous().reshape(-1).view(torch.uint8).numpy().data)
+        if written != size:
+            raise RuntimeError(f"{name}: {written} bytes written of {size}")
 
     def close(self) -> None:
         if self.expected:
-            raise RuntimeError(f"shard closed before {self.expected[0]}")
+            raise RuntimeError(f"shard closed before {self.expected[0][0]}")
         self.fh.flush()
         os.fsync(self.fh.fileno())
         self.fh.close()
