@@ -25,19 +25,11 @@ import json
 import math
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    import torch
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "src"))
+from synthetic import BF16, TARGETS, Peaks, build_adapter, bundled_tokenizer, rounds, spawn, write_checkpoint
 
 # Model shapes. default: small enough for a few minutes on 2 cores; large: Qwen3-1.7B's config.json
 # (hidden 2048, intermediate 6144, 28 layers, 16 heads, 8 KV heads, head_dim 128, vocab 151936), untied.
@@ -46,24 +38,16 @@ SHAPES = {
     "large": {"hidden_size": 2048, "intermediate_size": 6144, "num_hidden_layers": 28, "vocab_size": 151936},
 }
 HEADS = {"num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 128}  # Qwen3-0.6B/1.7B config.json
-LORA_R, LORA_ALPHA = 32, 64  # the brief's adapter; scale alpha / r = 2 (peft LoraConfig, no rslora)
-TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # every linear layer
-STD = 0.02  # Qwen3Config.initializer_range: the spread of the random weights and LoRA factors
-BF16 = 2  # bytes per bf16 element
-SHARD_BYTES = 512 << 20  # bytes per written shard: bounds the RAM the build itself needs
-CHUNK = 1 << 24  # elements drawn at a time when filling a tensor
-SAMPLE_S = 0.005  # RssAnon sampling period, as bench/heap.py
 CASES = ("floor", "one_pass", "merge", "convert_merged")
 
 
 def build_base(directory: Path, shape: dict[str, int], seed: int = 0) -> dict[str, tuple[int, ...]]:
     """A random bf16 Qwen3 checkpoint with the bundled tokenizer in `directory`; its tensor shapes."""
-    from transformers import AutoTokenizer, Qwen3Config
+    from transformers import Qwen3Config
 
     from tutorforge.llamacpp_tools import model_template
-    from tutorforge.models import resolve_base_model
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_base_model("smollm2").path)
+    tokenizer = bundled_tokenizer()
     tokenizer.chat_template = model_template("Qwen-Qwen3-0.6B")
     vocab = max(shape["vocab_size"], len(tokenizer))  # every token id of the tokenizer has a row
     config = Qwen3Config(hidden_size=shape["hidden_size"], intermediate_size=shape["intermediate_size"],
@@ -73,128 +57,7 @@ def build_base(directory: Path, shape: dict[str, int], seed: int = 0) -> dict[st
                          tie_word_embeddings=False, architectures=["Qwen3ForCausalLM"], dtype="bfloat16",
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id)
-    directory.mkdir(parents=True)
-    config.to_json_file(directory / "config.json")
-    tokenizer.save_pretrained(directory)
-    shapes = _tensor_shapes(config)
-    _write_shards(directory, shapes, seed)
-    return shapes
-
-
-def _tensor_shapes(config) -> dict[str, tuple[int, ...]]:
-    """The checkpoint's tensor names and shapes, from the model built on the meta device (no memory)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
-
-
-def _random(shape: tuple[int, ...], generator: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
-    """N(0, STD) values of `shape` (ones + noise for a norm's 1-D weight), drawn CHUNK at a time."""
-    import torch
-
-    out = torch.empty(shape, dtype=dtype)
-    flat = out.view(-1)
-    for start in range(0, flat.numel(), CHUNK):
-        flat[start:start + CHUNK].normal_(0.0, STD, generator=generator)
-    if len(shape) == 1:
-        out += 1.0
-    return out
-
-
-def _write_shards(directory: Path, shapes: dict[str, tuple[int, ...]], seed: int) -> None:
-    """The tensors in shards of about SHARD_BYTES (safetensors save_file each) and their index."""
-    import torch
-    from safetensors.torch import save_file
-
-    groups, size = [[]], 0
-    for name, shape in shapes.items():
-        if size and size + BF16 * math.prod(shape) > SHARD_BYTES:
-            groups, size = groups + [[]], 0
-        groups[-1].append(name)
-        size += BF16 * math.prod(shape)
-    generator = torch.Generator().manual_seed(seed)
-    weight_map = {}
-    for i, names in enumerate(groups, 1):
-        file = f"model-{i:05d}-of-{len(groups):05d}.safetensors"
-        save_file({n: _random(shapes[n], generator, torch.bfloat16) for n in names}, directory / file,
-                  metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(names, file))
-    total = sum(BF16 * math.prod(s) for s in shapes.values())
-    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-
-
-def build_adapter(directory: Path, base: Path, shapes: dict[str, tuple[int, ...]], seed: int = 1) -> int:
-    """A PEFT LoRA adapter (fp32, as PEFT saves one) on every linear layer of `shapes`; its tensor count."""
-    import torch
-    from safetensors.torch import save_file
-
-    generator = torch.Generator().manual_seed(seed)
-    tensors = {}
-    for name, (out_features, in_features) in ((n, s) for n, s in shapes.items()
-                                              if n.endswith(tuple(f".{t}.weight" for t in TARGETS))):
-        key = "base_model.model." + name.removesuffix(".weight")
-        tensors[f"{key}.lora_A.weight"] = _random((LORA_R, in_features), generator, torch.float32)
-        tensors[f"{key}.lora_B.weight"] = _random((out_features, LORA_R), generator, torch.float32)
-    directory.mkdir(parents=True)
-    save_file(tensors, directory / "adapter_model.safetensors", metadata={"format": "pt"})
-    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": str(base), "r": LORA_R,
-              "lora_alpha": LORA_ALPHA, "lora_dropout": 0.0, "target_modules": list(TARGETS), "bias": "none",
-              "fan_in_fan_out": False, "use_rslora": False, "use_dora": False, "modules_to_save": None}
-    (directory / "adapter_config.json").write_text(json.dumps(config, indent=2))
-    return len(tensors)
-
-
-def _anon_mb(pid: int | str) -> float:
-    """RssAnon of process `pid` in MB; 0 when it has gone."""
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            return next(int(line.split()[1]) for line in status if line.startswith("RssAnon:")) / 1024
-    except (OSError, StopIteration):
-        return 0.0
-
-
-def _children(pid: int) -> list[int]:
-    """The child processes of every thread of `pid` (/proc/PID/task/TID/children)."""
-    found = []
-    try:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                found += [int(c) for c in f.read().split()]
-    except OSError:
-        pass
-    return found
-
-
-class Peaks:
-    """Peak RssAnon of this process, and of its descendants summed (the converter), every SAMPLE_S."""
-
-    def __init__(self) -> None:
-        self.own = self.converter = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.sample()
-            time.sleep(SAMPLE_S)
-
-    def sample(self) -> None:
-        pending, total = _children(os.getpid()), 0.0
-        while pending:
-            pid = pending.pop()
-            total += _anon_mb(pid)
-            pending += _children(pid)
-        self.own, self.converter = max(self.own, _anon_mb("self")), max(self.converter, total)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sample()
+    return write_checkpoint(directory, config, tokenizer, seed)
 
 
 def run_case(case: str, work: Path) -> dict[str, float]:
@@ -219,32 +82,15 @@ def run_case(case: str, work: Path) -> dict[str, float]:
     return {"seconds": seconds, "peak_mb": held, "case_process_mb": peaks.own}
 
 
-def spawn(case: str, work: Path, env: dict[str, str]) -> dict[str, float]:
-    """run_case in a fresh process; its JSON line back. The files the last case wrote are flushed
-    first (os.sync), so that their write-back is not timed as part of this case."""
-    os.sync()
-    done = subprocess.run([sys.executable, __file__, "--case", case, "--work", str(work)],
-                          capture_output=True, text=True, env=env)
-    if done.returncode:
-        sys.exit(f"case {case} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def rounds(work: Path, env: dict[str, str], repeat: int) -> dict[str, dict]:
+def run_rounds(work: Path, env: dict[str, str], repeat: int) -> dict[str, dict]:
     """Each case `repeat` times, rotating the order of the two pipelines and the floor every round;
     per case its fastest seconds and its highest peaks."""
+    def before(case: str) -> None:
+        if case == "merge":  # merge skips an output that already holds this merge
+            shutil.rmtree(work / "merged", ignore_errors=True)
+
     pipelines = [("floor",), ("one_pass",), ("merge", "convert_merged")]
-    runs: dict[str, list[dict[str, float]]] = {case: [] for case in CASES}
-    for i in range(repeat):
-        for pipeline in pipelines[i % 3:] + pipelines[:i % 3]:
-            for case in pipeline:
-                if case == "merge":  # merge skips an output that already holds this merge
-                    shutil.rmtree(work / "merged", ignore_errors=True)
-                runs[case].append(spawn(case, work, env))
-                print(f"  round {i + 1}: {case} {runs[case][-1]['seconds']:.1f} s", flush=True)
-    return {case: {"seconds": min(r["seconds"] for r in rs), "peak_mb": max(r["peak_mb"] for r in rs),
-                   "case_process_mb": max(r["case_process_mb"] for r in rs),
-                   "all_seconds": [round(r["seconds"], 2) for r in rs]} for case, rs in runs.items()}
+    return rounds(pipelines, lambda case: spawn(__file__, case, work, env), repeat, before=before)
 
 
 def compare(a: Path, b: Path) -> tuple[int, int]:
@@ -320,7 +166,7 @@ def main() -> None:
         shapes = build_base(work / "base", SHAPES["large" if args.large else "default"])
         n_adapter = build_adapter(work / "adapter", work / "base", shapes)
         print(f"built the checkpoint and adapter in {time.perf_counter() - start:.0f} s", flush=True)
-        results = rounds(work, env, args.repeat)
+        results = run_rounds(work, env, args.repeat)
         tensors, a_vs_b = compare(work / "a.gguf", work / "b.gguf")
         _, a_vs_c = compare(work / "a.gguf", work / "c.gguf")
         sizes = _sizes(shapes, work / "adapter" / "adapter_model.safetensors")
