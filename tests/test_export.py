@@ -353,6 +353,10 @@ def test_llama3_rope_factors():
     assert factors.shape == (64,) and factors[0] == 1.0 and factors[-1] == 8.0
     assert np.all(np.diff(factors) >= 0)
     assert llama3_rope_factors({"hidden_size": 64, "num_attention_heads": 2}) is None
+    # as transformers 5 saves the same config (a full fine-tune's model/): in rope_parameters
+    saved = {"hidden_size": 4096, "num_attention_heads": 32,
+             "rope_parameters": {**config["rope_scaling"], "rope_theta": 500000.0}}
+    assert np.array_equal(llama3_rope_factors(saved), factors)
 
 
 def test_a_failed_verification_stops_with_what_failed_and_where(tmp_path):

@@ -52,12 +52,18 @@ def permute_qk(weight: torch.Tensor, n_head: int) -> torch.Tensor:
             .swapaxes(1, 2).reshape(weight.shape))
 
 
+def rope_scaling(config: dict) -> dict:
+    """The rope scaling of a config.json: `rope_scaling` as model repositories have it, or
+    `rope_parameters`, where transformers 5 saves it (with rope_theta)."""
+    return config.get("rope_scaling") or config.get("rope_parameters") or {}
+
+
 def llama3_rope_factors(config: dict) -> np.ndarray | None:
     """The `rope_freqs` tensor llama.cpp needs for Llama 3.1+ rope scaling (type llama3), else None."""
-    scaling = config.get("rope_scaling") or {}
+    scaling = rope_scaling(config)
     if scaling.get("rope_type", scaling.get("type")) != "llama3":
         return None
-    base = config.get("rope_theta", 10000.0)
+    base = config.get("rope_theta", scaling.get("rope_theta", 10000.0))
     dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
     factor, low, high = scaling["factor"], scaling.get("low_freq_factor", 1.0), scaling.get("high_freq_factor", 4.0)
     old_ctx = scaling["original_max_position_embeddings"]
@@ -135,7 +141,7 @@ def add_metadata(writer: gguf.GGUFWriter, source: Source, config: dict, outtype:
     rope = config.get("rope_parameters") or {}
     writer.add_rope_freq_base(float(rope.get("rope_theta", config.get("rope_theta", 10000.0))))
     writer.add_rope_dimension_count(head_dim)
-    scaling = config.get("rope_scaling") or {}
+    scaling = rope_scaling(config)
     if scaling.get("rope_type", scaling.get("type")) == "linear":
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(scaling["factor"])

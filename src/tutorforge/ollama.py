@@ -4,8 +4,9 @@
 
 The prompt format is recognised by rendering probe conversations with the model's own chat template
 (or the Alpaca formatter) and matching them against the known families (ollama_templates.py: ChatML,
-Qwen3, SmolLM3, Llama 3 and 3.1-3.3, Llama 2, Mistral, Gemma 2/3, Phi-3, Phi-4, Granite 3, OLMo 2, Alpaca); a template that
-matches none is refused, early too (`family_for`, from the tokenizer alone, for validate and plan).
+Qwen3, SmolLM3, Llama 3 and 3.1-3.3, Llama 2, Mistral, Gemma 2/3, Phi-3, Phi-4, Granite 3, OLMo 2,
+Alpaca); a template that matches none is refused, early too (`family_for`, from the tokenizer alone,
+for validate and plan).
 The family's Ollama TEMPLATE (Go text/template) is then written, and verified: rendered by Go itself (go_template.py)
 it must equal the training-time formatter byte for byte, on single-turn prompts and (chat families)
 conversations of several turns, with and without a system turn. Deploying it to an Ollama server is
