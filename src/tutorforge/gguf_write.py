@@ -28,7 +28,7 @@ import torch
 from tutorforge.errors import UserError
 from tutorforge.fsutil import disk_full_says_so
 from tutorforge.gguf_vocab import add_tokenizer
-from tutorforge.merge import Workspace, adapter_updates, check_free_space
+from tutorforge.merge import Buffers, Workspace, adapter_updates, check_free_space
 from tutorforge.quantize import K_QUANTS
 from tutorforge.safetensors_io import TensorRef, tensor_refs
 
@@ -45,11 +45,13 @@ TOKEN_EMBD = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.TOKEN_EMBD] + ".weight"  # gguf
 ROPE_FREQS = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight"
 
 
-def permute_qk(weight: torch.Tensor, n_head: int) -> torch.Tensor:
-    """HF stores q/k rows for rotate-half rope; llama.cpp's llama wants pairs interleaved."""
-    rows = weight.shape[0]
-    return (weight.reshape(n_head, 2, rows // n_head // 2, *weight.shape[1:])
-            .swapaxes(1, 2).reshape(weight.shape))
+def permute_qk(weight: torch.Tensor, n_head: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """HF stores q/k rows for rotate-half rope; llama.cpp's llama wants pairs interleaved. Into `out`
+    (of weight's shape, any dtype: the conversion happens in the same copy) when it is given."""
+    pairs = weight.reshape(n_head, 2, -1, *weight.shape[1:]).swapaxes(1, 2)
+    if out is None:
+        return pairs.reshape(weight.shape)
+    return out.view(pairs.shape).copy_(pairs).view(weight.shape)
 
 
 def rope_scaling(config: dict) -> dict:
@@ -90,31 +92,15 @@ class Source:
     trust_remote_code: bool = False  # config key: for a tokenizer defined by the model's own code
 
 
-class Buffers:
-    """One reused buffer per dtype for what export converts, block after block: a fresh tensor per
-    block would be fresh pages from the OS each time (bound_heap maps every block above 1 MiB on
-    its own), and faulting them in costs more than the conversion itself."""
-
-    def __init__(self) -> None:
-        self.held: dict[torch.dtype, torch.Tensor] = {}
-
-    def get(self, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
-        n = math.prod(shape)
-        if n > self.held.get(dtype, torch.empty(0)).numel():
-            self.held.pop(dtype, None)  # the old buffer goes before the new one comes
-            self.held[dtype] = torch.empty(n, dtype=dtype)
-        return self.held[dtype][:n].view(shape)
-
-
 def _to_ggml(tensor: torch.Tensor, kind: str, buffers: Buffers, heads: int | None = None) -> np.ndarray:
     """The bytes of one tensor (or block of rows) in GGML type `kind` (F32, F16, BF16 or Q8_0, decided
     by plan_tensors), its q/k rows permuted for `heads` heads in the same copy (permute_qk)."""
     if kind == "F32" and tensor.dtype == torch.float32 and heads is None:
         return tensor.numpy()
     dtype = {"F16": torch.float16, "BF16": torch.bfloat16}.get(kind, torch.float32)
-    out = buffers.get(dtype, tuple(tensor.shape))
+    out = buffers.get(dtype, tuple(tensor.shape))  # export's own, apart from the workspace's
     if heads:
-        out.view(heads, -1, 2, *tensor.shape[1:]).copy_(tensor.reshape(heads, 2, -1, *tensor.shape[1:]).swapaxes(1, 2))
+        permute_qk(tensor, heads, out)
     else:
         out.copy_(tensor)
     if kind == "BF16":

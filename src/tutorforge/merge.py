@@ -128,6 +128,25 @@ def block_rows(ref: TensorRef, align: int = 1, block_bytes: int | None = None) -
     return min(rows, per_block)
 
 
+class Buffers:
+    """Reused buffers, one per dtype, grown when a larger one is asked for: a fresh tensor per block
+    would be fresh pages from the OS each time (bound_heap maps every block above 1 MiB on its own),
+    and faulting them in costs more than the arithmetic done in them."""
+
+    def __init__(self) -> None:
+        self.held: dict[torch.dtype, torch.Tensor] = {}
+
+    def get(self, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+        """A buffer of `shape`, valid until the next call for the same dtype."""
+        n = math.prod(shape)
+        held = self.held.get(dtype)
+        if held is None or n > held.numel():
+            self.held.pop(dtype, None)  # the old buffer goes before the new one comes
+            del held
+            self.held[dtype] = torch.empty(n, dtype=dtype)
+        return self.held[dtype][:n].view(shape)
+
+
 class Workspace:
     """The two buffers a merge reuses for every block of rows of every tensor: the bytes read, and
     an fp32 matrix for W + scale * B @ A. Each is one block (BLOCK_BYTES of the base's rows) or the
@@ -136,8 +155,7 @@ class Workspace:
     is left for the heap to pile up."""
 
     def __init__(self) -> None:
-        self.raw = torch.empty(0, dtype=torch.uint8)
-        self.work = torch.empty(0, dtype=torch.float32)
+        self.buffers = Buffers()
 
     def read(self, ref: TensorRef, rows: slice | None = None) -> torch.Tensor:
         """`ref`'s tensor, or its `rows`, read into the workspace: valid until the next read."""
@@ -148,11 +166,9 @@ class Workspace:
             row_bytes = (ref.end - ref.start) // ref.shape[0]
             start, n = rows.start * row_bytes, (rows.stop - rows.start) * row_bytes
             shape = (rows.stop - rows.start, *ref.shape[1:])
-        if n > self.raw.numel():
-            self.raw = torch.empty(0, dtype=torch.uint8)  # the old buffer goes before the new one comes
-            self.raw = torch.empty(n, dtype=torch.uint8)
-        pread_into(ref, self.raw.numpy().data[:n], start)  # ndarray.data: a memoryview of its buffer
-        return self.raw[:n].view(dtype).reshape(shape)
+        raw = self.buffers.get(torch.uint8, (n,))
+        pread_into(ref, raw.numpy().data, start)  # ndarray.data: a memoryview of its buffer
+        return raw.view(dtype).reshape(shape)
 
     def blocks(self, ref: TensorRef, pair: LoraPair | None, replacement: torch.Tensor | None,
                align: int = 1) -> Iterator[torch.Tensor]:
@@ -172,10 +188,8 @@ class Workspace:
             if pair is None and replacement is None:
                 yield base
                 continue
-            if base.numel() > self.work.numel():
-                self.work = torch.empty(0, dtype=torch.float32)
-                self.work = torch.empty(base.numel(), dtype=torch.float32)
-            yield merged_into(ref.name, base, pair, replacement, self.work[:base.numel()].view(base.shape), rows)
+            work = self.buffers.get(torch.float32, tuple(base.shape))
+            yield merged_into(ref.name, base, pair, replacement, work, rows)
 
 
 def update_shape(pair: LoraPair) -> tuple[int, int]:
