@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-from tutorforge.compare import Comparison, chrf, python_blocks, run_comparison, score_answer
+from tutorforge.compare import UNQUANTIZED, Comparison, chrf, python_blocks, run_comparison, score_answer
 from tutorforge.data import Row
 from tutorforge.errors import UserError
 from tutorforge.evaluate import Answer
@@ -129,6 +130,64 @@ def test_comparison_of_a_fake_pair(tmp_path):
     assert "| brevity: at most 20 words (%) | 0.0 | 100.0 | +100.0 |" in (tmp_path / "report.md").read_text()
 
 
+def test_the_unquantised_export_answers_beside_the_shipped_quantisation(tmp_path):
+    """The tuned model's f16 export answers too: its code-run rate is reported beside the shipped
+    quantisation's, with the points quantisation moved it; it is asked no perplexity."""
+    base, tuned = fake_pair()  # tuned: code in 2 answers, both run
+    plain = Scripted("f16 GGUF", {ROWS[0].instruction: answer(GOOD), ROWS[1].instruction: answer(CRASH),
+                                  ROWS[2].instruction: answer(BROKEN)}, 3.0)  # code in 3, 1 runs
+    result = write_outputs(run_comparison(base, tuned, ROWS, max_new_tokens=64, target_words=20,
+                                          unquantized=plain), tmp_path)
+    assert result.aggregates[UNQUANTIZED]["code_runs_pct"] == pytest.approx(100 / 3)
+    assert result.aggregates[UNQUANTIZED]["perplexity"] is None and not any(c[0] == "perplexity" for c in plain.calls)
+    assert [c[0] for c in plain.calls] == [r.instruction for r in ROWS]
+    drift = ("tuned, code runs: 33.3% (1 of 3 with code) with its unquantised export (f16 GGUF), "
+             "100.0% (2 of 2 with code) with tuned-model: quantisation moves it +66.7 points")
+    assert result.quantization_drift() == drift and result.table().endswith(drift)
+    assert f"T{drift[1:]}." in (tmp_path / "report.md").read_text()
+    assert f"T{drift[1:]}." in (tmp_path / "report.html").read_text()
+    records = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert [r[UNQUANTIZED]["code_runs"] for r in records] == [True, False, False]
+    assert json.loads((tmp_path / "summary.json").read_text())["names"][UNQUANTIZED] == "f16 GGUF"
+    alone = run_comparison(*fake_pair(), ROWS, max_new_tokens=64, target_words=20)
+    assert alone.quantization_drift() is None and UNQUANTIZED not in alone.aggregates
+    assert "unquantised" not in alone.table()
+
+
+def test_cli_compare_of_a_quantised_gguf_answers_with_its_f16_too_decoded_as_ollama(tmp_path, monkeypatch,
+                                                                                       capsys):
+    """`compare --tuned model.Q4_K_M.gguf` finds the f16 export.json records beside it and answers
+    with both; GGUFs decode with Ollama's repeat penalty, as `run`'s comparison does."""
+    from tutorforge import cli
+
+    gguf = tmp_path / "gguf"
+    gguf.mkdir()
+    for name in ("model.F16.gguf", "model.Q4_K_M.gguf"):
+        (gguf / name).write_bytes(b"GGUF")
+    (gguf / "export.json").write_text(json.dumps({"files": {"f16": "x/gguf/model.F16.gguf",
+                                                            "q4_k_m": "x/gguf/model.Q4_K_M.gguf"}}))
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"instruction": "q", "output": "an answer"}) + "\n")
+    opened = {}
+
+    def fake_open(spec, *, name=None, repeat_penalty=1.0, repeat_last_n=64, **_):
+        opened[Path(spec).name] = (repeat_penalty, repeat_last_n)
+        return Fixed(name, GOOD if "F16" in str(spec) else CRASH)
+
+    monkeypatch.setattr("tutorforge.evaluate.open_generator", fake_open)
+    monkeypatch.setattr("tutorforge.compare.model_inputs", lambda spec, adapter=None: {"spec": str(spec)})
+    argv = ["compare", "--base", str(gguf / "model.Q4_K_M.gguf"), "--tuned", str(gguf / "model.Q4_K_M.gguf"),
+            "--prompts", str(prompts), "--out", str(tmp_path / "report")]
+    assert cli.main(argv) == 0
+    assert opened == {"model.Q4_K_M.gguf": (1.1, 64), "model.F16.gguf": (1.1, 64)}  # Ollama's defaults
+    assert "0.0% (0 of 1 with code) with gguf/model.Q4_K_M.gguf: quantisation moves it -100.0 points" in \
+        capsys.readouterr().out
+    opened.clear()
+    assert cli.main([*argv[:4], str(gguf / "model.F16.gguf"), *argv[5:7], "--out", str(tmp_path / "r2")]) == 0
+    assert set(opened) == {"model.Q4_K_M.gguf", "model.F16.gguf"}  # base and an unquantised tuned: two sides
+    assert "unquantised" not in capsys.readouterr().out
+
+
 def test_table_shows_both_sides_and_the_delta():
     aggregates = {"base": {"answers": 4.0, "brevity_pct": 25.0, "mean_words": 120.5, "perplexity": 9.25,
                            "code_runs_pct": None},
@@ -236,7 +295,7 @@ def test_cli_compare_takes_its_defaults_from_the_config(tmp_path, monkeypatch, c
     opened = {}
 
     def fake_open(spec, *, adapter=None, tokenizer_dir=None, chat_template=None, system=None, name=None,
-                  threads=None, gpu_layers=None):
+                  threads=None, gpu_layers=None, repeat_penalty=1.0, repeat_last_n=64):
         gen = Fixed(name, "short answer" if str(spec) == str(run) else " ".join(["ramble"] * 30))
         opened[str(spec)] = {"adapter": adapter, "system": system, "tokenizer_dir": tokenizer_dir, "gen": gen,
                              "runtime": (threads, gpu_layers)}
@@ -277,7 +336,7 @@ def test_compare_reuses_its_report_only_for_the_same_inputs_and_never_writes_ove
     opened = []
 
     def fake_open(spec, *, adapter=None, tokenizer_dir=None, chat_template=None, system=None, name=None,
-                  threads=None, gpu_layers=None):
+                  threads=None, gpu_layers=None, repeat_penalty=1.0, repeat_last_n=64):
         opened.append(str(spec))
         return Fixed(name, f"answer of {identity['tuned'] if spec == 'T' else 'base'}")
 

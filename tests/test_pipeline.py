@@ -172,6 +172,11 @@ def test_run_survives_kill_9_in_training_and_in_export_and_redoes_no_finished_st
     report = json.loads((run_dir / "gguf" / "export.json").read_text())
     assert report["verification"]["f16"]["tokenization_mismatches"] == 0
     assert report["verification"]["f16"]["top1_agreement"] >= 0.99
+    # the tuned f16 export answered beside the shipped q4_k_m: quantisation's drift in code runs
+    assert re.search(r"tuned, code runs: .* with its unquantised export \(f16 GGUF\), .* with q4_k_m GGUF", out)
+    compared = json.loads((run_dir / "compare" / "summary.json").read_text())
+    assert compared["names"]["tuned_unquantized"] == "f16 GGUF" and "code_runs_pct" in compared["aggregates"][
+        "tuned_unquantized"]
 
     out = finish(start(recipe))
     assert set(summary(out).values()) == {"done", "skipped"}

@@ -51,6 +51,9 @@ METRICS: dict[str, str] = {
     "perplexity": "perplexity of the references",
 }
 RUNS = ("ok", "mismatch")  # sandbox kinds of code that ran to the end
+# the side of the tuned model's unquantised export (f16), answered beside the shipped quantisation
+# so that what quantisation changes is told apart from what the fine-tune did
+UNQUANTIZED = "tuned_unquantized"
 
 
 @dataclass(frozen=True)
@@ -162,6 +165,22 @@ class Comparison:
                  _cell(self.aggregates["tuned"].get(key)), _cell(self.delta(key), signed=True))
                 for key, label in METRICS.items()]
 
+    def quantization_drift(self) -> str | None:
+        """How the tuned model's code-run rate moves from its unquantised export to the shipped
+        quantisation, when the comparison answered with both (else None)."""
+        unq = self.aggregates.get(UNQUANTIZED)
+        if not unq:
+            return None
+        shipped, plain = self.aggregates["tuned"].get("code_runs_pct"), unq.get("code_runs_pct")
+
+        def rate(side: str, pct: float | None) -> str:
+            flags = [r[side]["code_runs"] for r in self.records if r[side]["code_runs"] is not None]
+            return f"{_cell(pct)}% ({sum(flags)} of {len(flags)} with code)" if flags else "- (no answer has code)"
+
+        moved = "" if shipped is None or plain is None else f": quantisation moves it {shipped - plain:+.1f} points"
+        return (f"tuned, code runs: {rate(UNQUANTIZED, plain)} with its unquantised export "
+                f"({self.names[UNQUANTIZED]}), {rate('tuned', shipped)} with {self.names['tuned']}{moved}")
+
     def table(self) -> str:
         """The aggregates as an aligned text table with the delta tuned - base."""
         header = ("metric", f"base ({self.names['base']})", f"tuned ({self.names['tuned']})", "delta")
@@ -173,6 +192,8 @@ class Comparison:
         n = int(self.aggregates["base"]["answers"] or 0)
         lines.append(f"{n} prompts, greedy, max_new_tokens {self.settings.get('max_new_tokens')}; "
                      "delta = tuned - base")
+        if drift := self.quantization_drift():
+            lines.append(drift)
         return "\n".join(lines)
 
 
@@ -201,22 +222,24 @@ def _perplexity(gen, rows: list, system: str | None) -> float | None:
 
 
 def run_comparison(base, tuned, rows: list, *, max_new_tokens: int, target_words: int,
-                   system: str | None = None, progress=None) -> Comparison:
+                   system: str | None = None, unquantized=None, progress=None) -> Comparison:
     """Answer every row with both Generators, score both answers, and measure the references'
-    perplexity under each model (report.write_outputs writes the result)."""
+    perplexity under each model (report.write_outputs writes the result). `unquantized`, the tuned
+    model's unquantised export when `tuned` is a quantisation of it, answers too (side UNQUANTIZED:
+    its answers scored, no perplexity), so that quantisation's drift is told apart from the tuning."""
     if not rows:
         raise UserError("compare: no prompts to compare on")
     sandbox.require_sandbox()  # model-written code runs here: no sandbox, no comparison
     started = time.time()
-    records, seconds = [], {"base": [], "tuned": []}
-    sides = (("base", base), ("tuned", tuned))
+    sides = [("base", base), ("tuned", tuned)] + ([(UNQUANTIZED, unquantized)] if unquantized else [])
+    records, seconds = [], {side: [] for side, _ in sides}
 
     def answer(side_gen, row) -> tuple[str, dict, float]:
         side, gen = side_gen
         return side, *_answer(gen, row, system=system, max_new_tokens=max_new_tokens, target_words=target_words)
 
-    # the two models answer side by side, one thread each (llama.cpp and torch release the GIL)
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    # the models answer side by side, one thread each (llama.cpp and torch release the GIL)
+    with ThreadPoolExecutor(max_workers=len(sides)) as pool:
         for i, row in enumerate(rows):
             earlier = {"history": turns} if (turns := history(row)) else {}  # the follow-up's context
             record = {"index": i, "source": row.source, **earlier, "instruction": row.instruction,
@@ -229,14 +252,14 @@ def run_comparison(base, tuned, rows: list, *, max_new_tokens: int, target_words
                      record["base"]["words"], record["tuned"]["words"])
             if progress:
                 progress(i + 1, len(rows))
-        perplexity_of = pool.map(lambda sg: _perplexity(sg[1], rows, system), sides)
+        perplexity_of = pool.map(lambda sg: _perplexity(sg[1], rows, system), sides[:2])
         perplexities: dict[str, float | None] = dict(zip(("base", "tuned"), perplexity_of, strict=False))
-    aggregates = {side: aggregate([r[side] for r in records], perplexities[side], seconds[side])
+    aggregates = {side: aggregate([r[side] for r in records], perplexities.get(side), seconds[side])
                   for side, _ in sides}
     settings = {"target_words": target_words, "max_new_tokens": max_new_tokens, "system": system,
                 "prompts": len(rows), "seconds": round(time.time() - started, 1), "decoding": "greedy, seed 0",
                 "sandbox_limits": sandbox.describe_limits()}
-    return Comparison({"base": base.name, "tuned": tuned.name}, records, aggregates, settings)
+    return Comparison({side: gen.name for side, gen in sides}, records, aggregates, settings)
 
 
 REPORT_FILES = ("results.jsonl", "report.md", "report.html", "summary.json")
@@ -258,6 +281,21 @@ def model_inputs(spec: str | Path, adapter: Path | None = None) -> dict:
             model_dir, trained = resolve_base_model(run.cfg.base_model).path, adapter
         return {"model": outputs.model_identity(model_dir, trained)}
     return {"model": outputs.model_identity(resolve_base_model(str(spec)).path, adapter)}
+
+
+def unquantized_export(gguf: Path) -> Path | None:
+    """The unquantised GGUF (f16, bf16 or f32) that the quantised `gguf` was made from, as the
+    export.json beside it records; None for an unquantised file or one without that record."""
+    try:
+        files = json.loads((gguf.parent / "export.json").read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    for kind in ("f16", "bf16", "f32"):
+        path = Path(files.get(kind) or "")
+        candidate = gguf.parent / path.name
+        if path.name and candidate.is_file() and candidate.resolve() != gguf.resolve():
+            return candidate
+    return None
 
 
 def load_comparison(out_dir: Path) -> Comparison:

@@ -227,9 +227,11 @@ class GGUFGenerator:
 def open_generator(spec: str | Path, *, adapter: Path | None = None, tokenizer_dir: Path | None = None,
                    chat_template: str | None = None, system: str | None = None,
                    name: str | None = None, threads: int | None = None,
-                   gpu_layers: int | None = None, trust_remote_code: bool = False) -> Generator:
+                   gpu_layers: int | None = None, trust_remote_code: bool = False,
+                   repeat_penalty: float = 1.0, repeat_last_n: int = 64) -> Generator:
     """A Generator for a .gguf file (llama.cpp, with these threads and GPU layers: see llamacpp;
-    prompted with the tokenizer in `tokenizer_dir` when given), a training output_dir (its base +
+    prompted with the tokenizer in `tokenizer_dir` when given; decoded with this repeat penalty over
+    the last repeat_last_n tokens, as Ollama does), a training output_dir (its base +
     adapter/), or anything base_model accepts (a model directory, a hub id, `smollm2`), optionally +
     `adapter`; a model's tokenizer is the run's (tokenizer.run_tokenizer)."""
     from tutorforge.models import resolve_base_model
@@ -246,7 +248,8 @@ def open_generator(spec: str | Path, *, adapter: Path | None = None, tokenizer_d
 
             tokenizer = run_tokenizer(Path(tokenizer_dir), trust_remote_code=trust_remote_code)
         return GGUFGenerator(path, tokenizer=tokenizer, chat_template=chat_template, system=system, name=name,
-                             threads=threads, gpu_layers=gpu_layers)
+                             threads=threads, gpu_layers=gpu_layers, repeat_penalty=repeat_penalty,
+                             repeat_last_n=repeat_last_n)
     if (run := RunDir.find(path)) is not None:
         model_dir, trained = run.tuned()
         adapter = adapter or trained

@@ -287,11 +287,12 @@ def _compare(p: Pipeline) -> Outcome:
 
     def work(resume: bool) -> Path:
         def compare():
-            base, tuned = generators(p)
+            base, tuned, unquantized = generators(p)
             with p.progress("comparing", "prompts") as progress:
                 comparison = ab.run_comparison(base, tuned, rows, target_words=target,
                                                max_new_tokens=p.config.tutorforge.compare.max_new_tokens,
-                                               system=p.config.default_system_message, progress=progress)
+                                               system=p.config.default_system_message, unquantized=unquantized,
+                                               progress=progress)
                 return write_outputs(comparison, out)
 
         _forget(p, "compare", out, "compare")
@@ -307,7 +308,8 @@ def _compare(p: Pipeline) -> Outcome:
 
 def generators(p: Pipeline):
     """Base and tuned, both as the GGUF that Ollama would run (the tuned export's quantisation,
-    the base exported by the same writer), prompted exactly as in training."""
+    the base exported by the same writer), prompted exactly as in training; and the tuned model's
+    unquantised GGUF when what Ollama runs is a quantisation of it (else None)."""
     from tutorforge.evaluate import GGUFGenerator
     from tutorforge.export import Source, export_model
     from tutorforge.llamacpp import shared_threads
@@ -331,10 +333,13 @@ def generators(p: Pipeline):
             gguf_file(base_out, "base", "f16").unlink(missing_ok=True)
     # the tokenizer the run trained with, for both: the same prompts, cut at the same end token
     tokenizer = run_tokenizer(*run.tuned(), trust_remote_code=p.config.trust_remote_code)
+    outtype = p.config.tutorforge.export.outtype
+    plain = run.gguf(outtype) if quant != outtype and run.gguf(outtype).is_file() else None
     kwargs = {"tokenizer": tokenizer, "chat_template": p.config.chat_template,
               "system": p.config.default_system_message, "n_ctx": max(p.config.sequence_len, 1024),
               "repeat_penalty": p.config.tutorforge.ollama.repeat_penalty,
               "repeat_last_n": p.config.tutorforge.ollama.repeat_last_n,  # decoded as Ollama will
-              "threads": shared_threads(2)}  # base and tuned answer side by side
+              "threads": shared_threads(3 if plain else 2)}  # the models answer side by side
     return (GGUFGenerator(base_gguf, name=f"{quant} GGUF", **kwargs),
-            GGUFGenerator(run.gguf(), name=f"{quant} GGUF", **kwargs))
+            GGUFGenerator(run.gguf(), name=f"{quant} GGUF", **kwargs),
+            GGUFGenerator(plain, name=f"{outtype} GGUF", **kwargs) if plain else None)

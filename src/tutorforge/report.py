@@ -119,6 +119,8 @@ def render_markdown(c) -> str:
              f"{_quoted(s.get('system'))}. Code ran in the sandbox ({s.get('sandbox_limits', '')}).",
              "", "| metric | base | tuned | delta (tuned - base) |", "|---|---:|---:|---:|"]
     lines += [f"| {label} | {b} | {t} | {d} |" for label, b, t, d in c.rows()]
+    if drift := c.quantization_drift():
+        lines += ["", f"{drift[0].upper()}{drift[1:]}."]
     lines += ["", "## Per prompt", "",
               "| # | prompt | words base / tuned | chrF base / tuned | stopped base / tuned | code base | code tuned |",
               "|---:|---|---:|---:|---|---|---|"]
@@ -265,12 +267,13 @@ def render_html(c) -> str:
                f"<em>{_e(repr(s['system']) if s.get('system') else '(none)')}</em>. Code ran in the sandbox "
                f"({_e(s.get('sandbox_limits', ''))}); {s.get('seconds', '?')} s in all.")
     body = "\n".join(_prompt_section(r, c.names, target) for r in c.records)
+    drift = f'<p class="drift">{_e(d[0].upper() + d[1:])}.</p>' if (d := c.quantization_drift()) else ""
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<title>base vs tuned: {_e(c.names['base'])} vs {_e(c.names['tuned'])}</title>"
             f"<style>{CSS}</style></head><body>"
             f"<h1>{_e(c.names['base'])} <span class=\"muted\">vs</span> {_e(c.names['tuned'])}</h1>"
-            f"<p class=\"muted\">{summary}</p><h2>Aggregates</h2>{_aggregate_table(c)}{_charts(c)}"
+            f"<p class=\"muted\">{summary}</p><h2>Aggregates</h2>{_aggregate_table(c)}{drift}{_charts(c)}"
             f"<h2>Answers, side by side</h2>{body}</body></html>\n")
 
 
@@ -295,6 +298,26 @@ def write_outputs(comparison: Comparison, out_dir: Path) -> Comparison:
     return comparison
 
 
+def _compared(specs: list[tuple[str, str | Path, Path | None]], kwargs: dict, rows: list, *, target: int,
+              max_new_tokens: int, out: Path, progress) -> Comparison:
+    """Open each (name, model, adapter) as a Generator (base, tuned, then the tuned model's
+    unquantised export when there is one), compare them, write the report, close them."""
+    from tutorforge import compare
+    from tutorforge.evaluate import open_generator
+
+    gens = []
+    try:
+        for name, spec, adapter in specs:
+            gens.append(open_generator(spec, adapter=adapter, name=name, **kwargs))
+        comparison = compare.run_comparison(gens[0], gens[1], rows, target_words=target,
+                                            max_new_tokens=max_new_tokens, system=kwargs["system"],
+                                            unquantized=gens[2] if len(gens) > 2 else None, progress=progress)
+        return write_outputs(comparison, out)
+    finally:
+        for gen in gens:
+            getattr(gen, "close", lambda: None)()
+
+
 def compare_models(cfg: Config | None, config_dir: Path | None, *, base: str | None = None, tuned: str | None = None,
                    tuned_adapter: Path | None = None, prompts: Path | None = None, out: Path | None = None,
                    max_new_tokens: int | None = None, max_prompts: int | None = None,
@@ -306,8 +329,7 @@ def compare_models(cfg: Config | None, config_dir: Path | None, *, base: str | N
     as it is when made from the same models, prompts and settings)."""
     from tutorforge import compare
     from tutorforge import prompts as asked
-    from tutorforge.config import CompareSettings
-    from tutorforge.evaluate import open_generator
+    from tutorforge.config import CompareSettings, TutorforgeSettings
     from tutorforge.llamacpp import shared_threads
     from tutorforge.models import resolve_base_model
     from tutorforge.outputs import rows_hash
@@ -328,8 +350,10 @@ def compare_models(cfg: Config | None, config_dir: Path | None, *, base: str | N
     source_run = run or (RunDir.for_config(source) if source else None)
     trained = tuned_adapter or (source_run.trained if source_run else None)
     tokenizer_dir = run_tokenizer_dir(resolve_base_model(source.base_model).path, trained) if source else None
+    decoding = (source.tutorforge if source else TutorforgeSettings()).ollama  # GGUFs decode as Ollama will
     kwargs = {"tokenizer_dir": tokenizer_dir, "chat_template": source.chat_template if source else None,
-              "system": source.default_system_message if source else None}
+              "system": source.default_system_message if source else None,
+              "repeat_penalty": decoding.repeat_penalty, "repeat_last_n": decoding.repeat_last_n}
     if source and source.trust_remote_code:  # config key: a tokenizer defined by the model's own code
         kwargs["trust_remote_code"] = True
     names = [f"{Path(s).parent.name}/{Path(s).name}" if Path(s).suffix == ".gguf" else Path(s).name
@@ -337,9 +361,14 @@ def compare_models(cfg: Config | None, config_dir: Path | None, *, base: str | N
     max_new_tokens = max_new_tokens or settings.max_new_tokens
     inputs = {"base": compare.model_inputs(base), "tuned": compare.model_inputs(tuned, tuned_adapter),
               "names": names, "rows": rows_hash(rows), "target_words": target, "max_new_tokens": max_new_tokens,
-              "chat_template": kwargs["chat_template"], "system": kwargs["system"]}
+              "chat_template": kwargs["chat_template"], "system": kwargs["system"],
+              "repeat": [kwargs["repeat_penalty"], kwargs["repeat_last_n"]]}
     if conversations := asked.conversations_hash(rows):  # the earlier turns rows_hash leaves out
         inputs["conversations"] = conversations
+    # a quantised tuned GGUF answers beside the unquantised export it was made from
+    plain = compare.unquantized_export(Path(tuned)) if Path(tuned).suffix == ".gguf" else None
+    if plain:
+        inputs["unquantized"] = compare.model_inputs(plain)
     # what it reads is never written over: the models and adapters (a training run's own compare/
     # is the default report directory, so of a run only what training wrote is protected)
     is_run = run is not None or (cfg is not None and Path(tuned) == Path(cfg.output_dir))
@@ -347,16 +376,12 @@ def compare_models(cfg: Config | None, config_dir: Path | None, *, base: str | N
                tokenizer_dir]
     protect = [p for p in readers if p is not None and Path(p).exists()]
 
+    specs = [(names[0], base, None), (names[1], tuned, tuned_adapter)]
+    specs += [(f"{plain.parent.name}/{plain.name}", plain, None)] if plain else []
+    runtime = {"threads": threads or shared_threads(len(specs)), "gpu_layers": gpu_layers}  # side by side
+
     def work() -> Comparison:
-        runtime = {"threads": threads or shared_threads(2), "gpu_layers": gpu_layers}  # side by side
-        base_gen = open_generator(base, name=names[0], **kwargs, **runtime)
-        tuned_gen = open_generator(tuned, adapter=tuned_adapter, name=names[1], **kwargs, **runtime)
-        try:
-            return write_outputs(compare.run_comparison(base_gen, tuned_gen, rows, target_words=target,
-                                                        max_new_tokens=max_new_tokens, system=kwargs["system"],
-                                                        progress=progress), Path(out))
-        finally:
-            for gen in (base_gen, tuned_gen):
-                getattr(gen, "close", lambda: None)()
+        return _compared(specs, {**kwargs, **runtime}, rows, target=target, max_new_tokens=max_new_tokens,
+                         out=Path(out), progress=progress)
 
     return compare.compare_once(out, inputs, work, protect=protect), out
