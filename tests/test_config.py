@@ -127,7 +127,10 @@ def test_ignored_keys_warn_with_their_reason_unless_they_ask_for_what_is_done():
                    "  - path: e.jsonl\n    split: train\n", "c.yml")
     assert report.errors == [] and report.config is not None
     ignored = {p.path: p.message for p in report.warnings if "ignored (" in p.message}
-    assert sorted(ignored) == ["eval_max_new_tokens", "model_type", "strict"]  # split and name are read
+    assert sorted(ignored) == ["model_type", "strict"]  # split and name are read
+    idle = [p.message for p in report.warnings if p.path == "eval_max_new_tokens"]
+    assert idle == ["64: no effect: evaluation generates answers only for metric_for_best_model: code_runs "
+                    "(`tutorforge compare` answers up to tutorforge.compare.max_new_tokens)"]
     assert ignored["strict"] == ("True: ignored (in Axolotl it lets the command line override the YAML; "
                                  "tutorforge reads the YAML alone)")
 

@@ -37,7 +37,7 @@ def tiny_llama(tmp_path):
 
 def saved_bytes_per_layer(model, batch, autocast: bool) -> list[int]:
     """Bytes of new tensors autograd keeps, by decoder layer (weights excluded)."""
-    from tutorforge.train import loss_sum
+    from tutorforge.loss import loss_sum
 
     owned = {p.untyped_storage().data_ptr() for p in model.parameters()}
     for m in model.modules():

@@ -135,7 +135,7 @@ def test_outputs_and_log_lines(tmp_path, tiny_model):
 
 
 def _grads(run, batch) -> dict[str, torch.Tensor]:
-    from tutorforge.train import loss_sum
+    from tutorforge.loss import loss_sum
 
     run.model.zero_grad(set_to_none=True)
     run.model.train()
@@ -147,7 +147,8 @@ def _grads(run, batch) -> dict[str, torch.Tensor]:
 def test_cpu_qlora_gradients_survive_an_eval_pass(tmp_path, tiny_model, guarded):
     """With the guard, LoRA gradients after an eval pass equal those before it; without it, the
     trap is real on this CPU (the control shows the test can fail)."""
-    from tutorforge.train import build_run, collate, evaluate
+    from tutorforge.loss import collate, evaluate
+    from tutorforge.train import build_run
 
     cfg = load_config(tiny_config(tmp_path, tiny_model, adapter="qlora", load_in_4bit=True, lora_dropout=0.0,
                                   val_set_size=4, bf16=False))
@@ -201,7 +202,7 @@ def test_early_stopping_keeps_the_best_checkpoint(tmp_path, tiny_model):
     assert all(torch.equal(final[k], kept[k]) for k in final)
     evals = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     evals = [e["eval_loss"] for e in evals if e.get("eval_loss") is not None]
-    assert min(evals) == pytest.approx(info["best_eval_loss"])
+    assert min(evals) == pytest.approx(info["best_eval"]) and info["metric_for_best_model"] == "eval_loss"
 
 
 def test_overfitting_note():

@@ -120,6 +120,8 @@ class TutorforgeSettings:
     skip_bad_rows: bool = key(False, Bool(), "keep going past unusable dataset rows (they go to rejected.jsonl)")
     auto_fit: bool = key(False, Bool(), "when the memory plan does not fit, train applies its fixes "
                          "(smaller micro batch, more accumulation, checkpointing, ...) and logs each")
+    eval_prompts: int = key(8, Int(1), "held-out prompts answered at each evaluation for "
+                            "metric_for_best_model: code_runs (the first N of heldout.jsonl)")
     hardware: str | None = key(None, Choice(tuple(HARDWARE_PROFILES)), "plan for this hardware profile "
                                "instead of the machine that runs (`tutorforge plan --gpu` lists them)")
 
@@ -225,10 +227,18 @@ class Config:
                              "the run in transformers: tutorforge then logs every step)")
     evals_per_epoch: int | None = key(None, Int(0), "evaluations per epoch (0: as unset)")
     eval_steps: float | None = key(None, Float(0, lo_open=True), "evaluate every N steps (< 1: fraction)")
-    eval_max_new_tokens: int = key(128, Int(0), "answer length in evaluation generations")
+    eval_max_new_tokens: int = key(128, Int(0), "answer length of the code_runs evaluation (metric_for_best_model)")
     saves_per_epoch: int | None = key(None, Int(0), "checkpoints per epoch (0: as unset)")
     save_steps: float | None = key(None, Float(0, lo_open=True), "checkpoint every N steps (< 1: fraction)")
-    early_stopping_patience: int | None = key(None, Int(1), "stop after N evaluations without improvement")
+    early_stopping_patience: int | None = key(None, Int(1), "stop after N evaluations without improvement "
+                                              "(of metric_for_best_model); the output is then the best one")
+    load_best_model_at_end: bool = key(False, Bool(), "the run's output is the best evaluated checkpoint "
+                                       "(by metric_for_best_model), not the last step")
+    metric_for_best_model: str = key("eval_loss", Choice(("eval_loss", "code_runs")), "what decides the best "
+                                     "checkpoint: the held-out loss, or code_runs: the share of "
+                                     "tutorforge.eval_prompts held-out prompts whose answer's code runs")
+    greater_is_better: bool | None = key(None, Bool(), "must agree with metric_for_best_model (eval_loss: "
+                                         "false, code_runs: true); implied by it")
     resume_from_checkpoint: str | None = key(None, Str(), "checkpoint directory to resume from")
     auto_resume_from_checkpoints: bool = key(True, Bool(), "resume from the newest checkpoint in output_dir")
     seed: int = key(42, Int(0, 2**32 - 1), "random seed")
@@ -338,8 +348,18 @@ def _cross_checks(cfg: Config, report: Report, lines: dict[str, yaml.Node]) -> N
         err("save_steps", "saves_per_epoch and save_steps are both set; keep one")
     if cfg.val_set_size >= 1 and not float(cfg.val_set_size).is_integer():
         err("val_set_size", f"{cfg.val_set_size:g}: a fraction must be < 1, a row count whole")
-    if cfg.early_stopping_patience and cfg.val_set_size == 0:
-        err("early_stopping_patience", "needs evaluation: set val_set_size (e.g. 0.05)")
+    for name in ("early_stopping_patience", "load_best_model_at_end"):
+        if getattr(cfg, name) and cfg.val_set_size == 0:
+            err(name, "needs evaluation: set val_set_size (e.g. 0.05)")
+    if cfg.greater_is_better is not None and cfg.greater_is_better != (cfg.metric_for_best_model != "eval_loss"):
+        err("greater_is_better", f"{str(cfg.greater_is_better).lower()} contradicts metric_for_best_model: "
+            f"{cfg.metric_for_best_model} ({'lower' if cfg.metric_for_best_model == 'eval_loss' else 'higher'} is "
+            "better), so the worst checkpoint would be kept; remove greater_is_better")
+    if cfg.metric_for_best_model == "code_runs" and not cfg.eval_max_new_tokens:
+        err("eval_max_new_tokens", "0: metric_for_best_model: code_runs needs answers; set it (e.g. 256)")
+    if cfg.metric_for_best_model != "eval_loss" and not (cfg.load_best_model_at_end or cfg.early_stopping_patience):
+        err("metric_for_best_model", f"{cfg.metric_for_best_model} is measured but chooses nothing: set "
+            "load_best_model_at_end: true (or early_stopping_patience)", "warning")
     if (cfg.evals_per_epoch or cfg.eval_steps) and cfg.val_set_size == 0:
         err("val_set_size", "evaluation is scheduled but val_set_size is 0: nothing to evaluate on",
             "warning")

@@ -88,6 +88,9 @@ def fold(cfg: Config, report: Problems, lines: dict[str, yaml.Node], given: set[
     for plugin in cfg.plugins:
         status, reason = ax.PLUGINS[plugin_package(plugin)]
         warn("plugins", f"{plugin}: ignored ({reason})", plugin if status == "ignored:memory" else None)
+    if "eval_max_new_tokens" in given and cfg.metric_for_best_model != "code_runs":
+        warn("eval_max_new_tokens", f"{cfg.eval_max_new_tokens}: no effect: evaluation generates answers only for "
+             "metric_for_best_model: code_runs (`tutorforge compare` answers up to tutorforge.compare.max_new_tokens)")
     datasets = tuple(_dataset(d, i, report, lines) for i, d in enumerate(cfg.datasets))
     if datasets != cfg.datasets:
         changes["datasets"] = datasets

@@ -105,6 +105,16 @@ class TorchGenerator:
         # transformers wraps PreTrainedModel.to in functools.wraps, which pyright sees as unbound
         self.model = model.to(device).eval()  # pyright: ignore[reportArgumentType] -- device is not self
 
+    @classmethod
+    def wrapping(cls, model, tokenizer, *, name: str = "in training", chat_template: str | None = None,
+                 system: str | None = None) -> TorchGenerator:
+        """A Generator over a model already in memory (training's, between two steps), used as it is:
+        on its own device, not copied, not put in eval mode."""
+        gen = cls.__new__(cls)
+        gen.name, gen.chat_template, gen.system, gen.formats = name, chat_template, system, {}
+        gen.tokenizer, gen.model, gen.device = tokenizer, model, next(model.parameters()).device
+        return gen
+
     def _prompt_ids(self, fmt, instruction: str, input: str, history: Sequence[dict]):
         import torch
 

@@ -8,7 +8,7 @@ of loading, merging, exporting and verifying, from the settings and the model's 
 
 Pure arithmetic: nothing is loaded, nothing is printed (tutorforge.plan names and explains every
 number). Sizes are bytes unless a name ends in _gb (GiB). Assumptions: the worst case of the data
-(every micro batch full, every position a label: train.loss_sum runs the LM head on label
+(every micro batch full, every position a label: loss.loss_sum runs the LM head on label
 positions only, so this bounds it); transformers' Llama-family decoder with the attention kernel
 of Settings.attention (SDPA, or eager, which keeps the attention probabilities; flash and flex
 attention are counted as SDPA: neither keeps them), built as tutorforge.lora builds it: with a

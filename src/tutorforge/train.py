@@ -35,10 +35,11 @@ from tutorforge import distributed as dist
 from tutorforge.checkpoints import append_metrics, check_free_space, save_checkpoint
 from tutorforge.config import Config
 from tutorforge.errors import UserError
+from tutorforge.eval_code import better, code_runs, prompts_for
 from tutorforge.finetune import model_bytes, trainable_model
-from tutorforge.formatting import IGNORE
 from tutorforge.hardware import training_attention
 from tutorforge.lora import build_optimizer, compute_dtype, load_base
+from tutorforge.loss import collate, evaluate, label_count, loss_sum
 from tutorforge.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -120,41 +121,6 @@ def step_batches(sched: Schedule, cfg: Config, n_items: int, step: int, world: i
     return [order[i * size:(i + 1) * size] for i in range(first + rank, last, world)]
 
 
-def collate(items: list, pad_id: int, pad_to: int | None = None) -> dict[str, torch.Tensor]:
-    """Right-padded input ids, labels and position ids; no attention mask (see the module doc).
-    Padding gets its own run of position ids, so it is a separate sample nobody attends to.
-    Padded to the longest item, or to `pad_to` (pad_to_sequence_len: sequence_len, static shapes)."""
-    width = max([len(it.input_ids) for it in items] + [pad_to or 0])
-    ids, labels, positions = [], [], []
-    for it in items:
-        pad = width - len(it.input_ids)
-        pos = list(getattr(it, "position_ids", None) or range(len(it.input_ids)))
-        ids.append(list(it.input_ids) + [pad_id] * pad)
-        labels.append(list(it.labels) + [IGNORE] * pad)
-        positions.append(pos + list(range(pad)))
-    return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels),
-            "position_ids": torch.tensor(positions)}
-
-
-def label_count(batch: dict[str, torch.Tensor]) -> int:
-    return int((batch["labels"][:, 1:] != IGNORE).sum())
-
-
-def loss_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Summed next-token cross-entropy over the label positions; the LM head runs only there."""
-    labels = batch["labels"]
-    targets = labels[:, 1:]
-    keep = (targets != IGNORE).any(dim=0).nonzero().squeeze(-1)  # positions that predict a label
-    if keep.numel() == 0:
-        return torch.zeros((), device=labels.device, requires_grad=True)
-    out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                logits_to_keep=keep, use_cache=False)
-    logits = out.logits.float()
-    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                             targets[:, keep].reshape(-1), ignore_index=IGNORE,
-                                             reduction="sum")
-
-
 def guard_cpu_4bit(model) -> int:
     """Stop bitsandbytes from repacking 4-bit weights for its CPU inference kernel (which it does
     on any no-grad eval-mode forward, and which silently breaks LoRA gradients afterwards)."""
@@ -187,28 +153,14 @@ def peak_memory_gb(device: torch.device) -> float:
 
 
 def step_line(step: int, total: int, loss: float, lr: float, tok_s: float, peak: float,
-              eval_loss: float | None = None) -> str:
+              eval_loss: float | None = None, code_runs: float | None = None) -> str:
     """The one greppable line per logged step."""
     line = f"step {step}/{total} | loss {loss:.3f} | lr {lr:.1e} | {tok_s:.0f} tok/s | peak {peak:.1f} GB"
-    return line + (f" | eval_loss {eval_loss:.3f}" if eval_loss is not None else "")
+    line += f" | eval_loss {eval_loss:.3f}" if eval_loss is not None else ""
+    return line + (f" | code runs {code_runs:.0f}%" if code_runs is not None else "")
 
 
 # --- the loop -----------------------------------------------------------------------------------
-
-def evaluate(model, items: list, *, micro_batch_size: int, pad_id: int, autocast) -> float:
-    """Mean cross-entropy per answer token over the held-out items (no gradients)."""
-    model.eval()
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, len(items), micro_batch_size):
-            batch = collate(items[start:start + micro_batch_size], pad_id)
-            batch = {k: v.to(model.device) for k, v in batch.items()}
-            with autocast():
-                total += float(loss_sum(model, batch))
-            count += label_count(batch)
-    model.train()
-    return total / max(count, 1)
-
 
 @dataclass
 class Run:
@@ -229,6 +181,7 @@ class Run:
     decisions: list[str]
     tokenizer: Any = None  # saved with the adapter: special_tokens and tokenizer_config reach merge and export
     pad_to: int | None = None  # pad_to_sequence_len: every training batch is sequence_len wide
+    prompts: list = field(default_factory=list)  # held-out rows answered at evaluations (code_runs)
 
 
 def _autocast(device: torch.device, dtype: torch.dtype):
@@ -301,32 +254,37 @@ def _record(run: Run, state: dict, row: dict, progress) -> None:
     step, total = state["step"], run.sched.total_steps
     if step % run.cfg.logging_steps == 0 or step == total or "eval_loss" in row:
         log.info(step_line(step, total, row["loss"], row["lr"], row["tokens_per_s"], row["peak_mem_gb"],
-                           row.get("eval_loss")))
+                           row.get("eval_loss"), row.get("eval_code_runs")))
     append_metrics(run.run_dir / "metrics.jsonl", row)
     if progress:
         progress(step, total, row)
 
 
 def _maybe_evaluate(run: Run, state: dict, row: dict, autocast) -> bool:
-    """Evaluate when scheduled; track the best eval loss and early stopping. True if it improved."""
+    """Evaluate when scheduled (the held-out loss; code_runs too when it is metric_for_best_model);
+    track the best value of metric_for_best_model and early stopping. True if it improved."""
     step, sched, cfg = state["step"], run.sched, run.cfg
     if not run.val or not sched.evaluates(step):
         return False
-    eval_loss = None
+    measured = None
     if dist.is_main():  # the PEFT model itself: no DDP collectives in an evaluation
-        eval_loss = evaluate(run.core, run.val, micro_batch_size=cfg.micro_batch_size, pad_id=run.pad_id,
-                             autocast=autocast)
-    eval_loss = dist.broadcast(eval_loss)
+        measured = {"eval_loss": evaluate(run.core, run.val, micro_batch_size=cfg.micro_batch_size,
+                                          pad_id=run.pad_id, autocast=autocast)}
+        if run.prompts:
+            with autocast():
+                measured["eval_code_runs"] = code_runs(run.core, run.tokenizer, cfg, run.prompts)
+    measured = dist.broadcast(measured)
     run.model.train()
-    row["eval_loss"] = eval_loss
-    if state.get("best_eval") is None or eval_loss < state["best_eval"]:
-        state.update(best_eval=eval_loss, best_step=step, bad_evals=0)
+    row.update(measured)
+    value = measured["eval_code_runs" if run.prompts else "eval_loss"]
+    if better(cfg, value, state.get("best_eval")):
+        state.update(best_eval=value, best_step=step, bad_evals=0)
         return True
     state["bad_evals"] = state.get("bad_evals", 0) + 1
     if cfg.early_stopping_patience and state["bad_evals"] >= cfg.early_stopping_patience:
         state["stopped_early"] = True
-        log.info("early stopping at step %d: eval loss has not improved on %.4f (step %d) for %d "
-                 "evaluations", step, state["best_eval"], state["best_step"], state["bad_evals"])
+        log.info("early stopping at step %d: %s has not improved on %.4f (step %d) for %d evaluations",
+                 step, cfg.metric_for_best_model, state["best_eval"], state["best_step"], state["bad_evals"])
     return False
 
 
@@ -448,13 +406,21 @@ def train(cfg: Config, *, config_dir: Path | None = None, skip_bad_rows: bool = 
     elif (run_dir / "metrics.jsonl").exists() and dist.is_main():
         (run_dir / "metrics.jsonl").unlink()
     run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.metric_for_best_model == "code_runs" and run.val and dist.is_main():
+        run.prompts = prompts_for(cfg)
     dist.barrier()
     started = time.time()
     if state["step"] == 0 and run.val and dist.is_main():  # the baseline the eval curve starts from
-        eval_loss = evaluate(run.core, run.val, micro_batch_size=cfg.micro_batch_size, pad_id=run.pad_id,
-                             autocast=_autocast(run.device, run.dtype))
-        append_metrics(run_dir / "metrics.jsonl", {"step": 0, "eval_loss": eval_loss})
-        log.info("step 0/%d | eval_loss %.3f (before training)", run.sched.total_steps, eval_loss)
+        autocast = _autocast(run.device, run.dtype)
+        row = {"step": 0, "eval_loss": evaluate(run.core, run.val, micro_batch_size=cfg.micro_batch_size,
+                                                pad_id=run.pad_id, autocast=autocast)}
+        if run.prompts:
+            with autocast():
+                row["eval_code_runs"] = code_runs(run.core, run.tokenizer, cfg, run.prompts)
+            run.model.train()
+        append_metrics(run_dir / "metrics.jsonl", row)
+        runs = f" | code runs {row['eval_code_runs']:.0f}%" if run.prompts else ""
+        log.info("step 0/%d | eval_loss %.3f%s (before training)", run.sched.total_steps, row["eval_loss"], runs)
     state = train_steps(run, state, progress)
     if not dist.is_main():
         dist.barrier()
@@ -483,7 +449,8 @@ def _finish(run: Run, state: dict, fingerprint: dict, started: float, metrics: l
     from tutorforge.rundir import write_training
 
     best = state.get("best_step")
-    source = run.run_dir / "checkpoints" / f"step-{best:06d}" if best and run.cfg.early_stopping_patience else None
+    chooses = run.cfg.early_stopping_patience or run.cfg.load_best_model_at_end
+    source = run.run_dir / "checkpoints" / f"step-{best:06d}" if best and chooses else None
     output, saved, note = write_trained(run.core, run.tokenizer, run.run_dir, run.cfg, best=source)
     run.decisions += [note] if note else []
     plot_losses(metrics, run.run_dir / "loss.png")
@@ -492,7 +459,8 @@ def _finish(run: Run, state: dict, fingerprint: dict, started: float, metrics: l
         log.warning("%s", note)
     info = {"status": "complete", "fingerprint": fingerprint, "output": output.name,
             "decisions": run.decisions, "steps": state["step"], "total_steps": run.sched.total_steps,
-            "stopped_early": bool(state.get("stopped_early")), "best_eval_loss": state.get("best_eval"),
+            "stopped_early": bool(state.get("stopped_early")), "metric_for_best_model": run.cfg.metric_for_best_model,
+            "best_eval": state.get("best_eval"),
             "best_step": best, "overfitting": note, "final_loss": metrics[-1]["loss"] if metrics else None,
             "seconds": round(time.time() - started, 1), "device": run.device.type,
             "dtype": str(run.dtype), "saved_dtype": str(saved) if saved else None, "versions": _versions()}
