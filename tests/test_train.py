@@ -253,7 +253,8 @@ def test_seed_qlora_settings_lower_eval_loss_on_the_bundled_model(tmp_path, bund
 def test_a_config_that_overfits_is_reported(tmp_path, bundled):
     config = smollm_config(tmp_path, rows=12, adapter="lora", lora_r=16, lora_alpha=32, micro_batch_size=1,
                            gradient_accumulation_steps=1, learning_rate=0.003, num_epochs=10,
-                           val_set_size=4, evals_per_epoch=1, save_steps=100)
+                           val_set_size=4, evals_per_epoch=1, save_steps=100,
+                           peft_layers_to_transform=[26, 27, 28, 29])  # backward stops at layer 26
     proc = tutorforge("train", str(config))
     out, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, out
