@@ -25,6 +25,9 @@ METRICS = ("eval_loss", "code_runs")  # metric_for_best_model; lower is better o
 
 
 def greater_is_better(cfg: Config) -> bool:
+    """The config's greater_is_better (validation has checked it agrees), else the metric's own."""
+    if cfg.greater_is_better is not None:
+        return cfg.greater_is_better
     return cfg.metric_for_best_model != "eval_loss"
 
 
