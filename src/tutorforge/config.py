@@ -73,6 +73,8 @@ SPECIAL_TOKENS = ("bos_token", "eos_token", "pad_token", "unk_token")
 BNB_KWARGS = ("bnb_4bit_quant_type", "bnb_4bit_use_double_quant", "llm_int8_has_fp16_weight",
               "bnb_4bit_compute_dtype", "bnb_4bit_quant_storage")
 ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention", "xformers")
+# metric_for_best_model -> greater is better (eval_code.py measures code_runs)
+BEST_METRICS = {"eval_loss": False, "code_runs": True}
 
 
 @dataclass(frozen=True)
@@ -234,7 +236,7 @@ class Config:
                                               "(of metric_for_best_model); the output is then the best one")
     load_best_model_at_end: bool = key(False, Bool(), "the run's output is the best evaluated checkpoint "
                                        "(by metric_for_best_model), not the last step")
-    metric_for_best_model: str = key("eval_loss", Choice(("eval_loss", "code_runs")), "what decides the best "
+    metric_for_best_model: str = key("eval_loss", Choice(tuple(BEST_METRICS)), "what decides the best "
                                      "checkpoint: the held-out loss, or code_runs: the share of "
                                      "tutorforge.eval_prompts held-out prompts whose answer's code runs")
     greater_is_better: bool | None = key(None, Bool(), "must agree with metric_for_best_model (eval_loss: "
@@ -351,10 +353,11 @@ def _cross_checks(cfg: Config, report: Report, lines: dict[str, yaml.Node]) -> N
     for name in ("early_stopping_patience", "load_best_model_at_end"):
         if getattr(cfg, name) and cfg.val_set_size == 0:
             err(name, "needs evaluation: set val_set_size (e.g. 0.05)")
-    if cfg.greater_is_better is not None and cfg.greater_is_better != (cfg.metric_for_best_model != "eval_loss"):
+    higher = BEST_METRICS[cfg.metric_for_best_model]
+    if cfg.greater_is_better is not None and cfg.greater_is_better != higher:
         err("greater_is_better", f"{str(cfg.greater_is_better).lower()} contradicts metric_for_best_model: "
-            f"{cfg.metric_for_best_model} ({'lower' if cfg.metric_for_best_model == 'eval_loss' else 'higher'} is "
-            "better), so the worst checkpoint would be kept; remove greater_is_better")
+            f"{cfg.metric_for_best_model} ({'higher' if higher else 'lower'} is better), so the worst "
+            "checkpoint would be kept; remove greater_is_better")
     if cfg.metric_for_best_model == "code_runs" and not cfg.eval_max_new_tokens:
         err("eval_max_new_tokens", "0: metric_for_best_model: code_runs needs answers; set it (e.g. 256)")
     if cfg.metric_for_best_model != "eval_loss" and not (cfg.load_best_model_at_end or cfg.early_stopping_patience):

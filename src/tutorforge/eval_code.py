@@ -16,19 +16,17 @@ from __future__ import annotations
 
 import logging
 
-from tutorforge.config import Config
+from tutorforge.config import BEST_METRICS, Config
 from tutorforge.errors import UserError
 
 log = logging.getLogger(__name__)
-
-METRICS = ("eval_loss", "code_runs")  # metric_for_best_model; lower is better only for eval_loss
 
 
 def greater_is_better(cfg: Config) -> bool:
     """The config's greater_is_better (validation has checked it agrees), else the metric's own."""
     if cfg.greater_is_better is not None:
         return cfg.greater_is_better
-    return cfg.metric_for_best_model != "eval_loss"
+    return BEST_METRICS[cfg.metric_for_best_model]
 
 
 def better(cfg: Config, value: float, best: float | None) -> bool:

@@ -310,6 +310,7 @@ def generators(p: Pipeline):
     """Base and tuned, both as the GGUF that Ollama would run (the tuned export's quantisation,
     the base exported by the same writer), prompted exactly as in training; and the tuned model's
     unquantised GGUF when what Ollama runs is a quantisation of it (else None)."""
+    from tutorforge.compare import unquantized_export
     from tutorforge.evaluate import GGUFGenerator
     from tutorforge.export import Source, export_model
     from tutorforge.llamacpp import shared_threads
@@ -333,8 +334,7 @@ def generators(p: Pipeline):
             gguf_file(base_out, "base", "f16").unlink(missing_ok=True)
     # the tokenizer the run trained with, for both: the same prompts, cut at the same end token
     tokenizer = run_tokenizer(*run.tuned(), trust_remote_code=p.config.trust_remote_code)
-    outtype = p.config.tutorforge.export.outtype
-    plain = run.gguf(outtype) if quant != outtype and run.gguf(outtype).is_file() else None
+    plain = unquantized_export(run.gguf())
     kwargs = {"tokenizer": tokenizer, "chat_template": p.config.chat_template,
               "system": p.config.default_system_message, "n_ctx": max(p.config.sequence_len, 1024),
               "repeat_penalty": p.config.tutorforge.ollama.repeat_penalty,
@@ -342,4 +342,4 @@ def generators(p: Pipeline):
               "threads": shared_threads(3 if plain else 2)}  # the models answer side by side
     return (GGUFGenerator(base_gguf, name=f"{quant} GGUF", **kwargs),
             GGUFGenerator(run.gguf(), name=f"{quant} GGUF", **kwargs),
-            GGUFGenerator(plain, name=f"{outtype} GGUF", **kwargs) if plain else None)
+            GGUFGenerator(plain, name=f"{p.config.tutorforge.export.outtype} GGUF", **kwargs) if plain else None)

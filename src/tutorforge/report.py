@@ -356,8 +356,10 @@ def compare_models(cfg: Config | None, config_dir: Path | None, *, base: str | N
               "repeat_penalty": decoding.repeat_penalty, "repeat_last_n": decoding.repeat_last_n}
     if source and source.trust_remote_code:  # config key: a tokenizer defined by the model's own code
         kwargs["trust_remote_code"] = True
-    names = [f"{Path(s).parent.name}/{Path(s).name}" if Path(s).suffix == ".gguf" else Path(s).name
-             for s in (base, tuned)]
+    def label(spec) -> str:  # a GGUF by its directory and file: model.Q4_K_M.gguf alone says little
+        return f"{Path(spec).parent.name}/{Path(spec).name}" if Path(spec).suffix == ".gguf" else Path(spec).name
+
+    names = [label(base), label(tuned)]
     max_new_tokens = max_new_tokens or settings.max_new_tokens
     inputs = {"base": compare.model_inputs(base), "tuned": compare.model_inputs(tuned, tuned_adapter),
               "names": names, "rows": rows_hash(rows), "target_words": target, "max_new_tokens": max_new_tokens,
@@ -377,7 +379,7 @@ def compare_models(cfg: Config | None, config_dir: Path | None, *, base: str | N
     protect = [p for p in readers if p is not None and Path(p).exists()]
 
     specs = [(names[0], base, None), (names[1], tuned, tuned_adapter)]
-    specs += [(f"{plain.parent.name}/{plain.name}", plain, None)] if plain else []
+    specs += [(label(plain), plain, None)] if plain else []
     runtime = {"threads": threads or shared_threads(len(specs)), "gpu_layers": gpu_layers}  # side by side
 
     def work() -> Comparison:

@@ -152,12 +152,16 @@ def peak_memory_gb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-def step_line(step: int, total: int, loss: float, lr: float, tok_s: float, peak: float,
-              eval_loss: float | None = None, code_runs: float | None = None) -> str:
-    """The one greppable line per logged step."""
+def step_line(step: int, total: int, loss: float, lr: float, tok_s: float, peak: float, row: dict) -> str:
+    """The one greppable line per logged step (with the evaluation's numbers when `row` has them)."""
     line = f"step {step}/{total} | loss {loss:.3f} | lr {lr:.1e} | {tok_s:.0f} tok/s | peak {peak:.1f} GB"
-    line += f" | eval_loss {eval_loss:.3f}" if eval_loss is not None else ""
-    return line + (f" | code runs {code_runs:.0f}%" if code_runs is not None else "")
+    return line + evaluation_text(row)
+
+
+def evaluation_text(row: dict) -> str:
+    """A metrics row's evaluation, as the step line shows it: " | eval_loss 1.800 | code runs 50%"."""
+    text = f" | eval_loss {row['eval_loss']:.3f}" if row.get("eval_loss") is not None else ""
+    return text + (f" | code runs {row['eval_code_runs']:.0f}%" if row.get("eval_code_runs") is not None else "")
 
 
 # --- the loop -----------------------------------------------------------------------------------
@@ -253,11 +257,22 @@ def _record(run: Run, state: dict, row: dict, progress) -> None:
     a row), and the caller's progress callback."""
     step, total = state["step"], run.sched.total_steps
     if step % run.cfg.logging_steps == 0 or step == total or "eval_loss" in row:
-        log.info(step_line(step, total, row["loss"], row["lr"], row["tokens_per_s"], row["peak_mem_gb"],
-                           row.get("eval_loss"), row.get("eval_code_runs")))
+        log.info(step_line(step, total, row["loss"], row["lr"], row["tokens_per_s"], row["peak_mem_gb"], row))
     append_metrics(run.run_dir / "metrics.jsonl", row)
     if progress:
         progress(step, total, row)
+
+
+def _measure(run: Run, autocast) -> dict:
+    """What an evaluation measures on the model itself (the PEFT model, not its DDP wrapper): the
+    held-out loss, and code_runs when metric_for_best_model asks for it; the model is left in train mode."""
+    measured = {"eval_loss": evaluate(run.core, run.val, micro_batch_size=run.cfg.micro_batch_size,
+                                      pad_id=run.pad_id, autocast=autocast)}
+    if run.prompts:
+        with autocast():
+            measured["eval_code_runs"] = code_runs(run.core, run.tokenizer, run.cfg, run.prompts)
+    run.model.train()
+    return measured
 
 
 def _maybe_evaluate(run: Run, state: dict, row: dict, autocast) -> bool:
@@ -266,15 +281,8 @@ def _maybe_evaluate(run: Run, state: dict, row: dict, autocast) -> bool:
     step, sched, cfg = state["step"], run.sched, run.cfg
     if not run.val or not sched.evaluates(step):
         return False
-    measured = None
-    if dist.is_main():  # the PEFT model itself: no DDP collectives in an evaluation
-        measured = {"eval_loss": evaluate(run.core, run.val, micro_batch_size=cfg.micro_batch_size,
-                                          pad_id=run.pad_id, autocast=autocast)}
-        if run.prompts:
-            with autocast():
-                measured["eval_code_runs"] = code_runs(run.core, run.tokenizer, cfg, run.prompts)
+    measured = _measure(run, autocast) if dist.is_main() else None  # no DDP collectives in an evaluation
     measured = dist.broadcast(measured)
-    run.model.train()
     row.update(measured)
     value = measured["eval_code_runs" if run.prompts else "eval_loss"]
     if better(cfg, value, state.get("best_eval")):
@@ -411,16 +419,9 @@ def train(cfg: Config, *, config_dir: Path | None = None, skip_bad_rows: bool = 
     dist.barrier()
     started = time.time()
     if state["step"] == 0 and run.val and dist.is_main():  # the baseline the eval curve starts from
-        autocast = _autocast(run.device, run.dtype)
-        row = {"step": 0, "eval_loss": evaluate(run.core, run.val, micro_batch_size=cfg.micro_batch_size,
-                                                pad_id=run.pad_id, autocast=autocast)}
-        if run.prompts:
-            with autocast():
-                row["eval_code_runs"] = code_runs(run.core, run.tokenizer, cfg, run.prompts)
-            run.model.train()
+        row = {"step": 0, **_measure(run, _autocast(run.device, run.dtype))}
         append_metrics(run_dir / "metrics.jsonl", row)
-        runs = f" | code runs {row['eval_code_runs']:.0f}%" if run.prompts else ""
-        log.info("step 0/%d | eval_loss %.3f%s (before training)", run.sched.total_steps, row["eval_loss"], runs)
+        log.info("step 0/%d%s (before training)", run.sched.total_steps, evaluation_text(row))
     state = train_steps(run, state, progress)
     if not dist.is_main():
         dist.barrier()
