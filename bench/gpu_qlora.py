@@ -81,7 +81,7 @@ def main() -> None:
     if args.compare:
         return compare(args.compare)
     from tutorforge.lora import add_lora, build_optimizer, load_base
-    from tutorforge.train import loss_sum
+    from tutorforge.loss import loss_sum
 
     device = torch.device("cpu" if args.dry_run else "cuda")
     if args.dry_run:
@@ -97,6 +97,7 @@ def main() -> None:
                       gradient_checkpointing=True)
     model = add_lora(model, r=32, alpha=16, dropout=0.0, target_linear=True, target_modules=(),
                      modules_to_save=(), fan_in_fan_out=False)
+    model.train()  # from_pretrained returns eval mode, where transformers skips gradient checkpointing
     optimizer = build_optimizer("adamw_bnb_8bit", [p for p in model.parameters() if p.requires_grad],
                                 lr=2e-4, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8, device=device)
     ids = torch.randint(0, SHAPE["vocab_size"], (args.micro_batch, args.seq), device=device)

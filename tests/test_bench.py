@@ -44,3 +44,26 @@ def test_merge_export_bench_runs_every_case_and_its_merges_agree():
     assert checks["verify_rows"] == 1 and f["positions"] > 0 and f["tokenization_mismatches"] == 0
     assert f["top1_agreement"] >= 0.99 and f["verify_failures"] == 0
     assert 0 < f["write_seconds"] < f["seconds"]
+
+
+@pytest.mark.slow  # the bundled model's tokenizer (resolve_base_model), ~15 s on 2 cores
+def test_qlora_cpu_bench_quantises_every_linear_and_steps_the_adapter(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "qlora_8b_cpu.py"), "--shape", "tiny", "--steps", "2",
+                          "--sequence-len", "64", "--bf16", "false", "--work", str(tmp_path)],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    config = json.loads((tmp_path / "base-tiny" / "config.json").read_text())
+    layers, hidden, inter = config["num_hidden_layers"], config["hidden_size"], config["intermediate_size"]
+    kv = config["num_key_value_heads"] * hidden // config["num_attention_heads"]
+    assert result["linear4bit_modules"] == 7 * layers  # the base's every linear layer in NF4
+    # LoRA r 32 on all seven: A (r x in) and B (out x r) of q, k, v, o, gate, up, down
+    fans = [(hidden, hidden), (hidden, kv), (hidden, kv), (hidden, hidden), (hidden, inter), (hidden, inter),
+            (inter, hidden)]
+    assert result["trainable_params"] == layers * sum(32 * (i + o) for i, o in fans)
+    assert len(result["step_s"]) == 2 and all(s > 0 for s in result["step_s"])
+    # a random model's loss is about ln(vocab); the 8-bit AdamW moved B off zero (lr 2e-4 a step)
+    assert abs(result["loss"][0] - math.log(config["vocab_size"])) < 1.0
+    assert 1e-4 < result["lora_b_moved"] < 1e-2
+    assert result["private_peak_gb"] > 0.2 and result["plan_gb"] > 0.2 and result["plan_fits"]
+    assert result["measured_over_plan"] == pytest.approx(result["private_peak_gb"] / result["plan_gb"])

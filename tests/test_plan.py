@@ -278,3 +278,21 @@ def _write_full_config():
     path = Path(tempfile.mkdtemp()) / "full.yml"
     path.write_text(yaml.safe_dump(settings))
     return path
+
+
+def test_on_cpu_a_16_bit_checkpoint_is_planned_as_fp32_copies_and_an_fp32_one_as_mapped():
+    """from_pretrained on CPU maps an fp32 checkpoint (its tensors are the file's pages) but converts a
+    16-bit one to fp32 copies, of only the unquantised weights under QLoRA (bench/qlora_8b_cpu.py)."""
+    cpu = hardware.profile("cpu")
+    p = plan.plan_training(config(), hardware="cpu")
+    s, shape = p.settings, p.shape
+    assert shape.dtype_bytes == 2  # Llama 3 8B's built-in shape: published in bf16
+    linear = shape.layers * shape.layer_linear_params
+    w = memory.weights(s, shape, cpu)
+    assert (w.mapped, w.stored) == (0, (shape.params - linear) * 4)
+    assert w.quantised == pytest.approx(linear * memory.quant_bytes(s))
+    assert line(p, "embeddings, norms, lm_head, fp32").gb == pytest.approx(w.stored / GB)
+    fp32 = memory.weights(s, dataclasses.replace(shape, dtype_bytes=4), cpu)
+    assert (fp32.mapped, fp32.stored) == (shape.params * 4, 0)
+    unquantised = memory.weights(dataclasses.replace(s, quant=None), shape, cpu)
+    assert (unquantised.mapped, unquantised.stored, unquantised.quantised) == (0, shape.params * 4, 0)

@@ -113,9 +113,9 @@ def dtypes(s: Settings, hw: Hardware) -> tuple[int, int, int]:
 class Weights:
     """The base model on the device, in bytes."""
 
-    mapped: int  # CPU: the fp32 checkpoint, memory-mapped by from_pretrained (0 on CUDA)
+    mapped: int  # CPU: an fp32 checkpoint, memory-mapped by from_pretrained (0 on CUDA)
     quantised: float  # the quantised linear layers (0 without quantisation)
-    stored: int  # CUDA: the weights kept unquantised (all of them without quantisation)
+    stored: int  # the weights kept unquantised (all of them without quantisation), unless mapped
 
     @property
     def total(self) -> float:
@@ -131,9 +131,14 @@ def weights(s: Settings, shape: Shape, hw: Hardware) -> Weights:
     _, w, _ = dtypes(s, hw)
     linear = shape.layers * shape.layer_linear_params
     quantised = linear * quant_bytes(s)
-    if hw.device == "cpu":  # from_pretrained maps the fp32 checkpoint, and with a quantised base the
-        # mapping stays after quantisation (measured: RssFile = the whole checkpoint)
-        return Weights(shape.params * 4, quantised, 0)
+    if hw.device == "cpu":
+        if shape.dtype_bytes == 4:  # from_pretrained maps an fp32 checkpoint, and with a quantised base
+            # the mapping stays after quantisation (measured: RssFile = the whole checkpoint)
+            return Weights(shape.params * 4, quantised, 0)
+        # a 16-bit checkpoint becomes fp32 copies, of the weights that are not quantised; the file's
+        # pages it read are page cache the kernel reclaims (measured on the Llama-3-8B shape, QLoRA:
+        # RssFile up to 13 GB while loading, 0.15 GB after; bench/qlora_8b_cpu.py)
+        return Weights(0, quantised, (shape.params - linear if s.quant else shape.params) * 4)
     if not s.quant:
         return Weights(0, 0.0, shape.params * w)
     scales = shape.layers * sum(out for _, out in shape.linears().values()) * 4 if s.quant == "int8" else 0

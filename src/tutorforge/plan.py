@@ -153,9 +153,12 @@ def _weights(s: Settings, shape: Shape, hw: Hardware) -> list[Line]:
                      f"{shape.params / 1e9:.3f}B params x 4 bytes; {how}")]
     if hw.device == "cpu":
         lines = [Line("base weights, fp32 (memory-mapped)", base.mapped / GB,
-                      f"{shape.params / 1e9:.3f}B params x 4 bytes")]
-        return lines + ([Line(f"quantised copy, {s.quant}", base.quantised / GB,
-                              f"{linear / 1e9:.3f}B x {per:.3f} bytes")]
+                      f"{shape.params / 1e9:.3f}B params x 4 bytes")] if base.mapped else [
+            Line("embeddings, norms, lm_head, fp32" if s.quant else "base weights, fp32", base.stored / GB,
+                 f"{base.stored / 4 / 1e9:.3f}B params x 4 bytes: the {shape.dtype_bytes * 8}-bit checkpoint "
+                 "converted")]
+        name = "quantised copy" if base.mapped else "linear weights"
+        return lines + ([Line(f"{name}, {s.quant}", base.quantised / GB, f"{linear / 1e9:.3f}B x {per:.3f} bytes")]
                         if s.quant else [])
     if not s.quant:
         return [Line(f"base weights, {'fp32' if w == 4 else '16-bit'}", base.stored / GB,
