@@ -88,9 +88,12 @@ def test_every_ignored_key_is_a_warning_and_memory_savers_reach_the_plan():
             pytest.fail(f"{name}: no value of {CANDIDATES} is accepted")
         assert not report.errors, (name, report.render())
         warned = [p.message for p in report.warnings if p.path.endswith(field_name)]
-        if field_name in fields(cls) and value == fields(cls)[field_name].default:
-            continue  # the default value is what tutorforge does anyway
-        assert warned and key.reason in warned[0] and "ignored" in warned[0], (name, report.render())
+        if field_name in fields(cls) and value == fields(cls)[field_name].default or \
+                value in ax.IGNORED_VALUES_DONE.get(name, ()):
+            assert not warned, (name, warned)
+            continue  # the default value, or one asking for what tutorforge does anyway
+        said = "accepted: tutorforge" if key.reason.startswith("accepted:") else "ignored"
+        assert warned and key.reason in warned[0] and said in warned[0], (name, report.render())
         assert report.config is not None
         recorded = any(field_name in s for s in report.config.ignored_memory_savings)
         assert recorded == key.saves_memory, name
@@ -135,16 +138,20 @@ def test_a_key_of_a_known_family_that_the_schema_lacks_follows_its_family():
 
 
 @pytest.mark.parametrize(("plugin", "outcome"), [
-    ("axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin", "memory"),
+    ("axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin", "chunks"),
     ("axolotl.integrations.liger.LigerPlugin", "ignored"),
     ("axolotl.integrations.kd.KDPlugin", "knowledge distillation is not supported"),
     ("my_package.MyPlugin", "a third-party plugin's code is not run")])
 def test_plugins_that_change_only_speed_memory_or_logging_are_ignored_and_others_refused(plugin, outcome):
     report = parse(HEAD + f"plugins:\n  - {plugin}\n", "c.yml")
-    if outcome in ("memory", "ignored"):
+    if outcome == "chunks":  # what the plugin does, tutorforge does already: no memory saving forgone
+        assert not report.errors and report.config is not None and report.config.ignored_memory_savings == ()
+        assert [p.message for p in report.warnings if p.path == "plugins"] == [
+            f"{plugin}: accepted: tutorforge computes the loss in chunks already"]
+    elif outcome == "ignored":
         assert not report.errors and report.config is not None
         assert any(plugin in p.message and "ignored" in p.message for p in report.warnings)
-        assert bool(report.config.ignored_memory_savings) == (outcome == "memory")
+        assert report.config.ignored_memory_savings == ()
     else:
         assert len(report.errors) == 1 and outcome in report.errors[0].message
 
@@ -233,5 +240,16 @@ def test_an_axolotl_style_config_validates_with_a_warning_for_each_ignored_key()
     assert {"plugins", "liger_rms_norm", "lora_mlp_kernel", "activation_offloading", "trackio_project_name",
             "optimizer", "dataset_prepared_path"} <= warned
     assert "wandb_project" not in warned  # no value: nothing to ignore
-    assert set(cfg.ignored_memory_savings) == {"axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin",
-                                              "activation_offloading"}
+    assert set(cfg.ignored_memory_savings) == {"activation_offloading"}
+
+
+def test_chunked_cross_entropy_is_what_tutorforge_does_already():
+    quiet = parse(HEAD + "chunked_cross_entropy: true\nliger_fused_linear_cross_entropy: true\n"
+                  "cut_cross_entropy: true\n", "c.yml")
+    assert not quiet.errors and quiet.config is not None
+    assert [p.path for p in quiet.warnings] == ["datasets[0].path"]  # data.jsonl is not there: nothing else
+    assert quiet.config.ignored_memory_savings == ()
+    counted = parse(HEAD + "chunked_cross_entropy: true\nchunked_cross_entropy_num_chunks: 8\n", "c.yml")
+    assert [(p.path, p.message.split(" (")[0]) for p in counted.warnings if p.path != "datasets[0].path"] == [
+        ("chunked_cross_entropy_num_chunks", "accepted: tutorforge computes the loss in chunks already, sized by "
+         "the vocabulary")]

@@ -106,8 +106,7 @@ OLDER_KEYS: dict[str, tuple[str, str]] = {
     "unsloth_lora_mlp": ("ignored:speed", "Unsloth's kernels are not used; the model's own PyTorch modules run"),
     "unsloth_lora_qkv": ("ignored:speed", "Unsloth's kernels are not used; the model's own PyTorch modules run"),
     "unsloth_lora_o": ("ignored:speed", "Unsloth's kernels are not used; the model's own PyTorch modules run"),
-    "unsloth_cross_entropy_loss": ("ignored:memory", "Unsloth's cross-entropy kernel is not used; the loss is "
-                                   "computed from the full logits, which the memory plan counts"),
+    "unsloth_cross_entropy_loss": ("ignored:moot", "accepted: tutorforge computes the loss in chunks already"),
     "unsloth_rms_norm": ("ignored:speed", "Unsloth's kernels are not used; the model's own PyTorch modules run"),
     "unsloth_rope": ("ignored:speed", "Unsloth's kernels are not used; the model's own PyTorch modules run"),
 }
@@ -141,16 +140,19 @@ PREFIXES: dict[str, tuple[str, str]] = {
 IGNORED_VALUES_DONE: dict[str, tuple] = {
     "model_type": ("AutoModelForCausalLM",),
     "tokenizer_type": ("AutoTokenizer",),
+    "chunked_cross_entropy": (True,),  # tutorforge.loss computes the loss in chunks
+    "cut_cross_entropy": (True,),
+    "liger_fused_linear_cross_entropy": (True,),
+    "unsloth_cross_entropy_loss": (True,),
 }
 
 # Axolotl's plugins (`plugins:` entries, src/axolotl/integrations/*), by the integration's package
 # name: those that change only speed, memory or logging are accepted and ignored (status, reason);
 # the others change training and are refused.
 PLUGINS: dict[str, tuple[str, str]] = {
-    "cut_cross_entropy": ("ignored:memory", "cut cross-entropy is not used: the loss is computed from the "
-                          "full logits, which the memory plan counts"),
+    "cut_cross_entropy": ("ignored:moot", "accepted: tutorforge computes the loss in chunks already"),
     "liger": ("ignored:speed", "Liger's fused kernels are not used; the model's own PyTorch modules run "
-              "(liger_fused_linear_cross_entropy would also have saved the logits' memory; the plan counts them)"),
+              "(its fused linear cross-entropy is not needed: tutorforge computes the loss in chunks already)"),
     "kernels": ("ignored:speed", "hub kernels are not downloaded; the model's own PyTorch modules run"),
     "swanlab": ("ignored:logging", "SwanLab logging is not built in; metrics go to metrics.jsonl and loss.png"),
     "lm_eval": ("ignored:logging", "lm-eval benchmarks after training are not run; `tutorforge compare` "

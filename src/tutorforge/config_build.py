@@ -67,8 +67,8 @@ def _mapping_items(loader, node, path, report) -> list[tuple[str, yaml.Node, yam
 
 
 def ignored_message(key: ax.AxolotlKey) -> str:
-    """The warning for an Axolotl key tutorforge accepts and ignores."""
-    text = f"ignored ({key.reason})"
+    """The warning for an Axolotl key tutorforge accepts and ignores (or does already: "accepted: ...")."""
+    text = key.reason if key.reason.startswith("accepted:") else f"ignored ({key.reason})"
     if key.saves_memory:
         text += "; it saves memory in Axolotl, and tutorforge's memory plan does not count on that saving"
     return text
@@ -87,7 +87,7 @@ def _unknown_key(name: str, path: str, key_node: yaml.Node, value: Any, known: l
                        f"{_show(value)}: Axolotl key not implemented by tutorforge: {axolotl.reason}; remove it")
         return
     if axolotl is not None:  # ignored (an implemented key always has its field: tests/test_axolotl_schema.py)
-        if not _is_empty(value):
+        if not _is_empty(value) and value not in ax.IGNORED_VALUES_DONE.get(axolotl.name, ()):
             report.add("warning", where, key_node, ignored_message(axolotl))
             if axolotl.saves_memory:
                 report.ignored_memory_saving(where)

@@ -8,16 +8,16 @@ of loading, merging, exporting and verifying, from the settings and the model's 
 
 Pure arithmetic: nothing is loaded, nothing is printed (tutorforge.plan names and explains every
 number). Sizes are bytes unless a name ends in _gb (GiB). Assumptions: the worst case of the data
-(every micro batch full, every position a label: loss.loss_sum runs the LM head on label
-positions only, so this bounds it); transformers' Llama-family decoder with the attention kernel
-of Settings.attention (SDPA, or eager, which keeps the attention probabilities; flash and flex
-attention are counted as SDPA: neither keeps them), built as tutorforge.lora builds it: with a
-quantised base, the weights that are not quantised (embeddings, lm_head, norms) stay in the
-stored dtype (no fp32 upcast, unlike peft's prepare_model_for_kbit_training); LoRA weights are
-fp32; CUDA stores the other weights in the compute dtype, CPU keeps fp32 and autocasts where bf16
-is on. A full fine-tune (adapter unset,
-tutorforge.finetune) keeps fp32 master weights on every device and autocasts a 16-bit compute dtype:
-weights 4 bytes a parameter, gradients 4 and the optimizer's state (AdamW 8) per trainable one.
+(every micro batch full, every position a label: loss.loss_sum runs the LM head on label positions
+only, in chunks of loss_chunk_rows, so this bounds it); transformers' Llama-family decoder with the
+attention kernel of Settings.attention (SDPA, or eager, which keeps the attention probabilities;
+flash and flex attention are counted as SDPA: neither keeps them), built as tutorforge.lora builds
+it: with a quantised base, the weights that are not quantised (embeddings, lm_head, norms) stay in
+the stored dtype (no fp32 upcast, unlike peft's prepare_model_for_kbit_training); LoRA weights are
+fp32; CUDA stores the other weights in the compute dtype, CPU keeps fp32 and autocasts where bf16 is
+on. A full fine-tune (adapter unset, tutorforge.finetune) keeps fp32 master weights on every device
+and autocasts a 16-bit compute dtype: weights 4 bytes a parameter, gradients 4 and the optimizer's
+state (AdamW 8) per trainable one.
 """
 from __future__ import annotations
 
@@ -49,6 +49,8 @@ OPTIMIZER_BYTES = {  # optimizer -> bytes of state per trainable weight (torch.o
 EIGHT_BIT_MIN = 4096  # bitsandbytes min_8bit_size: smaller tensors keep 32-bit states (8 bytes)
 LOSS_BYTES = 12  # per label position x vocab: the fp32 log-softmax kept for backward, its incoming
 # and its outgoing gradient, alive together at the start of backward (the loss's peak)
+LOSS_CHUNK_BYTES = 128 * 2**20  # fp32 logits of one chunk of label rows (loss.loss_sum): the loss's
+# peak is LOSS_BYTES of one chunk, at most 3 x 128 MiB whatever the sequence length and batch
 # CUDA, estimated (no GPU was at hand to measure them; bench/gpu_check.sh prints what a GPU shows):
 CUDA_CONTEXT_GB = 0.5  # CUDA context + cuBLAS kernels, outside torch's allocator (0.3-0.5 GB is
 # what torch 2.x with CUDA 12 lazy module loading usually takes)
@@ -207,6 +209,19 @@ def optimizer_state(s: Settings, shape: Shape) -> float:
 
 # --- what moves with the batch: activations, logits and loss -----------------------------------
 
+def loss_chunk_rows(vocab: int) -> int:
+    """Label rows per chunk of the LM head and cross-entropy (loss.loss_sum): 128 MiB of fp32
+    logits, at least 16 rows."""
+    return max(16, LOSS_CHUNK_BYTES // (vocab * 4))
+
+
+def loss_bytes(s: Settings, shape: Shape) -> int:
+    """The loss's peak: one chunk's logits (LOSS_BYTES a row and vocab entry), and the final hidden
+    states of every label row gathered for the chunks, fp32, with their gradient."""
+    rows = s.micro_batch_size * (s.sequence_len - 1)
+    return min(rows, loss_chunk_rows(shape.vocab)) * shape.vocab * LOSS_BYTES + 2 * rows * shape.hidden * 4
+
+
 def layer_activations(s: Settings, shape: Shape, hw: Hardware, tokens: int) -> int:
     """Bytes autograd keeps for one decoder layer's backward at `tokens` tokens (each term checked
     against torch.autograd.graph.saved_tensors_hooks, tests/test_memory.py)."""
@@ -305,7 +320,7 @@ def moving(s: Settings, shape: Shape, hw: Hardware) -> Moving:
     biggest = max(a * b for a, b in shape.linears().values())
     # recomputed: the layer's tensors, the MLP's gradients and, quantised, one weight dequantised
     recompute = layer + 3 * tokens * shape.intermediate * o + (biggest * c if s.quant else 0)
-    loss = s.micro_batch_size * (s.sequence_len - 1) * shape.vocab * LOSS_BYTES
+    loss = loss_bytes(s, shape)
     copy = shape.embed_params * c if (c != 4 and w != c) else 0
     return Moving(layer, checkpoints, s.grad_layers * layer + shared, recompute, loss, copy)
 

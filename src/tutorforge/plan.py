@@ -42,6 +42,7 @@ from tutorforge.memory import (
     dtypes,
     full_copies,
     lora_tensors,
+    loss_chunk_rows,
     moving,
     optimizer_state,
     overhead_gb,
@@ -208,12 +209,18 @@ def _moving_lines(s: Settings, shape: Shape, hw: Hardware, m: Moving) -> list[Li
     other = f"; checkpointing {'off' if gc else 'on'}: {(m.all_layers if gc else m.checkpoints) / GB:.2f} GB"
     lines = [Line(f"activations, checkpointing {'on' if gc else 'off'}", (m.checkpoints if gc else m.all_layers) / GB,
                   f"{size}: {'each layer input' if gc else f'{m.layer / 2**20:.1f} MiB a layer'}{other}")]
-    if gc:
-        lines.append(Line("  one layer recomputed", m.recompute / GB,
-                          f"its {m.layer / 2**20:.0f} MiB + gradients (counted where above the loss)"))
+    rows = s.micro_batch_size * (s.sequence_len - 1)
     copy = f" + lm_head cast to 16-bit {m.head_copy / GB:.2f} GB" if m.head_copy else ""
-    return lines + [Line("logits and loss", (m.loss + m.head_copy) / GB, f"{s.micro_batch_size * (s.sequence_len - 1)} "
-                         f"label positions x vocab {shape.vocab} x {LOSS_BYTES} bytes{copy}")]
+    loss = Line("logits and loss", (m.loss + m.head_copy) / GB,
+                f"one chunk of {min(rows, loss_chunk_rows(shape.vocab))} of the {rows} label positions x vocab "
+                f"{shape.vocab} x {LOSS_BYTES} bytes + the label positions' hidden states{copy}")
+    if not gc:
+        return lines + [loss]
+    recomputed = Line("one layer recomputed", m.recompute / GB, f"its {m.layer / 2**20:.0f} MiB + gradients")
+    larger = max(loss, recomputed, key=lambda x: x.gb)
+    return lines + [Line("backward, beyond the layer inputs", larger.gb, f"the larger of the two below: {larger.name}"),
+                    dataclasses.replace(loss, name="  " + loss.name),
+                    dataclasses.replace(recomputed, name="  " + recomputed.name)]
 
 
 def training(s: Settings, shape: Shape, hw: Hardware) -> tuple[list[Line], float]:

@@ -6,7 +6,8 @@ resumable after a kill -9.
 The loop stands on transformers (model), peft (LoRA), bitsandbytes (4-bit base, 8-bit optimizers)
 and accelerate (devices, mixed precision, several processes). What it adds:
 - the loss is computed only where there are labels (`logits_to_keep`), so the LM head never runs
-  on prompt or padding positions, and it is normalised by the label tokens of the whole step;
+  on prompt or padding positions, and there in chunks whose logits backward recomputes (loss.py),
+  so they are never all in memory; it is normalised by the label tokens of the whole step;
 - packed batches carry position ids and no attention mask: samples never see each other;
 - a checkpoint holds the trainable weights, optimizer, scheduler and RNG state, and the data order
   is a function of (seed, epoch), so a killed run resumes to the same final weights;
