@@ -152,7 +152,9 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 extra = ["--steps", str(args.steps), "--rows", str(args.rows), "--precision", precision]
                 results[precision][name] = spawn(__file__, name, Path(tmp), env, extra)
-            print(f"  {precision} {name}: {results[precision][name]['tokens_per_s']:.1f} tokens/s", flush=True)
+            r = results[precision][name]
+            print(f"  {precision} {name}: {r['tokens_per_s']:.1f} tokens/s, peak RSS {r['peak_rss_mib']:.0f} MiB",
+                  flush=True)
     for precision, cases in results.items():
         ours = cases["tutorforge"]
         print(f"\n{precision}: {'trainer':<32}{'tokens':>9}{'seconds':>9}{'tok/s':>9}{'peak RSS MiB':>14}"
