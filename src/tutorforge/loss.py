@@ -63,14 +63,13 @@ def loss_sum(model, batch: dict[str, torch.Tensor], chunk_rows: int | None = Non
     valid = targets != IGNORE
     hidden, targets = kept[0][valid], targets[valid]  # (label rows, hidden), (label rows,)
     rows = chunk_rows or loss_chunk_rows(head.weight.shape[0])
-    if hidden.shape[0] <= rows or not torch.is_grad_enabled():
-        return sum(_head_loss(head, core.config, h, t) for h, t in zip(hidden.split(rows), targets.split(rows),
-                                                                        strict=True))
     chunks = list(zip(hidden.split(rows), targets.split(rows), strict=True))
+    if len(chunks) == 1 or not torch.is_grad_enabled():
+        return torch.stack([_head_loss(head, core.config, h, t) for h, t in chunks]).sum()
     # every chunk but the last recomputes its logits in backward; the last one's backward runs
     # first (autograd goes from the newest node), so keeping its logits does not add to the peak
-    total = sum(checkpoint(_head_loss, head, core.config, h, t, use_reentrant=False) for h, t in chunks[:-1])
-    return total + _head_loss(head, core.config, *chunks[-1])
+    parts = [checkpoint(_head_loss, head, core.config, h, t, use_reentrant=False) for h, t in chunks[:-1]]
+    return torch.stack([*parts, _head_loss(head, core.config, *chunks[-1])]).sum()
 
 
 def _transformers_model(model):
