@@ -144,6 +144,8 @@ def main() -> None:
         return
     import torch
 
+    from tutorforge.hardware import cpu_has_bf16
+
     results: dict[str, dict[str, dict]] = {}
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
     for precision in precisions:
@@ -165,14 +167,8 @@ def main() -> None:
                   f"{r['tokens_per_s']:>9.1f}{r['peak_rss_mib']:>14.0f}{ratio:>19.2f}")
     print(f"(steps 2..{args.steps} of each, micro batch {MBS} x accumulation {ACCUM}, sequence_len {SEQ}, "
           f"LoRA r {LORA['r']}, gradient checkpointing off, {len(data)} rows of {DATA.name}, "
-          f"torch threads {torch.get_num_threads()}, CPU bf16 {'yes' if _cpu_bf16() else 'no (emulated)'})")
+          f"torch threads {torch.get_num_threads()}, CPU bf16 {'yes' if cpu_has_bf16() else 'no (emulated)'})")
     print(json.dumps(results))
-
-
-def _cpu_bf16() -> bool:
-    from tutorforge.hardware import cpu_has_bf16
-
-    return cpu_has_bf16()
 
 
 if __name__ == "__main__":

@@ -136,6 +136,12 @@ PREFIXES: dict[str, tuple[str, str]] = {
 }
 
 
+def ignored_text(reason: str) -> str:
+    """How an ignored key or plugin is told: its reason as it is when it says tutorforge does that
+    already ("accepted: ..."), else "ignored (reason)"."""
+    return reason if reason.startswith("accepted:") else f"ignored ({reason})"
+
+
 # Values of ignored fields that ask for what tutorforge does anyway: no warning.
 IGNORED_VALUES_DONE: dict[str, tuple] = {
     "model_type": ("AutoModelForCausalLM",),

@@ -68,7 +68,7 @@ def _mapping_items(loader, node, path, report) -> list[tuple[str, yaml.Node, yam
 
 def ignored_message(key: ax.AxolotlKey) -> str:
     """The warning for an Axolotl key tutorforge accepts and ignores (or does already: "accepted: ...")."""
-    text = key.reason if key.reason.startswith("accepted:") else f"ignored ({key.reason})"
+    text = ax.ignored_text(key.reason)
     if key.saves_memory:
         text += "; it saves memory in Axolotl, and tutorforge's memory plan does not count on that saving"
     return text

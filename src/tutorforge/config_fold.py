@@ -87,8 +87,7 @@ def fold(cfg: Config, report: Problems, lines: dict[str, yaml.Node], given: set[
         warn("optimizer", why)
     for plugin in cfg.plugins:
         status, reason = ax.PLUGINS[plugin_package(plugin)]
-        said = reason if reason.startswith("accepted:") else f"ignored ({reason})"
-        warn("plugins", f"{plugin}: {said}", plugin if status == "ignored:memory" else None)
+        warn("plugins", f"{plugin}: {ax.ignored_text(reason)}", plugin if status == "ignored:memory" else None)
     if "eval_max_new_tokens" in given and cfg.metric_for_best_model != "code_runs":
         warn("eval_max_new_tokens", f"{cfg.eval_max_new_tokens}: no effect: evaluation generates answers only for "
              "metric_for_best_model: code_runs (`tutorforge compare` answers up to tutorforge.compare.max_new_tokens)")

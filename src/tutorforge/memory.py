@@ -215,11 +215,17 @@ def loss_chunk_rows(vocab: int) -> int:
     return max(16, LOSS_CHUNK_BYTES // (vocab * 4))
 
 
+def loss_rows(s: Settings, shape: Shape) -> tuple[int, int]:
+    """(rows of the largest chunk, label rows of a micro batch) in the worst case: every position a label."""
+    rows = s.micro_batch_size * (s.sequence_len - 1)
+    return min(rows, loss_chunk_rows(shape.vocab)), rows
+
+
 def loss_bytes(s: Settings, shape: Shape) -> int:
     """The loss's peak: one chunk's logits (LOSS_BYTES a row and vocab entry), and the final hidden
     states of every label row gathered for the chunks, fp32, with their gradient."""
-    rows = s.micro_batch_size * (s.sequence_len - 1)
-    return min(rows, loss_chunk_rows(shape.vocab)) * shape.vocab * LOSS_BYTES + 2 * rows * shape.hidden * 4
+    chunk, rows = loss_rows(s, shape)
+    return chunk * shape.vocab * LOSS_BYTES + 2 * rows * shape.hidden * 4
 
 
 def layer_activations(s: Settings, shape: Shape, hw: Hardware, tokens: int) -> int:

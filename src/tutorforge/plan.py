@@ -42,7 +42,7 @@ from tutorforge.memory import (
     dtypes,
     full_copies,
     lora_tensors,
-    loss_chunk_rows,
+    loss_rows,
     moving,
     optimizer_state,
     overhead_gb,
@@ -209,10 +209,10 @@ def _moving_lines(s: Settings, shape: Shape, hw: Hardware, m: Moving) -> list[Li
     other = f"; checkpointing {'off' if gc else 'on'}: {(m.all_layers if gc else m.checkpoints) / GB:.2f} GB"
     lines = [Line(f"activations, checkpointing {'on' if gc else 'off'}", (m.checkpoints if gc else m.all_layers) / GB,
                   f"{size}: {'each layer input' if gc else f'{m.layer / 2**20:.1f} MiB a layer'}{other}")]
-    rows = s.micro_batch_size * (s.sequence_len - 1)
+    chunk, rows = loss_rows(s, shape)
     copy = f" + lm_head cast to 16-bit {m.head_copy / GB:.2f} GB" if m.head_copy else ""
     loss = Line("logits and loss", (m.loss + m.head_copy) / GB,
-                f"one chunk of {min(rows, loss_chunk_rows(shape.vocab))} of the {rows} label positions x vocab "
+                f"one chunk of {chunk} of the {rows} label positions x vocab "
                 f"{shape.vocab} x {LOSS_BYTES} bytes + the label positions' hidden states{copy}")
     if not gc:
         return lines + [loss]
