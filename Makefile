@@ -8,6 +8,9 @@ VENV := .venv
 STAMP := $(VENV)/.setup-done
 export OMP_WAIT_POLICY ?= PASSIVE
 RECIPE ?= recipes/python-tutor-smollm2-cpu.yml
+# test workers (pytest-xdist), each with its share of the CPUs; TEST_WORKERS=0 runs in one process
+TEST_WORKERS ?= 2
+PYTEST_PARALLEL := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist worksteal)
 
 .PHONY: setup demo lint test test-fast clean
 
@@ -28,11 +31,11 @@ lint: $(STAMP)
 
 test: $(STAMP) lint
 	bash scripts/system_deps.sh --test
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	bash scripts/system_deps.sh --test
-	$(VENV)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -m "not slow" $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

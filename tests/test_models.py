@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 
@@ -142,6 +143,38 @@ def test_conversion_is_atomic(monkeypatch, tmp_path):
         gguf_to_checkpoint(bundled_gguf())
     assert list((tmp_path / "models").iterdir()) == []
 
+
+
+@pytest.mark.parametrize("theirs_first", ["before our rename", "at our rename"])
+def test_a_conversion_another_process_finished_first_is_kept(monkeypatch, tmp_path, theirs_first):
+    """Two processes converting the same GGUF at once (two runs, parallel tests): the one that
+    finishes second keeps the first one's directory, never deletes it under its reader."""
+    import tutorforge.models as models
+
+    monkeypatch.setenv("TUTORFORGE_CACHE", str(tmp_path))
+    target = models.cache_root() / "models" / f"gguf-{models.sha256_file(bundled_gguf())[:16]}"
+
+    def theirs() -> None:
+        target.mkdir(parents=True)
+        (target / "tutorforge.json").write_text('{"by": "the other process"}')
+
+    def convert(gguf, out, digest):
+        (out / "tutorforge.json").write_text('{"by": "this process"}')
+        if theirs_first == "before our rename":
+            theirs()
+
+    rename = Path.rename
+
+    def racing_rename(self, new):
+        if theirs_first == "at our rename" and Path(new) == target:
+            theirs()
+        return rename(self, new)
+
+    monkeypatch.setattr(models, "_convert", convert)
+    monkeypatch.setattr(Path, "rename", racing_rename)
+    assert gguf_to_checkpoint(bundled_gguf()) == target
+    assert json.loads((target / "tutorforge.json").read_text()) == {"by": "the other process"}
+    assert [p.name for p in target.parent.iterdir()] == [target.name]  # our copy is cleaned up
 
 @pytest.mark.slow
 def test_tokenizer_matches_llama_cpp_exactly(bundled):

@@ -164,9 +164,15 @@ def gguf_to_checkpoint(gguf: Path) -> Path:
     try:
         _convert(gguf, tmp, digest)
         tmp.chmod(0o755)
+        if (target / "tutorforge.json").is_file():  # another process converted it meanwhile: keep theirs
+            return target
         if target.exists():  # a half-made directory from an older layout: replace it
             shutil.rmtree(target)
-        tmp.rename(target)  # atomic: the cache never holds a half-written model
+        try:
+            tmp.rename(target)  # atomic: the cache never holds a half-written model
+        except OSError:  # another process renamed its conversion into place first
+            if not (target / "tutorforge.json").is_file():
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
