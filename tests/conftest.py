@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-if workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0):
+if workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0):
     # `make test` runs the tests in parallel workers (pytest-xdist): each gets its share of the CPUs
     # for PyTorch and llama.cpp, and the processes its tests start inherit it
     share = str(max(1, len(os.sched_getaffinity(0)) // workers))

@@ -144,7 +144,6 @@ def test_conversion_is_atomic(monkeypatch, tmp_path):
     assert list((tmp_path / "models").iterdir()) == []
 
 
-
 @pytest.mark.parametrize("theirs_first", ["before our rename", "at our rename"])
 def test_a_conversion_another_process_finished_first_is_kept(monkeypatch, tmp_path, theirs_first):
     """Two processes converting the same GGUF at once (two runs, parallel tests): the one that
@@ -152,7 +151,7 @@ def test_a_conversion_another_process_finished_first_is_kept(monkeypatch, tmp_pa
     import tutorforge.models as models
 
     monkeypatch.setenv("TUTORFORGE_CACHE", str(tmp_path))
-    target = models.cache_root() / "models" / f"gguf-{models.sha256_file(bundled_gguf())[:16]}"
+    target = models.converted_dir(bundled_gguf())
 
     def theirs() -> None:
         target.mkdir(parents=True)
@@ -175,6 +174,7 @@ def test_a_conversion_another_process_finished_first_is_kept(monkeypatch, tmp_pa
     assert gguf_to_checkpoint(bundled_gguf()) == target
     assert json.loads((target / "tutorforge.json").read_text()) == {"by": "the other process"}
     assert [p.name for p in target.parent.iterdir()] == [target.name]  # our copy is cleaned up
+
 
 @pytest.mark.slow
 def test_tokenizer_matches_llama_cpp_exactly(bundled):

@@ -151,11 +151,21 @@ def source_gguf(model_dir: Path) -> Path | None:
     return path if path.is_file() else None
 
 
+def converted_dir(gguf: Path) -> Path:
+    """Where gguf_to_checkpoint caches the checkpoint of `gguf`: keyed on its content, not its name."""
+    return cache_root() / "models" / f"gguf-{sha256_file(gguf)[:16]}"
+
+
+def is_converted(directory: Path) -> bool:
+    """Whether `directory` holds a whole conversion: _convert writes tutorforge.json last."""
+    return (directory / "tutorforge.json").is_file()
+
+
 def gguf_to_checkpoint(gguf: Path) -> Path:
     """Convert a GGUF file into a cached safetensors checkpoint (once) and return its directory."""
-    digest = sha256_file(gguf)[:16]
-    target = cache_root() / "models" / f"gguf-{digest}"  # keyed on content, not file name
-    if (target / "tutorforge.json").is_file():
+    target = converted_dir(gguf)
+    digest = target.name.removeprefix("gguf-")
+    if is_converted(target):
         return target
     check_model_files(gguf)  # converted once, so checked once: the cache is keyed on the content
     log.info("converting %s to a safetensors checkpoint in %s (once)", gguf.name, target)
@@ -164,14 +174,14 @@ def gguf_to_checkpoint(gguf: Path) -> Path:
     try:
         _convert(gguf, tmp, digest)
         tmp.chmod(0o755)
-        if (target / "tutorforge.json").is_file():  # another process converted it meanwhile: keep theirs
+        if is_converted(target):  # another process converted it meanwhile: keep theirs
             return target
         if target.exists():  # a half-made directory from an older layout: replace it
             shutil.rmtree(target)
         try:
             tmp.rename(target)  # atomic: the cache never holds a half-written model
         except OSError:  # another process renamed its conversion into place first
-            if not (target / "tutorforge.json").is_file():
+            if not is_converted(target):
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -148,11 +148,10 @@ def shape_from_gguf(path: Path, name: str | None = None) -> Shape:
 def shape_of_gguf(path: Path, name: str) -> Shape:
     """A GGUF base model's shape: from the checkpoint tutorforge converted it to, when that is
     cached (models.gguf_to_checkpoint, keyed on the file's hash: fast), else from its metadata."""
-    from tutorforge.fsutil import sha256_file
-    from tutorforge.models import cache_root
+    from tutorforge.models import converted_dir, is_converted
 
-    converted = cache_root() / "models" / f"gguf-{sha256_file(path)[:16]}"
-    if (converted / "tutorforge.json").is_file() and (converted / "config.json").is_file():
+    converted = converted_dir(path)
+    if is_converted(converted) and (converted / "config.json").is_file():
         return shape_from_config(converted / "config.json", name)
     return shape_from_gguf(path, name)
 
