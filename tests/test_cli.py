@@ -185,7 +185,7 @@ def test_every_command_that_writes_an_output_dir_waits_for_none_and_names_the_ho
     run_dir = tmp_path / "run"
     config = tmp_path / "c.yml"
     config.write_text(f"base_model: {base}\nadapter: lora\ndatasets:\n  - path: {data}\noutput_dir: {run_dir}\n"
-                      "tutorforge: {compare: {target_words: 10}}\n")
+                      "val_set_size: 1\ntutorforge: {compare: {target_words: 10}}\n")
     run_dir.mkdir()
     (run_dir / "run.json").write_text(json.dumps({"config": {"base_model": str(base), "adapter": "lora"}}))
     holder = subprocess.Popen(

@@ -462,6 +462,32 @@ def test_held_out_conversations_keep_their_history_flags_and_roles(tmp_path):
     assert training_outputs(cfg, heldout_rows(cfg)) == ["An ordered sequence.", "x " * 30]
 
 
+def test_a_config_with_nothing_held_out_compares_on_its_prompts_file(tmp_path):
+    """val_set_size 0: training writes an empty heldout.jsonl; tutorforge.compare.prompts is asked, every
+    dataset answer sets the brevity target, and without a prompts file the error names both ways out."""
+    from tutorforge.config import load_config
+    from tutorforge.errors import UserError
+    from tutorforge.prompts import prompts_and_target
+
+    data, asked = tmp_path / "train.jsonl", tmp_path / "asked.jsonl"
+    data.write_text("".join(json.dumps({"instruction": f"q{n}", "input": "", "output": "w " * n}) + "\n"
+                            for n in range(1, 11)))
+    asked.write_text(json.dumps({"instruction": "What is len?", "input": "", "output": ""}) + "\n")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "heldout.jsonl").write_text("")  # as training writes it with nothing held out
+    config = tmp_path / "c.yml"
+    body = (f"base_model: smollm2\nadapter: lora\ndatasets:\n  - path: {data}\nval_set_size: 0\n"
+            f"output_dir: {tmp_path / 'run'}\n")
+    config.write_text(body + f"tutorforge:\n  compare: {{prompts: {asked}}}\n")
+    cfg = load_config(config)
+    rows, target = prompts_and_target(cfg, tmp_path, settings=cfg.tutorforge.compare)
+    assert [r.instruction for r in rows] == ["What is len?"] and target == 10  # p90 of 1..10 words, rounded up
+    config.write_text(body)
+    cfg = load_config(config)
+    with pytest.raises(UserError, match="val_set_size is 0.*tutorforge.compare.prompts"):
+        prompts_and_target(cfg, tmp_path, settings=cfg.tutorforge.compare)
+
+
 def dataclasses_replace(row, **changes):
     import dataclasses
 

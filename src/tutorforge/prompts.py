@@ -187,11 +187,12 @@ def heldout_rows(cfg: Config, config_dir: Path | None = None) -> list:
     from tutorforge.rundir import RunDir
 
     heldout = RunDir.for_config(cfg).heldout
+    if not cfg.val_set_size:  # training then writes an empty heldout.jsonl
+        raise UserError("val_set_size is 0, so the config holds no rows out to compare on; set "
+                        "tutorforge.compare.prompts (or pass --prompts) to a JSONL of prompts, or set "
+                        "val_set_size (e.g. 0.1) and train again")
     if heldout.is_file():
         return load_prompts(heldout, held_out=True)
-    if not cfg.val_set_size:
-        raise UserError("val_set_size is 0, so the config holds no rows out to compare on; pass --prompts "
-                        "FILE.jsonl, or set val_set_size (e.g. 0.1) and train again")
     from tutorforge.models import resolve_base_model
     from tutorforge.prepare import prepare, write_rows
     from tutorforge.tokenizer import tokenizer_for
@@ -237,11 +238,12 @@ def prompts_and_target(cfg: Config | None, config_dir: Path | None, *, settings:
     prompts = prompts or (Path(settings.prompts) if settings.prompts else None)
     if prompts is None and cfg is None:
         raise UserError("compare without a config needs --prompts FILE.jsonl (Alpaca rows, or conversations)")
-    held = []
-    if cfg is not None and (prompts is None or RunDir.for_config(cfg).heldout.is_file()):
+    target = target_words or settings.target_words
+    held = []  # the held-out split: what is asked, else what the brevity target leaves out
+    if cfg is not None and (prompts is None or (not target and cfg.val_set_size
+                                                and RunDir.for_config(cfg).heldout.is_file())):
         held = heldout_rows(cfg, config_dir)
     rows = load_prompts(prompts) if prompts else held
-    target = target_words or settings.target_words
     if not target:
         target = target_words_from(training_outputs(cfg, held, config_dir) if cfg else [r.output for r in rows])
         log.info("brevity target: %d words (p90 of %s)", target, "the training answers" if cfg else
