@@ -218,8 +218,8 @@ def test_the_chat_recipe_runs_end_to_end_and_compares_follow_up_questions(tmp_pa
     settings = yaml.safe_load((ROOT / "recipes" / "python-tutor-smollm2-chat-cpu.yml").read_text())
     settings["datasets"][0]["path"] = str(data)
     settings.update({"output_dir": str(tmp_path / "run"), "val_set_size": 3, "num_epochs": 1, "max_steps": 3,
-                     "lora_r": 4, "lora_alpha": 8, "evals_per_epoch": None, "saves_per_epoch": None,
-                     "peft_layers_to_transform": [28, 29]})
+                     "gradient_accumulation_steps": 1, "lora_r": 4, "lora_alpha": 8, "evals_per_epoch": None,
+                     "saves_per_epoch": None, "peft_layers_to_transform": [28, 29]})
     settings["tutorforge"]["compare"] = {"max_prompts": 3, "max_new_tokens": 32}
     recipe = tmp_path / "recipe.yml"
     recipe.write_text(yaml.safe_dump(settings))
