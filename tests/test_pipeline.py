@@ -83,15 +83,9 @@ def test_an_unknown_stage_names_the_stages(tmp_path):
 def test_run_with_nothing_held_out_and_no_prompts_stops_before_training(tmp_path):
     """val_set_size 0 leaves the compare stage nothing to ask: run says so at validate, naming the keys,
     and again when tutorforge.compare.prompts names no file; nothing is written."""
-    import torch
-    from safetensors.torch import save_file
+    from conftest import stub_run_inputs
 
-    base = tmp_path / "base"  # enough of a model for validate
-    base.mkdir()
-    (base / "config.json").write_text("{}")
-    save_file({"w": torch.zeros(2)}, base / "model.safetensors")
-    data = tmp_path / "data.jsonl"
-    data.write_text(json.dumps({"instruction": "a", "input": "", "output": "b"}) + "\n")
+    base, data = stub_run_inputs(tmp_path)
     config = tmp_path / "c.yml"
     body = f"base_model: {base}\nadapter: lora\ndatasets:\n  - path: {data}\noutput_dir: {tmp_path / 'run'}\n"
     config.write_text(body)
