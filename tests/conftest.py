@@ -119,23 +119,6 @@ def tutor_rows() -> list[dict]:
     return [json.loads(line) for line in (ROOT / "data" / "python_tutor.jsonl").read_text().splitlines()]
 
 
-def stub_run_inputs(tmp_path: Path) -> tuple[Path, Path]:
-    """A base model directory just whole enough for validate (config.json, one tensor) and an Alpaca
-    file of one row, for commands that must stop before any model loads."""
-    import json
-
-    import torch
-    from safetensors.torch import save_file
-
-    base = tmp_path / "base"
-    base.mkdir()
-    (base / "config.json").write_text("{}")
-    save_file({"w": torch.zeros(2)}, base / "model.safetensors")
-    data = tmp_path / "data.jsonl"
-    data.write_text(json.dumps({"instruction": "a", "input": "", "output": "b"}) + "\n")
-    return base, data
-
-
 def parity_texts(tokenizer) -> list[str]:
     """Over 1,000 texts to compare two tokenizers on: the shipped dataset's answers, inputs and
     instructions, digits, unicode, tabs and runs of spaces, and chat-template renderings of 300

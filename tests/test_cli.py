@@ -173,13 +173,19 @@ def test_every_command_that_writes_an_output_dir_waits_for_none_and_names_the_ho
     import os
     import signal
 
-    from conftest import stub_run_inputs
+    base = tmp_path / "base"  # enough of a model for the commands to reach their lock
+    base.mkdir()
+    (base / "config.json").write_text("{}")
+    import torch
+    from safetensors.torch import save_file
 
-    base, data = stub_run_inputs(tmp_path)  # enough of a model for the commands to reach their lock
+    save_file({"w": torch.zeros(2)}, base / "model.safetensors")
+    data = tmp_path / "data.jsonl"
+    data.write_text(json.dumps({"instruction": "a", "input": "", "output": "b"}) + "\n")
     run_dir = tmp_path / "run"
     config = tmp_path / "c.yml"
     config.write_text(f"base_model: {base}\nadapter: lora\ndatasets:\n  - path: {data}\noutput_dir: {run_dir}\n"
-                      "val_set_size: 1\ntutorforge: {compare: {target_words: 10}}\n")
+                      "tutorforge: {compare: {target_words: 10}}\n")
     run_dir.mkdir()
     (run_dir / "run.json").write_text(json.dumps({"config": {"base_model": str(base), "adapter": "lora"}}))
     holder = subprocess.Popen(

@@ -80,23 +80,6 @@ def test_an_unknown_stage_names_the_stages(tmp_path):
         pipeline.run(tmp_path / "c.yml", start="exprot")
 
 
-def test_run_with_nothing_held_out_and_no_prompts_stops_before_training(tmp_path):
-    """val_set_size 0 leaves the compare stage nothing to ask: run says so at validate, naming the keys,
-    and again when tutorforge.compare.prompts names no file; nothing is written."""
-    from conftest import stub_run_inputs
-
-    base, data = stub_run_inputs(tmp_path)
-    config = tmp_path / "c.yml"
-    body = f"base_model: {base}\nadapter: lora\ndatasets:\n  - path: {data}\noutput_dir: {tmp_path / 'run'}\n"
-    config.write_text(body)
-    with pytest.raises(UserError, match="val_set_size is 0.*set tutorforge.compare.prompts"):
-        pipeline.run(config)
-    config.write_text(body + f"tutorforge: {{compare: {{prompts: {tmp_path / 'asked.jsonl'}}}}}\n")
-    with pytest.raises(UserError, match="tutorforge.compare.prompts: .*asked.jsonl is not a file"):
-        pipeline.run(config)
-    assert not (tmp_path / "run" / "adapter").exists()
-
-
 @pytest.mark.parametrize("recipe", [  # validate resolves base_model smollm2: the bundled model's conversion
     pytest.param(p, marks=pytest.mark.slow) if "smollm2" in p.name else p
     for p in sorted((ROOT / "recipes").glob("*.yml"))], ids=lambda p: p.name)

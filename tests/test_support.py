@@ -82,3 +82,17 @@ def test_a_chat_template_package_cannot_write_is_refused_before_training(tmp_pat
     assert "base_model cannot go the whole way:\n  the Ollama Modelfile:" in err and "ollama_templates.py" in err
     recipe.write_text(recipe.read_text() + "chat_template: chatml\n")  # a template package can write
     assert cli.main(["validate", str(recipe)]) == 0
+
+
+def test_run_with_nothing_held_out_and_no_prompts_stops_before_training(tmp_path):
+    """val_set_size 0 leaves the compare stage nothing to ask: run says so before training, naming the
+    keys, and again when tutorforge.compare.prompts names no file; nothing is trained."""
+    from tutorforge.pipeline import run
+
+    recipe = config(tmp_path, tiny_model(tmp_path / "llama"))  # val_set_size: the default, 0
+    with pytest.raises(UserError, match="val_set_size is 0.*set tutorforge.compare.prompts"):
+        run(recipe)
+    recipe.write_text(recipe.read_text() + f"tutorforge: {{compare: {{prompts: {tmp_path / 'asked.jsonl'}}}}}\n")
+    with pytest.raises(UserError, match="tutorforge.compare.prompts: .*asked.jsonl is not a file"):
+        run(recipe)
+    assert not (tmp_path / "run" / "adapter").exists()

@@ -169,12 +169,6 @@ def _validate(p: Pipeline) -> Outcome:
     from tutorforge.models import check_base_model
 
     check_base_model(p.config.base_model)  # a damaged base model stops the run here, named
-    asked = p.config.tutorforge.compare.prompts
-    if not asked and not p.config.val_set_size:  # found now, not after training
-        raise UserError(f"{p.config_path}: val_set_size is 0, so the compare stage has no held-out rows to ask; "
-                        "set tutorforge.compare.prompts to a JSONL of prompts, or val_set_size (e.g. 0.1)")
-    if asked and not Path(asked).is_file():
-        raise UserError(f"{p.config_path}: tutorforge.compare.prompts: {asked} is not a file (from {Path.cwd()})")
     p.run_dir = Path(p.config.output_dir)
     p.stages = run_dir_of(p).stages
     return Outcome("validate", "done", 0.0, p.config_path, p.config_path.stat().st_size)
@@ -185,6 +179,12 @@ def _plan(p: Pipeline) -> Outcome:
     from tutorforge.support import check_config_model
 
     check_config_model(p.config, str(p.config_path))  # export and package must take it, before training
+    asked = p.config.tutorforge.compare.prompts
+    if not asked and not p.config.val_set_size:  # compare must have prompts: found now, not after training
+        raise UserError(f"{p.config_path}: val_set_size is 0, so the compare stage has no held-out rows to ask; "
+                        "set tutorforge.compare.prompts to a JSONL of prompts, or val_set_size (e.g. 0.1)")
+    if asked and not Path(asked).is_file():
+        raise UserError(f"{p.config_path}: tutorforge.compare.prompts: {asked} is not a file (from {Path.cwd()})")
 
     p.cfg, p.decisions = apply_plan(p.config, ignore=p.ignore_plan)
     for decision in p.decisions:
